@@ -1,0 +1,223 @@
+"""A job: one command, its environment, and the meta files in its own folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any, Mapping
+
+from panpath import LocalPath
+
+from .defaults import JobStatus
+from .path import SpecPath, read_meta, write_meta
+from .utils import CommandType, check_env_name, check_no_nul, normalize_cmd
+
+
+def _parse_int(text: str | None) -> int | None:
+    """An integer from a meta file's text; None for missing, empty or garbage."""
+    if text is None:
+        return None
+    text = text.strip()
+    if not text or len(text) > 20:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+class Job:
+    """One command to run.
+
+    Attributes:
+        index: position among the jobs of the run (also the metadir's name).
+        cmd: the command as a tuple of arguments.
+        envs: environment variables exported for the command.
+        metadir: ``workdir / str(index)``, holding the meta files.
+        trial_count: how many earlier trials failed and were retried.
+    """
+
+    __slots__ = (
+        "index",
+        "_cmd",
+        "workdir",
+        "metadir",
+        "envs",
+        "trial_count",
+        "_error_retry",
+        "_num_retries",
+        "_status",
+        "_rc",
+        "_jid",
+        "_started",
+        "_submitted_at",
+        "_ended_at",
+    )
+
+    def __init__(
+        self,
+        index: int,
+        cmd: CommandType,
+        workdir: Any,
+        error_retry: bool | None = None,
+        num_retries: int | None = None,
+        envs: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.index = index
+        self.cmd = cmd  # type: ignore[assignment]
+        self.workdir = workdir if isinstance(workdir, SpecPath) else SpecPath(workdir)
+        self.metadir = self.workdir / str(index)
+        self.envs: dict[str, Any] = {}
+        self.update_envs(envs)
+        self.envs["XQUTE_JOB_INDEX"] = str(index)
+        self.envs["XQUTE_METADIR"] = str(self.workdir.mounted)
+        self.envs["XQUTE_JOB_METADIR"] = str(self.metadir.mounted)
+        self.trial_count = 0
+        self._error_retry = error_retry
+        self._num_retries = num_retries
+        self._status = JobStatus.INIT
+        self._rc: int | None = None
+        self._jid: str | None = None
+        # whether on_job_started was fired for the current trial
+        self._started = False
+        self._submitted_at: float | None = None
+        self._ended_at: float | None = None
+
+    # -- command and environment ---------------------------------------------
+    @property
+    def cmd(self) -> tuple[str, ...]:
+        return self._cmd
+
+    @cmd.setter
+    def cmd(self, value: CommandType) -> None:
+        self._cmd = normalize_cmd(value)
+
+    def update_envs(self, envs: Mapping[str, Any] | None) -> None:
+        """Merge ``envs``, refusing names bash cannot export and NUL in values."""
+        for name, value in (envs or {}).items():
+            check_env_name(name)
+            check_no_nul(str(value), f"Value of environment variable {name}")
+            self.envs[name] = value
+
+    def __repr__(self) -> str:
+        return f"<Job-{self.index}: {' '.join(self._cmd)!r} [{JobStatus.get_name(self._status)}]>"
+
+    # -- meta files -------------------------------------------------------------
+    @property
+    def stdout_file(self) -> SpecPath:
+        return self.metadir / "job.stdout"
+
+    @property
+    def stderr_file(self) -> SpecPath:
+        return self.metadir / "job.stderr"
+
+    @property
+    def status_file(self) -> SpecPath:
+        return self.metadir / "job.status"
+
+    @property
+    def rc_file(self) -> SpecPath:
+        return self.metadir / "job.rc"
+
+    @property
+    def jid_file(self) -> SpecPath:
+        return self.metadir / "job.jid"
+
+    @property
+    def retry_dir(self) -> SpecPath:
+        return self.metadir / "job.retry"
+
+    # -- status, rc and jid -------------------------------------------------------
+    @property
+    def status(self) -> int:
+        """The status the manager knows (no I/O)."""
+        return self._status
+
+    async def read_status_file(self) -> int | None:
+        """The status the status file holds, or None when it says nothing usable."""
+        value = _parse_int(await read_meta(self.status_file))
+        return value if value in vars(JobStatus).values() else None
+
+    async def get_status(self, refresh: bool = False) -> int:
+        """The job's status; with ``refresh`` the status file is read first."""
+        if refresh:
+            value = await self.read_status_file()
+            if value is not None:
+                self._status = value
+        return self._status
+
+    async def set_status(self, status: int, flush: bool = True) -> None:
+        """Set the status, and write it to the status file when ``flush``."""
+        self._status = status
+        if flush:
+            await write_meta(self.status_file, f"{status}\n")
+
+    async def read_rc_file(self) -> int | None:
+        """The return code in the rc file, or None when there is none usable."""
+        return _parse_int(await read_meta(self.rc_file))
+
+    async def get_rc(self) -> int:
+        """The return code: from the rc file, -9 when unknown."""
+        rc = await self.read_rc_file()
+        if rc is not None:
+            self._rc = rc
+        return self._rc if self._rc is not None else -9
+
+    async def set_rc(self, rc: int) -> None:
+        self._rc = rc
+        await write_meta(self.rc_file, f"{rc}\n")
+
+    async def get_jid(self) -> str | None:
+        if self._jid is None:
+            text = await read_meta(self.jid_file)
+            self._jid = text.strip() or None if text is not None else None
+        return self._jid
+
+    async def set_jid(self, jid: Any) -> None:
+        self._jid = str(jid)
+        await write_meta(self.jid_file, f"{jid}\n")
+
+    async def append_stderr(self, message: str) -> None:
+        """Add a line from xqute itself to the job's stderr file."""
+        line = message if message.endswith("\n") else message + "\n"
+        path = self.stderr_file
+        if isinstance(path, LocalPath):
+            with open(path, "a", encoding="utf-8") as fh:
+                fh.write(line)
+        else:
+            old = await read_meta(path) or ""
+            await path.a_write_text(old + line)
+
+    # -- cleaning between runs and trials ------------------------------------------
+    _TRIAL_FILES = ("job.stdout", "job.stderr", "job.status", "job.rc", "job.jid")
+
+    async def clean(self, retry: bool = False) -> None:
+        """Remove the meta files of the last trial; with ``retry`` move them to
+        ``job.retry/<trial_count>/`` instead, so every failed trial is kept."""
+        self._rc = None
+        self._jid = None
+        self._started = False
+        metadir = self.metadir
+        if isinstance(metadir, LocalPath):
+            backup = os.path.join(metadir, "job.retry", str(self.trial_count)) if retry else None
+            if backup:
+                shutil.rmtree(backup, ignore_errors=True)
+                os.makedirs(backup)
+            for name in self._TRIAL_FILES:
+                src = os.path.join(metadir, name)
+                try:
+                    if backup:
+                        os.replace(src, os.path.join(backup, name))
+                    else:
+                        os.unlink(src)
+                except FileNotFoundError:
+                    pass
+            return
+        backup_dir = self.retry_dir / str(self.trial_count)
+        for name in self._TRIAL_FILES:
+            src = metadir / name
+            if not await src.a_exists():
+                continue
+            if retry:
+                await src.a_copy(backup_dir / name)
+            await src.a_unlink(missing_ok=True)

@@ -1,0 +1,293 @@
+"""Paths that know where they are seen from.
+
+A job's files are written by the manager (which sees a ``SpecPath``) and by the
+job itself, running maybe in a container, a cloud VM or on another host (which
+sees the same place as ``SpecPath.mounted``, a ``MountedPath``). Both are
+panpath paths, so local and cloud (``gs://``, ``s3://``, ``az://``) places share
+one interface; the pair survives ``/``, ``joinpath``, ``parent``, ``with_name`` and
+``with_suffix``.
+
+The module also holds the few meta-file I/O helpers the manager uses: local files
+are read and written directly (they are tiny, and a thread hop per file costs
+more than the read), cloud files through panpath's async methods.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from panpath import AzurePath, CloudPath, GSPath, LocalPath, PanPath, S3Path
+
+from .defaults import DEFAULT_CLOUD_FSPATH
+
+__all__ = [
+    "SpecPath",
+    "MountedPath",
+    "SpecLocalPath",
+    "SpecCloudPath",
+    "SpecGSPath",
+    "SpecS3Path",
+    "SpecAzurePath",
+    "MountedLocalPath",
+    "MountedCloudPath",
+    "MountedGSPath",
+    "MountedS3Path",
+    "MountedAzurePath",
+    "read_meta",
+    "write_meta",
+]
+
+
+def _kind(path: str) -> str:
+    """'gs', 's3', 'az' or 'local' for a path string."""
+    head = path.split("://", 1)[0].lower() if "://" in path else ""
+    if head == "gs":
+        return "gs"
+    if head == "s3":
+        return "s3"
+    if head in ("az", "azure"):
+        return "az"
+    return "local"
+
+
+class _PairedPath:
+    """A panpath path carrying its counterpart (mounted for a spec path, spec for a
+    mounted one) as a string, or None when both are the same place."""
+
+    # filled in per kind: the class to build for a given kind
+    _kinds: dict[str, type] = {}
+    _partner_kinds: dict[str, type] = {}
+    _partner: str | None
+
+    @classmethod
+    def _build(cls, path: Any, partner: Any = None) -> Any:
+        path = str(path)
+        kind_cls = cls._kinds[_kind(path)]
+        obj = kind_cls._new_plain(path)
+        obj._partner = None if partner is None or str(partner) == path else str(partner)
+        return obj
+
+    @classmethod
+    def _new_plain(cls, path: str) -> Any:
+        # the plain panpath class this kind extends makes the object
+        return super(_PairedPath, cls).__new__(cls, path)  # type: ignore[misc]
+
+    def _partner_path(self) -> PanPath:
+        other = self._partner if self._partner is not None else str(self)
+        return PanPath(other)
+
+    # -- derivations keep the pair -------------------------------------------
+    def _derived(self, plain: Any, partner_plain: Any) -> Any:
+        partner = None if self._partner is None else partner_plain
+        return type(self)._pair_root()._build(plain, partner)
+
+    def __truediv__(self, key: Any) -> Any:
+        plain = PanPath(str(self)) / str(key)
+        return self._derived(plain, self._partner_path() / str(key))
+
+    def joinpath(self, *segments: Any) -> Any:
+        plain = PanPath(str(self)).joinpath(*map(str, segments))
+        return self._derived(plain, self._partner_path().joinpath(*map(str, segments)))
+
+    @property
+    def parent(self) -> Any:
+        return self._derived(PanPath(str(self)).parent, self._partner_path().parent)
+
+    def with_name(self, name: str) -> Any:
+        return self._derived(
+            PanPath(str(self)).with_name(name), self._partner_path().with_name(name)
+        )
+
+    def with_suffix(self, suffix: str) -> Any:
+        return self._derived(
+            PanPath(str(self)).with_suffix(suffix), self._partner_path().with_suffix(suffix)
+        )
+
+    # -- identity ---------------------------------------------------------------
+    def __eq__(self, other: Any) -> bool:
+        if isinstance(other, _PairedPath):
+            return (
+                type(self)._pair_root() is type(other)._pair_root()
+                and str(self) == str(other)
+                and self._partner == other._partner
+            )
+        return str(self) == str(other) if isinstance(other, (str, os.PathLike)) else False
+
+    def __hash__(self) -> int:
+        return hash((str(self), self._partner))
+
+    def __reduce__(self) -> Any:
+        return (type(self)._pair_root()._build, (str(self), self._partner))
+
+    def __repr__(self) -> str:
+        if self._partner is None:
+            return f"{type(self).__name__}({str(self)!r})"
+        side = "mounted" if isinstance(self, SpecPath) else "spec"
+        return f"{type(self).__name__}({str(self)!r}, {side}={self._partner!r})"
+
+
+class SpecPath(_PairedPath, PanPath):
+    """A path as the manager sees it; ``mounted`` is how the job sees it.
+
+    ``SpecPath("/data/wd", mounted="/mnt/wd")``; with no ``mounted`` both sides are
+    the same place.
+    """
+
+    def __new__(cls, path: Any, *args: Any, mounted: Any = None, **kwargs: Any) -> Any:
+        if args:
+            path = PanPath(str(path), *map(str, args))
+        if mounted is None and isinstance(path, SpecPath):
+            mounted = path._partner
+        return SpecPath._build(path, mounted)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # set up in __new__
+        pass
+
+    @classmethod
+    def _pair_root(cls) -> type:
+        return SpecPath
+
+    @property
+    def mounted(self) -> "MountedPath":
+        """The same place as the job's executor sees it."""
+        if self._partner is None:
+            return MountedPath._build(str(self), None)
+        return MountedPath._build(self._partner, str(self))
+
+    async def get_fspath(self) -> str:
+        """A local file-system path: the path itself, or for a cloud path a
+        cached local copy under ``DEFAULT_CLOUD_FSPATH``."""
+        return str(self)
+
+
+class MountedPath(_PairedPath, PanPath):
+    """A path as the job's executor sees it; ``spec`` is the manager's side."""
+
+    def __new__(cls, path: Any, *args: Any, spec: Any = None, **kwargs: Any) -> Any:
+        if args:
+            path = PanPath(str(path), *map(str, args))
+        if spec is None and isinstance(path, MountedPath):
+            spec = path._partner
+        return MountedPath._build(path, spec)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    @classmethod
+    def _pair_root(cls) -> type:
+        return MountedPath
+
+    @property
+    def spec(self) -> SpecPath:
+        """The same place as the manager sees it."""
+        if self._partner is None:
+            return SpecPath._build(str(self), None)
+        return SpecPath._build(self._partner, str(self))
+
+    def is_mounted(self) -> bool:
+        """Whether the job sees this place under another path than the manager."""
+        return self._partner is not None
+
+    async def get_fspath(self) -> str:
+        return str(self)
+
+
+class SpecLocalPath(SpecPath, LocalPath):
+    """A local spec path."""
+
+
+class MountedLocalPath(MountedPath, LocalPath):
+    """A local mounted path."""
+
+
+class _CloudFsPath:
+    async def get_fspath(self) -> str:
+        """Download the object (or prefix) to a cache under DEFAULT_CLOUD_FSPATH
+        and give that local path."""
+        local = LocalPath(DEFAULT_CLOUD_FSPATH) / str(self).replace("://", "/", 1)
+        if await self.a_is_dir():  # type: ignore[attr-defined]
+            await PanPath(str(self)).a_copytree(local)
+        else:
+            local.parent.mkdir(parents=True, exist_ok=True)
+            await PanPath(str(self)).a_copy(local)
+        return str(local)
+
+
+class SpecCloudPath(_CloudFsPath, SpecPath, CloudPath):
+    """A spec path in object storage."""
+
+
+class SpecGSPath(SpecCloudPath, GSPath):
+    """A spec path in Google Cloud Storage."""
+
+
+class SpecS3Path(SpecCloudPath, S3Path):
+    """A spec path in Amazon S3."""
+
+
+class SpecAzurePath(SpecCloudPath, AzurePath):
+    """A spec path in Azure Blob Storage."""
+
+
+class MountedCloudPath(_CloudFsPath, MountedPath, CloudPath):
+    """A mounted path in object storage."""
+
+    def __fspath__(self) -> str:
+        return str(self)
+
+
+class MountedGSPath(MountedCloudPath, GSPath):
+    """A mounted path in Google Cloud Storage."""
+
+
+class MountedS3Path(MountedCloudPath, S3Path):
+    """A mounted path in Amazon S3."""
+
+
+class MountedAzurePath(MountedCloudPath, AzurePath):
+    """A mounted path in Azure Blob Storage."""
+
+
+SpecPath._kinds = {"local": SpecLocalPath, "gs": SpecGSPath, "s3": SpecS3Path, "az": SpecAzurePath}
+MountedPath._kinds = {
+    "local": MountedLocalPath,
+    "gs": MountedGSPath,
+    "s3": MountedS3Path,
+    "az": MountedAzurePath,
+}
+
+
+def is_local(path: Any) -> bool:
+    return isinstance(path, LocalPath) or (
+        isinstance(path, (str, os.PathLike)) and "://" not in str(path)
+    )
+
+
+async def read_meta(path: PanPath) -> str | None:
+    """Text of a meta file, or None when it does not exist (or cannot be read)."""
+    if isinstance(path, LocalPath):
+        try:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                return fh.read()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+    try:
+        return await path.a_read_text()
+    except FileNotFoundError:
+        return None
+
+
+async def write_meta(path: PanPath, text: str) -> None:
+    """Write a meta file so a reader sees the old or the new text, never half.
+
+    Local: write a temporary file beside it, then rename over it. Object stores
+    replace an object in one request already.
+    """
+    if isinstance(path, LocalPath):
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+        return
+    await path.a_write_text(text)

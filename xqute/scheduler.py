@@ -1,0 +1,597 @@
+"""The scheduler base class: the one place that moves jobs between states.
+
+A backend (one module under ``xqute.schedulers``) says only how to submit, kill
+and ask about jobs. Everything else lives here: building the wrapper script,
+deciding a job's status from its meta files and from the backend's answers,
+firing the hooks, retrying refused submissions, and pacing the questions asked
+of a shared cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shlex
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+
+from diot import Diot
+from panpath import LocalPath
+
+from . import defaults
+from .defaults import JobErrorStrategy, JobStatus
+from .job import Job
+from .path import SpecPath, write_meta
+from .plugin import plugin
+from .utils import check_env_name, logger, shell_quote
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .path import MountedPath
+
+
+@dataclass(frozen=True)
+class JobQuery:
+    """What a backend knows about one job.
+
+    ``state`` is one of PENDING (waiting in the scheduler), RUNNING, ENDED (the
+    scheduler no longer runs it: finished, cancelled, timed out, lost) or ERROR
+    (stuck in an error state it will not leave by itself). ``reason`` says why an
+    ENDED or ERROR job stopped, when the scheduler tells.
+    """
+
+    state: str
+    reason: str = ""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    ENDED = "ended"
+    ERROR = "error"
+
+    @property
+    def alive(self) -> bool:
+        return self.state in (self.PENDING, self.RUNNING)
+
+
+class SubmissionError(Exception):
+    """A backend could not submit a job. ``transient`` errors (a busy controller,
+    a submit limit) are retried with backoff; others fail the job with rc -2."""
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+# Return codes the library writes itself.
+RC_SUBMISSION_FAILED = -2
+RC_VANISHED = -3
+
+_RC_MESSAGES = {
+    124: "the job timed out (the scheduler's timeout option)",
+    125: "the timeout command itself failed",
+    126: "the command could not be executed (permission denied or not a program)",
+    127: "the command was not found",
+    137: "the job was killed (SIGKILL)",
+    143: "the job was terminated (SIGTERM)",
+}
+
+
+class Scheduler(ABC):
+    """Base class of all schedulers.
+
+    Args:
+        workdir: where the jobs' metadirs go (``workdir/<index>``).
+        forks: how many jobs may be submitted or running at once.
+        error_strategy: "ignore", "retry" or "halt".
+        num_retries: more trials for a failed job under "retry".
+        prescript / postscript: bash code run before / after the command.
+        jobname_prefix: prefix of job names (default: the scheduler's name).
+        submission_batch: how many submissions run concurrently.
+        recheck_interval: accepted for 2.x clients; see ``poll_interval``.
+        cwd: the folder the command runs in.
+        timeout: seconds after which the command is stopped (0: never).
+        **kwargs: ``mounted_workdir`` (the workdir as jobs see it),
+            ``poll_interval`` / ``poll_interval_max`` (seconds between status
+            rounds, backing off while nothing changes), ``submit_rate``
+            (submissions per second at most), ``submit_retries`` (tries for a
+            transiently refused submission); all other keys go to ``config``
+            and become scheduler directives.
+    """
+
+    name: str = "base"
+    job_class: type[Job] = Job
+    # True for a backend that is told of job exits (and calls ``self.notify()``)
+    # rather than asked: the manager then never polls it on a timer.
+    event_driven: bool = False
+    # The first poll interval of this backend, in seconds.
+    default_poll_interval: float = defaults.DEFAULT_POLL_INTERVAL
+
+    def __init__(
+        self,
+        workdir: Any,
+        forks: int = defaults.DEFAULT_SCHEDULER_FORKS,
+        error_strategy: str = defaults.DEFAULT_ERROR_STRATEGY,
+        num_retries: int = defaults.DEFAULT_NUM_RETRIES,
+        prescript: str = "",
+        postscript: str = "",
+        jobname_prefix: str | None = None,
+        submission_batch: int | None = None,
+        recheck_interval: int = defaults.DEFAULT_RECHECK_INTERVAL,
+        cwd: Any = None,
+        timeout: float = 0,
+        **kwargs: Any,
+    ) -> None:
+        if type(self).kill_job is Scheduler.kill_job and type(self).kill_jobs is Scheduler.kill_jobs:
+            raise TypeError(f"{type(self).__name__} must implement kill_job or kill_jobs")
+        if (
+            type(self).query_jobs is Scheduler.query_jobs
+            and type(self).job_is_running is Scheduler.job_is_running
+        ):
+            raise TypeError(f"{type(self).__name__} must implement query_jobs or job_is_running")
+        if not isinstance(forks, int) or isinstance(forks, bool) or forks < 1:
+            raise ValueError(f"forks must be an integer >= 1, got {forks!r}")
+        if error_strategy not in JobErrorStrategy.values():
+            raise ValueError(
+                f"Unknown error strategy {error_strategy!r}; "
+                f"use one of {', '.join(JobErrorStrategy.values())}"
+            )
+        if not isinstance(num_retries, int) or num_retries < 0:
+            raise ValueError(f"num_retries must be an integer >= 0, got {num_retries!r}")
+        if timeout and (not isinstance(timeout, (int, float)) or timeout < 0):
+            raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+
+        mounted_workdir = kwargs.pop("mounted_workdir", None)
+        self.poll_interval = float(kwargs.pop("poll_interval", self.default_poll_interval))
+        self.poll_interval_max = float(
+            kwargs.pop("poll_interval_max", max(defaults.DEFAULT_POLL_INTERVAL_MAX, self.poll_interval))
+        )
+        submit_rate = kwargs.pop("submit_rate", None)
+        self.submit_retries = int(kwargs.pop("submit_retries", 5))
+        if self.poll_interval <= 0 or self.poll_interval_max < self.poll_interval:
+            raise ValueError("poll_interval must be > 0 and <= poll_interval_max")
+        if submit_rate is not None and float(submit_rate) <= 0:
+            raise ValueError(f"submit_rate must be > 0 submissions per second, got {submit_rate!r}")
+
+        self.workdir = SpecPath(str(workdir), mounted=mounted_workdir)
+        self.forks = forks
+        self.error_strategy = error_strategy
+        self.num_retries = num_retries
+        self.prescript = prescript or ""
+        self.postscript = postscript or ""
+        self.jobname_prefix = jobname_prefix or self.name
+        self.subm_batch = submission_batch or defaults.DEFAULT_SUBMISSION_BATCH
+        self.recheck_interval = recheck_interval
+        self.cwd = cwd
+        self.timeout = timeout
+        self._kwargs = kwargs
+        self.config = Diot(kwargs)
+
+        self._min_submit_gap = 1.0 / float(submit_rate) if submit_rate else 0.0
+        self._next_submit_at = 0.0
+        self._submit_lock = asyncio.Lock() if self._min_submit_gap else None
+        # pacing of status rounds: the current interval and when the next is due
+        self._interval = self.poll_interval
+        self._next_round_at = 0.0
+        # the manager sets this to be woken up when a job may have changed
+        self.notify: Callable[[], None] = lambda: None
+
+    # ------------------------------------------------------------------ jobs
+    async def post_init(self) -> None:
+        """Runs once, before the first job is created."""
+
+    async def close(self) -> None:
+        """Runs once when the run ends, to release what the backend holds."""
+
+    async def create_job(self, index: int, cmd: Any, envs: dict[str, Any] | None = None) -> Job:
+        """Make job ``index`` and its metadir."""
+        job = self.job_class(
+            index,
+            cmd,
+            self.workdir,
+            error_retry=self.error_strategy == JobErrorStrategy.RETRY,
+            num_retries=self.num_retries,
+            envs=envs,
+        )
+        if isinstance(job.metadir, LocalPath):
+            os.makedirs(job.metadir, exist_ok=True)
+        else:
+            await job.metadir.a_mkdir(parents=True, exist_ok=True)
+        return job
+
+    def job_name(self, job: Job) -> str:
+        """``<prefix>-<short hash of workdir>-<index>``: unique per run folder."""
+        digest = hashlib.sha256(str(self.workdir).encode()).hexdigest()[:8]
+        return f"{self.jobname_prefix}-{digest}-{job.index}"
+
+    # ------------------------------------------------------- the wrapper script
+    def jobcmd_shebang(self, job: Job) -> str:
+        """First line(s) of the wrapper; backends add their directive lines."""
+        return f"#!{defaults.JOBCMD_WRAPPER_LANG}"
+
+    def jobcmd_init(self, job: Job) -> str:
+        """Export the job's environment, then the plugins' init code."""
+        lines = []
+        for name, value in job.envs.items():
+            check_env_name(name)
+            lines.append(f"export {name}={shell_quote(value)}")
+        if self.cwd:
+            lines.append(f"cd {shell_quote(self.cwd)} || exit 1")
+        lines.extend(plugin.hooks.on_jobcmd_init(self, job) or ())
+        return "\n".join(lines)
+
+    def jobcmd_prep(self, job: Job) -> str:
+        """Set ``$cmd`` to the quoted command line, then the plugins' prep code."""
+        lines = [f"cmd={shell_quote(shlex.join(job.cmd))}"]
+        lines.extend(plugin.hooks.on_jobcmd_prep(self, job) or ())
+        return "\n".join(lines)
+
+    def jobcmd_end(self, job: Job) -> str:
+        """The plugins' end code (``$rc`` holds the return code)."""
+        return "\n".join(plugin.hooks.on_jobcmd_end(self, job) or ())
+
+    def wrapper_meta_functions(self, job: Job) -> str:
+        """Bash functions the wrapper uses to record its meta files.
+
+        ``_xq_put NAME VALUE`` writes ``$_xq_meta/NAME`` atomically (temp file,
+        then rename). Space for the final rc and status is taken at start-up, so
+        they can still be written when the disk has filled up meanwhile.
+        Schedulers whose jobs cannot write the metadir directly override this.
+        """
+        return r"""_xq_put() { printf '%s\n' "$2" >"$_xq_meta/.$1.tmp" && mv -f "$_xq_meta/.$1.tmp" "$_xq_meta/$1"; }
+_xq_reserve() { printf '%24s' '' >"$_xq_meta/.job.rc.tmp"; printf '%24s' '' >"$_xq_meta/.job.status.tmp"; } 2>/dev/null
+_xq_put_final() {
+    printf '%s\n' "$1" 1<>"$_xq_meta/.job.rc.tmp" && mv -f "$_xq_meta/.job.rc.tmp" "$_xq_meta/job.rc"
+    printf '%s\n' "$2" 1<>"$_xq_meta/.job.status.tmp" && mv -f "$_xq_meta/.job.status.tmp" "$_xq_meta/job.status"
+}
+_xq_redirect() { exec >"$_xq_meta/job.stdout" 2>"$_xq_meta/job.stderr"; }"""
+
+    def wrap_job_script(self, job: Job) -> str:
+        """The text of the bash script that runs ``job``."""
+        meta: MountedPath = job.metadir.mounted
+        timeout = f"timeout {shell_quote(self.timeout)} " if self.timeout else ""
+        messages = "\n".join(
+            f"        {rc}) echo \"xqute: exit code {rc}: {msg}\" >&2 ;;"
+            for rc, msg in _RC_MESSAGES.items()
+        )
+        return f"""{self.jobcmd_shebang(job)}
+# Job {job.index} of an xqute run ({self.name} scheduler). Generated by xqute.
+set -u
+_xq_meta={shell_quote(meta)}
+{self.wrapper_meta_functions(job)}
+_xq_put job.status {JobStatus.RUNNING}
+_xq_reserve
+_xq_redirect
+
+_xq_finish() {{
+    rc=$?
+    trap '' INT TERM HUP
+    # whatever the command left in the background in its group goes with it
+    [ -n "${{_xq_child:-}}" ] && kill -TERM -- "-$_xq_child" 2>/dev/null
+    case $rc in
+{messages}
+    esac
+    if [ "$rc" -eq 0 ]; then _xq_put_final "$rc" {JobStatus.FINISHED}
+    else _xq_put_final "$rc" {JobStatus.FAILED}; fi
+    # postscript
+{self.postscript}
+    # on_jobcmd_end
+{self.jobcmd_end(job)}
+    exit "$rc"
+}}
+_xq_signal() {{
+    # pass a kill on to the command's own process group, then record how it ended
+    if [ -n "${{_xq_child:-}}" ]; then kill -s "$1" -- "-$_xq_child" 2>/dev/null
+    else exit $(( 128 + $(kill -l "$1") )); fi
+}}
+trap _xq_finish EXIT
+trap '_xq_signal TERM' TERM
+trap '_xq_signal INT' INT
+trap '_xq_signal HUP' HUP
+
+# environment, on_jobcmd_init
+{self.jobcmd_init(job)}
+# prescript
+{self.prescript}
+# the command, on_jobcmd_prep
+{self.jobcmd_prep(job)}
+# own process group for the command, so a kill reaches all of it
+set -m
+eval "{timeout}$cmd" &
+_xq_child=$!
+set +m
+while :; do
+    wait "$_xq_child"
+    rc=$?
+    kill -0 "$_xq_child" 2>/dev/null || break
+done
+exit "$rc"
+"""
+
+    @property
+    def wrapped_script_name(self) -> str:
+        return f"job.wrapped.{self.name}"
+
+    async def wrapped_job_script(self, job: Job) -> SpecPath:
+        """Write the wrapper into the job's metadir; returns its path."""
+        path = job.metadir / self.wrapped_script_name
+        await write_meta(path, self.wrap_job_script(job))
+        return path
+
+    # ------------------------------------------------- what a backend implements
+    @abstractmethod
+    async def submit_job(self, job: Job) -> Any:
+        """Hand ``job`` to the scheduler; return its job id.
+
+        Raise SubmissionError when the scheduler refuses it.
+        """
+
+    async def kill_job(self, job: Job) -> None:
+        """Kill one job (backends implement this or ``kill_jobs``)."""
+        await self.kill_jobs([job])
+
+    async def kill_jobs(self, jobs: Sequence[Job]) -> None:
+        """Kill several jobs, in as few scheduler calls as the backend can."""
+        await asyncio.gather(*(self.kill_job(job) for job in jobs))
+
+    async def query_jobs(self, jobs: Sequence[Job]) -> dict[Job, JobQuery]:
+        """Ask the scheduler about ``jobs`` in one call.
+
+        Jobs missing from the answer are unknown for now (asked again later).
+        The default asks ``job_is_running`` for each job, for backends written
+        for xqute 2.x.
+        """
+        answers = await asyncio.gather(*(self.job_is_running(job) for job in jobs))
+        return {
+            job: JobQuery(JobQuery.RUNNING if alive else JobQuery.ENDED)
+            for job, alive in zip(jobs, answers)
+        }
+
+    async def job_is_running(self, job: Job) -> bool:
+        """Whether the scheduler still has ``job`` (pending or running)."""
+        answer = (await self.query_jobs([job])).get(job)
+        return answer is not None and answer.alive
+
+    async def job_fails_before_running(self, job: Job) -> bool:
+        """Whether ``job`` failed before its wrapper could run (2.x hook point)."""
+        return False
+
+    # ------------------------------------------------------ state transitions
+    async def _mark_started(self, job: Job) -> None:
+        if not job._started:
+            job._started = True
+            job._status = JobStatus.RUNNING
+            logger.debug("Job %s started", job.index)
+            await plugin.hooks.on_job_started(self, job)
+
+    async def _mark_ended(self, job: Job, rc: int, reason: str = "", write: bool = False) -> None:
+        """Record that ``job`` ended with ``rc`` and fire its hooks.
+
+        ``write``: the wrapper could not record the end itself, so xqute writes
+        rc, status and ``reason`` (into the stderr file) for it.
+        """
+        await self._mark_started(job)
+        job._rc = rc
+        job._ended_at = time.monotonic()
+        status = JobStatus.FINISHED if rc == 0 else JobStatus.FAILED
+        if write:
+            if reason:
+                try:
+                    await job.append_stderr(f"xqute: {reason}")
+                except OSError as exc:
+                    logger.error("Job %s: could not write its stderr file: %s", job.index, exc)
+            await self._write_final(job, rc, status)
+        job._status = status
+        if status == JobStatus.FINISHED:
+            logger.debug("Job %s succeeded", job.index)
+            await plugin.hooks.on_job_succeeded(self, job)
+        else:
+            logger.warning(
+                "Job %s failed (rc %s)%s", job.index, rc, f": {reason}" if reason else ""
+            )
+            await plugin.hooks.on_job_failed(self, job)
+
+    async def _write_final(self, job: Job, rc: int, status: int) -> None:
+        try:
+            await job.set_rc(rc)
+            await job.set_status(status)
+        except OSError as exc:
+            logger.error(
+                "Job %s: could not record rc %s in %s: %s", job.index, rc, job.metadir, exc
+            )
+
+    async def _end_from_files(self, job: Job, status: int | None = None) -> bool:
+        """End ``job`` if its meta files say it ended; True if they did.
+
+        ``status``: the status file's value when the caller has just read it.
+        """
+        if status is None:
+            status = await job.read_status_file()
+        if not JobStatus.is_final(status):
+            return False
+        rc = await job.read_rc_file()
+        if rc is None:
+            # the wrapper writes rc before status, so this is a foreign or broken file
+            rc = 0 if status == JobStatus.FINISHED else RC_VANISHED
+        await self._mark_ended(job, rc)
+        return True
+
+    async def _end_vanished(self, job: Job, query: JobQuery) -> None:
+        """The scheduler no longer has ``job``; take its files' word, else fail it."""
+        if await self._end_from_files(job):
+            return
+        reason = query.reason or "the job ended without recording its return code"
+        if query.state == JobQuery.ERROR:
+            await self.kill_jobs([job])
+        await self._mark_ended(job, RC_VANISHED, reason, write=True)
+
+    async def submit_job_and_update_status(self, job: Job) -> bool:
+        """Submit ``job`` and record it; False when a plugin vetoed it.
+
+        A job that its metadir shows still running from an earlier manager of the
+        same workdir (say one that was killed) is followed, not started again.
+        """
+        if await self._adopt(job):
+            return True
+        if await plugin.hooks.on_job_submitting(self, job) is False:
+            logger.info("Job %s: submission skipped by a plugin", job.index)
+            return False
+        await job.clean()
+        await job.set_status(JobStatus.SUBMITTED)
+        job._submitted_at = time.monotonic()
+        try:
+            jid = await self._submit_with_retries(job)
+        except SubmissionError as exc:
+            await self._mark_ended(
+                job, RC_SUBMISSION_FAILED, f"submission to {self.name} failed: {exc}", write=True
+            )
+            return True
+        except Exception as exc:  # a broken backend must not bring the run down silently
+            logger.exception("Job %s: submission raised", job.index)
+            await self._mark_ended(
+                job,
+                RC_SUBMISSION_FAILED,
+                f"submission to {self.name} raised {type(exc).__name__}: {exc}",
+                write=True,
+            )
+            return True
+        await job.set_jid(jid)
+        logger.debug("Job %s submitted as %s", job.index, jid)
+        await plugin.hooks.on_job_submitted(self, job)
+        self.reset_pace()
+        return True
+
+    async def _submit_with_retries(self, job: Job) -> Any:
+        delay = 1.0
+        for attempt in range(1, self.submit_retries + 1):
+            if self._submit_lock is not None:
+                async with self._submit_lock:
+                    wait = self._next_submit_at - time.monotonic()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                    self._next_submit_at = time.monotonic() + self._min_submit_gap
+            try:
+                return await self.submit_job(job)
+            except SubmissionError as exc:
+                if not exc.transient or attempt == self.submit_retries:
+                    raise
+                logger.warning(
+                    "Job %s: %s refused the submission for now (%s); retrying in %.0f s",
+                    job.index, self.name, exc, delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+        raise SubmissionError("no submission attempt was made")  # pragma: no cover
+
+    async def _adopt(self, job: Job) -> bool:
+        """Follow ``job`` if an earlier manager left it running."""
+        status = await job.read_status_file()
+        if status not in (JobStatus.SUBMITTED, JobStatus.RUNNING):
+            return False
+        jid = await job.get_jid()
+        if not jid:
+            return False
+        answer = (await self.query_jobs([job])).get(job)
+        if answer is None or not answer.alive:
+            job._jid = None
+            return False
+        logger.info("Job %s is still running as %s from an earlier run; following it", job.index, jid)
+        job._status = JobStatus.SUBMITTED
+        job._submitted_at = time.monotonic()
+        await plugin.hooks.on_job_submitted(self, job)
+        return True
+
+    async def retry_job(self, job: Job) -> None:
+        """Keep the failed trial's files in ``job.retry/<trial>/`` and requeue."""
+        await job.clean(retry=True)
+        job.trial_count += 1
+        job._status = JobStatus.QUEUED
+        logger.info("Job %s: retrying (trial %s of %s)", job.index, job.trial_count + 1, (job._num_retries or 0) + 1)
+        await plugin.hooks.on_job_queued(self, job)
+
+    async def kill_running_jobs(self, jobs: Iterable[Job]) -> None:
+        """Kill ``jobs`` (those a plugin does not veto) and record them as failed."""
+        to_kill = []
+        for job in jobs:
+            if await plugin.hooks.on_job_killing(self, job) is False:
+                continue
+            job._status = JobStatus.KILLING
+            to_kill.append(job)
+        if not to_kill:
+            return
+        try:
+            await self.kill_jobs(to_kill)
+        except Exception:  # keep going: the rest must still be recorded
+            logger.exception("Killing jobs through %s failed", self.name)
+        for job in to_kill:
+            rc = await job.read_rc_file()
+            if rc is None:
+                rc = RC_VANISHED
+                try:
+                    await job.append_stderr("xqute: the job was killed by xqute")
+                except OSError:
+                    pass
+                await self._write_final(job, rc, JobStatus.FAILED)
+            job._rc = rc
+            job._status = JobStatus.FAILED
+            job._ended_at = time.monotonic()
+            logger.debug("Job %s killed", job.index)
+            await plugin.hooks.on_job_killed(self, job)
+
+    # ------------------------------------------------------------ status rounds
+    def reset_pace(self) -> None:
+        """Something changed: ask again soon, at the shortest interval."""
+        self._interval = self.poll_interval
+        self._next_round_at = min(self._next_round_at, time.monotonic() + self.poll_interval)
+
+    def round_delay(self) -> float:
+        """Seconds until the next status round is due (0: now)."""
+        return max(0.0, self._next_round_at - time.monotonic())
+
+    async def refresh_jobs(self, jobs: Sequence[Job]) -> list[Job]:
+        """One status round over the active ``jobs``; returns those that ended.
+
+        Polled backends: the meta files answer first, and only the jobs they leave
+        open are put to the scheduler, in one ``query_jobs`` call. Event-driven
+        backends know in memory which jobs changed, so they are asked first and the
+        files are read only for jobs that ended.
+        """
+        ended: list[Job] = []
+        if self.event_driven:
+            answers = await self.query_jobs(jobs)
+            for job, answer in answers.items():
+                if answer.state == JobQuery.RUNNING:
+                    await self._mark_started(job)
+                elif not answer.alive:
+                    await self._end_vanished(job, answer)
+                    ended.append(job)
+            return ended
+
+        open_jobs = []
+        for job in jobs:
+            status = await job.read_status_file()
+            if await self._end_from_files(job, status):
+                ended.append(job)
+                continue
+            if status == JobStatus.RUNNING and not job._started:
+                await self._mark_started(job)
+            open_jobs.append(job)
+        changed = bool(ended)
+        if open_jobs:
+            answers = await self.query_jobs(open_jobs)
+            for job, answer in answers.items():
+                if answer.state == JobQuery.RUNNING and not job._started:
+                    changed = True
+                    await self._mark_started(job)
+                elif not answer.alive:
+                    changed = True
+                    await self._end_vanished(job, answer)
+                    ended.append(job)
+        # pace: back off while nothing changes, so an idle cluster is asked rarely
+        if changed:
+            self._interval = self.poll_interval
+        else:
+            self._interval = min(self._interval * defaults.POLL_BACKOFF, self.poll_interval_max)
+        self._next_round_at = time.monotonic() + self._interval
+        return ended

@@ -1,0 +1,220 @@
+"""Run jobs as processes on this machine.
+
+Each wrapper is spawned with ``posix_spawn`` (cheap, whatever the event loop) in
+a session of its own, so a Ctrl-C meant for the manager does not reach the jobs
+and a manager killed outright leaves them to finish and record their status.
+The scheduler learns of an exit from the process itself (a pidfd becomes
+readable), never from a timer. The job id is the wrapper's pid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from typing import Sequence
+
+from ..defaults import JOBCMD_WRAPPER_LANG, KILL_GRACE
+from ..job import Job
+from ..scheduler import JobQuery, Scheduler, SubmissionError
+from ..utils import logger
+
+
+def _session_members(sids: set[int]) -> list[int]:
+    """Pids of the processes in the given sessions (from /proc)."""
+    pids = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:  # pragma: no cover - not Linux
+        return pids
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        # fields after the command name (which may hold spaces): state ppid pgrp session
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 3 and int(fields[3]) in sids:
+            pids.append(int(entry))
+    return pids
+
+
+def _exit_reason(wait_status: int) -> str:
+    if os.WIFSIGNALED(wait_status):
+        sig = os.WTERMSIG(wait_status)
+        return (
+            f"the job's wrapper was killed by signal {signal.Signals(sig).name} "
+            "before it could record a return code"
+        )
+    return "the job's wrapper exited without recording a return code"
+
+
+class LocalScheduler(Scheduler):
+    """Run each job as a local process (``forks`` at a time)."""
+
+    name = "local"
+    event_driven = True
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # pid -> job, for wrappers still running
+        self._running: dict[int, Job] = {}
+        # pid -> wait status (None when not our child), for wrappers that ended
+        self._ended: dict[int, int | None] = {}
+        self._pidfds: dict[int, int] = {}
+        self._exit_waiters: dict[int, asyncio.Future] = {}
+        self._devnull: int | None = None
+
+    # ------------------------------------------------------------ watching
+    def _watch(self, pid: int, job: Job, child: bool) -> bool:
+        """Be told when ``pid`` exits; False if it is already gone."""
+        loop = asyncio.get_running_loop()
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return False
+        except (AttributeError, OSError):  # pragma: no cover - no pidfd: a thread waits
+            if not child:
+                return self._pid_alive(pid)
+            self._running[pid] = job
+            fut = loop.run_in_executor(None, os.waitpid, pid, 0)
+            fut.add_done_callback(lambda f, pid=pid: self._exited(pid, f.result()[1]))
+            return True
+        self._running[pid] = job
+        self._pidfds[pid] = fd
+        loop.add_reader(fd, self._on_pidfd, pid, child)
+        return True
+
+    def _on_pidfd(self, pid: int, child: bool) -> None:
+        fd = self._pidfds.pop(pid)
+        asyncio.get_running_loop().remove_reader(fd)
+        os.close(fd)
+        status = None
+        if child:
+            try:
+                _, status = os.waitpid(pid, 0)
+            except ChildProcessError:  # someone else reaped it
+                status = None
+        self._exited(pid, status)
+
+    def _exited(self, pid: int, status: int | None) -> None:
+        self._running.pop(pid, None)
+        self._ended[pid] = status
+        waiter = self._exit_waiters.pop(pid, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        self.notify()
+
+    @staticmethod
+    def _pid_alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    # ------------------------------------------------------------ the interface
+    async def submit_job(self, job: Job) -> str:
+        script = await self.wrapped_job_script(job)
+        if self._devnull is None:
+            self._devnull = os.open(os.devnull, os.O_RDWR)
+        try:
+            pid = os.posix_spawn(
+                JOBCMD_WRAPPER_LANG,
+                [JOBCMD_WRAPPER_LANG, str(script.mounted)],
+                os.environ,
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, self._devnull, 0),
+                    (os.POSIX_SPAWN_DUP2, self._devnull, 1),
+                    (os.POSIX_SPAWN_DUP2, self._devnull, 2),
+                ],
+                setsid=True,
+            )
+        except OSError as exc:
+            raise SubmissionError(f"cannot start {JOBCMD_WRAPPER_LANG}: {exc}") from exc
+        self._watch(pid, job, child=True)
+        return str(pid)
+
+    async def query_jobs(self, jobs: Sequence[Job]) -> dict[Job, JobQuery]:
+        answers: dict[Job, JobQuery] = {}
+        for job in jobs:
+            try:
+                pid = int(job._jid or "")
+            except ValueError:
+                answers[job] = JobQuery(JobQuery.ENDED, f"no process id recorded for job {job.index}")
+                continue
+            if pid in self._running:
+                answers[job] = JobQuery(JobQuery.RUNNING)
+            elif pid in self._ended:
+                status = self._ended.pop(pid)
+                answers[job] = JobQuery(
+                    JobQuery.ENDED,
+                    _exit_reason(status) if status is not None else "the job's wrapper ended "
+                    "without recording a return code",
+                )
+            elif self._is_our_wrapper(pid, job) and self._watch(pid, job, child=False):
+                # left running by an earlier manager of the same workdir
+                answers[job] = JobQuery(JobQuery.RUNNING)
+            else:
+                answers[job] = JobQuery(JobQuery.ENDED, f"process {pid} of job {job.index} is gone")
+        return answers
+
+    def _is_our_wrapper(self, pid: int, job: Job) -> bool:
+        """Whether ``pid`` runs this job's wrapper (pids are reused)."""
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                argv = fh.read().split(b"\0")
+        except OSError:
+            return False
+        script = str((job.metadir / self.wrapped_script_name).mounted).encode()
+        return script in argv
+
+    async def kill_jobs(self, jobs: Sequence[Job]) -> None:
+        """SIGTERM each wrapper (it passes the signal to its command's group and
+        records the end), SIGKILL whatever is left after a grace period."""
+        pids = []
+        for job in jobs:
+            try:
+                pid = int(job._jid or "")
+            except ValueError:
+                continue
+            if pid not in self._running:
+                continue
+            pids.append(pid)
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        if not pids:
+            return
+        loop = asyncio.get_running_loop()
+        waiters = []
+        for pid in pids:
+            if pid in self._running:
+                waiters.append(self._exit_waiters.setdefault(pid, loop.create_future()))
+        if waiters:
+            await asyncio.wait(waiters, timeout=KILL_GRACE)
+        # the wrappers are their sessions' leaders: anything still in those
+        # sessions (a command that ignored SIGTERM, its children) is killed now
+        for member in _session_members(set(pids)):
+            try:
+                os.kill(member, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        still = [self._exit_waiters[p] for p in pids if p in self._exit_waiters]
+        if still:
+            await asyncio.wait(still, timeout=KILL_GRACE)
+            for pid in pids:
+                if pid in self._running:
+                    logger.error("Job process %s did not end after SIGKILL", pid)
+
+    async def close(self) -> None:
+        """Release what the scheduler holds (called when the run ends)."""
+        if self._devnull is not None:
+            os.close(self._devnull)
+            self._devnull = None

@@ -1,0 +1,217 @@
+"""Small tools shared by the manager and the schedulers: the logger, quoting,
+running a command line with a timeout, and mount specifications."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import shlex
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Mapping, Sequence, Tuple, Union
+
+from panpath import PanPath
+
+CommandType = Union[str, Tuple[str, ...], List[str]]
+
+LOGGER_NAME = "XQUTE"
+
+
+def _make_logger() -> logging.Logger:
+    log = logging.getLogger(LOGGER_NAME)
+    log.setLevel(os.environ.get("XQUTE_LOG_LEVEL", "INFO").upper())
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(
+            logging.Formatter("[%(asctime)s] %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+        )
+        log.addHandler(handler)
+        # our handler prints; the root logger must not print the same line again
+        log.propagate = False
+    return log
+
+
+logger = _make_logger()
+
+
+def log_to_file(path: str | os.PathLike, level: int | str = logging.DEBUG) -> logging.Handler:
+    """Also write xqute's log to ``path``; returns the handler (remove it to stop)."""
+    handler = logging.FileHandler(path)
+    handler.setLevel(level)
+    handler.setFormatter(
+        logging.Formatter("[%(asctime)s] %(levelname)-7s %(name)s: %(message)s")
+    )
+    logger.addHandler(handler)
+    if logger.level > handler.level:
+        logger.setLevel(handler.level)
+    return handler
+
+
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_env_name(name: str) -> str:
+    """Refuse an environment variable name the shell cannot export."""
+    if not isinstance(name, str) or not _ENV_NAME_RE.match(name):
+        raise ValueError(
+            f"Invalid environment variable name {name!r}: it must match [A-Za-z_][A-Za-z0-9_]*"
+        )
+    return name
+
+
+def check_no_nul(text: str, what: str) -> str:
+    """NUL cannot travel through argv or environment; say so rather than truncating."""
+    if "\0" in text:
+        raise ValueError(f"{what} contains a NUL character, which no process can receive: {text!r}")
+    return text
+
+
+def normalize_cmd(cmd: CommandType) -> tuple[str, ...]:
+    """A command as a tuple of arguments; a string is split as a shell would.
+
+    Raises ValueError for an empty command or one with NUL in it.
+    """
+    if isinstance(cmd, str):
+        args = tuple(shlex.split(cmd))
+    elif isinstance(cmd, (list, tuple)):
+        args = tuple(str(arg) for arg in cmd)
+    else:
+        raise TypeError(f"A command must be a string or a list of strings, not {type(cmd).__name__}")
+    if not args or not args[0].strip():
+        raise ValueError(f"Empty command: {cmd!r}")
+    for arg in args:
+        check_no_nul(arg, "Command")
+    return args
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a command line printed and how it ended (rc < 0: it did not run or
+    was stopped; the reason is in ``stderr``)."""
+
+    rc: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+
+async def run_command(
+    *args: str,
+    timeout: float | None = 60.0,
+    input: str | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+) -> CommandResult:
+    """Run ``args`` (no shell) and collect its output, never raising.
+
+    A missing binary gives rc 127, a timeout kills the process and gives rc -1;
+    either way ``stderr`` says what happened, naming the binary.
+    """
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *args,
+            stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=None if env is None else {**os.environ, **env},
+            cwd=cwd,
+            start_new_session=True,
+        )
+    except FileNotFoundError:
+        return CommandResult(127, "", f"command not found: {args[0]}")
+    except PermissionError as exc:
+        return CommandResult(126, "", f"cannot execute {args[0]}: {exc}")
+    try:
+        out, err = await asyncio.wait_for(
+            proc.communicate(None if input is None else input.encode()), timeout
+        )
+    except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        await proc.wait()
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        return CommandResult(-1, "", f"{args[0]} timed out after {timeout} s")
+    return CommandResult(
+        proc.returncode if proc.returncode is not None else -1,
+        out.decode(errors="replace"),
+        err.decode(errors="replace"),
+    )
+
+
+_NAMED_MOUNT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+
+
+async def sanitize_mounts(
+    mounts: str | Sequence[str] | None,
+    mount_root: str,
+    named_mounts: str = "NAMED_MOUNTS",
+) -> tuple[list[tuple[PanPath, Path]], dict[str, str]]:
+    """Turn mount specifications into (host path, path inside) pairs.
+
+    ``host:inside`` mounts as given. ``NAME=host`` mounts ``host`` under
+    ``<mount_root>/<named_mounts>/NAME/`` and returns ``{NAME: path inside}`` so
+    the caller can export it as an environment variable; a file is mounted by
+    its folder and the variable names the file inside it.
+    """
+    if mounts is None:
+        mounts = []
+    elif isinstance(mounts, str):
+        mounts = [mounts]
+    pairs: list[tuple[PanPath, Path]] = []
+    named: dict[str, str] = {}
+    for mount in mounts:
+        if _NAMED_MOUNT_RE.match(mount):
+            name, host = mount.split("=", 1)
+            host_path = PanPath(host)
+            inside_root = Path(mount_root) / named_mounts / name
+            if await host_path.a_is_file():
+                inside = inside_root / host_path.parent.name
+                pairs.append((host_path.parent, inside))
+                named[name] = str(inside / host_path.name)
+            else:
+                inside = inside_root / host_path.name
+                pairs.append((host_path, inside))
+                named[name] = str(inside)
+            continue
+        host, sep, inside = mount.rpartition(":")
+        if not sep or not host or not inside or host.endswith(":/") or inside.startswith("//"):
+            # a cloud URL (gs://...) has ':' inside; a spec needs host:inside
+            if "://" in mount and mount.count(":") >= 2:
+                host, sep, inside = mount.rpartition(":")
+            else:
+                raise ValueError(
+                    f"Invalid mount {mount!r}: expected 'host_path:path_inside' or 'NAME=host_path'"
+                )
+        pairs.append((PanPath(host), Path(inside)))
+    return pairs, named
+
+
+def shell_quote(value: object) -> str:
+    """Quote one value for bash, refusing NUL."""
+    return shlex.quote(check_no_nul(str(value), "Value"))
+
+
+__all__ = [
+    "CommandResult",
+    "CommandType",
+    "check_env_name",
+    "log_to_file",
+    "logger",
+    "normalize_cmd",
+    "run_command",
+    "sanitize_mounts",
+    "shell_quote",
+]
+
+if sys.version_info < (3, 10):  # pragma: no cover
+    raise RuntimeError("xqute needs Python 3.10 or newer")
