@@ -1,0 +1,747 @@
+"""A fake of the Google Cloud Batch REST API (v1) on loopback, for ``gcloud batch``.
+
+No real Batch service is reachable from the test machines, so this server stands
+in for it; the ``gcloud`` CLI that talks to it is the real one (pointed here with
+``CLOUDSDK_API_ENDPOINT_OVERRIDES_BATCH``).  It is started by
+``scripts/gbatch.sh start``.
+
+What it does, like the service:
+- ``jobs.create`` (submit), ``get`` (describe), ``list``, ``delete``, ``cancel``
+  and ``taskGroups.tasks.list/get``; errors in Google's JSON error format, so
+  gcloud prints them and exits 1.
+- Job ids are checked against Batch's rule; an id in use gives 409 ALREADY_EXISTS
+  (also while the old job's deletion is in progress).
+- Jobs move QUEUED -> SCHEDULED -> RUNNING -> SUCCEEDED/FAILED; cancel goes through
+  CANCELLATION_IN_PROGRESS to CANCELLED; delete through DELETION_IN_PROGRESS to gone.
+- The task really runs, on this machine: each runnable (``script.text``,
+  ``script.path``, or a container's ``entrypoint`` + ``commands``, run without the
+  image) in order, in a private mount namespace where every GCS volume
+  (``gcs.remotePath``) is bind-mounted at its ``mountPath``.  A volume is a local
+  mirror of the bucket prefix, kept in sync with the GCS emulator (at
+  ``STORAGE_EMULATOR_HOST``) the way gcsfuse would: changed objects are fetched
+  before a task starts, files the task writes are uploaded every
+  ``--sync-interval`` seconds and once more before the job is reported finished.
+
+Test knobs, read from the job's labels (so tests pass them through the scheduler's
+``labels`` option):
+- ``fake-batch-behaviour: never-start`` stays QUEUED until cancelled or deleted;
+  ``fail-before-run`` goes to FAILED without running anything (no VM).
+- ``fake-batch-quota-errors: N`` / ``fake-batch-deadline-errors: N``: the first N
+  create requests for that job id fail with 429 RESOURCE_EXHAUSTED / 504
+  DEADLINE_EXCEEDED.
+
+``GET /fake/stats`` returns request counts (API requests by method, storage
+requests the fake itself made), for benchmarks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+# Batch: 1-63 characters, lowercase letters, digits and hyphens, starting with a
+# letter and not ending with a hyphen.
+JOB_ID_RE = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+JOBS_PATH_RE = re.compile(
+    r"^/v1/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/jobs"
+    r"(?:/(?P<job>[^/:]+)(?P<rest>[^?]*))?$"
+)
+TASKS_REST_RE = re.compile(r"^/taskGroups/(?P<group>[^/]+)/tasks(?:/(?P<task>\d+))?$")
+TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
+
+
+def now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+class ApiError(Exception):
+    """An error answered to the client in Google's JSON error format."""
+
+    def __init__(self, code: int, status: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.status = status
+        self.message = message
+
+    def body(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message, "status": self.status}}
+
+
+class Stats:
+    """Thread-safe request counters."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.api: Counter = Counter()
+        self.storage: Counter = Counter()
+
+    def count_api(self, method: str) -> None:
+        with self.lock:
+            self.api[method] += 1
+
+    def count_storage(self, what: str, n: int = 1) -> None:
+        with self.lock:
+            self.storage[what] += n
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            return {"api": dict(self.api), "storage": dict(self.storage)}
+
+
+class BucketMirror:
+    """A local copy of one bucket prefix, synced both ways like a gcsfuse mount.
+
+    Several tasks using the same volume share one mirror, as tasks on one VM
+    share one gcsfuse mount.  ``entries`` maps a relative path to the object
+    generation and the local (size, mtime) seen at the last sync.
+    """
+
+    def __init__(self, root: Path, bucket: str, prefix: str, stats: Stats):
+        self.root = root
+        self.bucket_name = bucket
+        self.prefix = prefix.strip("/")
+        self.stats = stats
+        self.lock = threading.Lock()
+        self.entries: dict[str, tuple[int, int, int]] = {}
+        self.users = 0
+        self._client = None
+        root.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def bucket(self):
+        if self._client is None:
+            from google.auth.credentials import AnonymousCredentials
+            from google.cloud import storage
+
+            self._client = storage.Client(
+                project="fake-batch", credentials=AnonymousCredentials()
+            )
+        return self._client.bucket(self.bucket_name)
+
+    def _key(self, rel: str) -> str:
+        return f"{self.prefix}/{rel}" if self.prefix else rel
+
+    def _local_sig(self, path: Path) -> tuple[int, int] | None:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        return st.st_size, st.st_mtime_ns
+
+    def sync_down(self) -> None:
+        """Fetch objects that are new or changed in the bucket; drop deleted ones."""
+        with self.lock:
+            list_prefix = f"{self.prefix}/" if self.prefix else None
+            blobs = list(self.bucket.client.list_blobs(self.bucket_name, prefix=list_prefix))
+            self.stats.count_storage("list")
+            seen = set()
+            for blob in blobs:
+                rel = blob.name[len(list_prefix or "") :]
+                if not rel or rel.endswith("/"):
+                    (self.root / rel).mkdir(parents=True, exist_ok=True)
+                    continue
+                seen.add(rel)
+                local = self.root / rel
+                entry = self.entries.get(rel)
+                if entry and entry[0] == blob.generation:
+                    continue
+                if entry and self._local_sig(local) != entry[1:]:
+                    continue  # changed here too: this side wins, sync_up sends it
+                local.parent.mkdir(parents=True, exist_ok=True)
+                blob.download_to_filename(str(local))
+                self.stats.count_storage("download")
+                sig = self._local_sig(local)
+                self.entries[rel] = (blob.generation, *sig)
+            for rel in list(self.entries):
+                if rel in seen:
+                    continue
+                local = self.root / rel
+                if self._local_sig(local) == self.entries[rel][1:]:
+                    local.unlink(missing_ok=True)
+                del self.entries[rel]
+
+    def sync_up(self) -> None:
+        """Upload files written or changed here; delete objects removed here."""
+        with self.lock:
+            present = set()
+            for dirpath, _dirs, files in os.walk(self.root):
+                for name in files:
+                    local = Path(dirpath) / name
+                    rel = local.relative_to(self.root).as_posix()
+                    present.add(rel)
+                    sig = self._local_sig(local)
+                    entry = self.entries.get(rel)
+                    if sig is None or (entry and entry[1:] == sig):
+                        continue
+                    blob = self.bucket.blob(self._key(rel))
+                    try:
+                        blob.upload_from_filename(str(local))
+                    except FileNotFoundError:
+                        continue
+                    self.stats.count_storage("upload")
+                    self.entries[rel] = (blob.generation or 0, *sig)
+            for rel in list(self.entries):
+                if rel not in present:
+                    try:
+                        self.bucket.blob(self._key(rel)).delete()
+                        self.stats.count_storage("delete")
+                    except Exception:  # already gone in the bucket
+                        pass
+                    del self.entries[rel]
+
+
+class FakeJob:
+    """One Batch job: its resource, state machine and task process."""
+
+    def __init__(self, service: "FakeBatchService", parent: str, job_id: str, body: dict):
+        self.service = service
+        self.parent = parent
+        self.job_id = job_id
+        self.name = f"{parent}/jobs/{job_id}"
+        self.lock = threading.Lock()
+        self.stop_requested = threading.Event()
+        self.stop_reason = ""  # "cancel" or "delete"
+        self.proc: subprocess.Popen | None = None
+        self.exit_code: int | None = None
+        self.done = False
+        created = now_rfc3339()
+        self.resource = dict(body)
+        self.resource.update(
+            name=self.name,
+            uid=f"{job_id[:50]}-{uuid.uuid4().hex[:12]}",
+            createTime=created,
+            updateTime=created,
+        )
+        groups = self.resource.setdefault("taskGroups", [{}])
+        for index, group in enumerate(groups):
+            group["name"] = f"{self.name}/taskGroups/group{index}"
+            group.setdefault("taskCount", "1")
+            group.setdefault("parallelism", "1")
+        self.resource["status"] = {"state": "QUEUED", "statusEvents": []}
+        self.task_state = "PENDING"
+        self._event("STATUS_CHANGED", "Job state is set from  to QUEUED for job " + self.name)
+
+    @property
+    def labels(self) -> dict:
+        return self.resource.get("labels") or {}
+
+    @property
+    def state(self) -> str:
+        return self.resource["status"]["state"]
+
+    def _event(self, kind: str, description: str) -> None:
+        self.resource["status"]["statusEvents"].append(
+            {"type": kind, "description": description, "eventTime": now_rfc3339()}
+        )
+
+    def set_state(self, state: str, description: str = "") -> None:
+        with self.lock:
+            old = self.state
+            if old == state:
+                return
+            self.resource["status"]["state"] = state
+            self.resource["updateTime"] = now_rfc3339()
+            self._event(
+                "STATUS_CHANGED",
+                description or f"Job state is set from {old} to {state} for job {self.name}",
+            )
+            if state == "RUNNING":
+                self.task_state = "RUNNING"
+            elif state in ("SUCCEEDED", "FAILED"):
+                self.task_state = state if self.task_state == "RUNNING" else "FAILED"
+                if self.task_state == "SUCCEEDED":
+                    counts = {"SUCCEEDED": "1"}
+                else:
+                    counts = {"FAILED": "1"}
+                self.resource["status"]["taskGroups"] = {"group0": {"counts": counts}}
+
+    def view(self) -> dict:
+        with self.lock:
+            return json.loads(json.dumps(self.resource))
+
+    def task_view(self, index: int = 0) -> dict:
+        with self.lock:
+            status: dict = {"state": self.task_state, "statusEvents": []}
+            if self.exit_code is not None:
+                status["statusEvents"].append(
+                    {
+                        "type": "TASK_EXIT",
+                        "description": f"Task exited with code {self.exit_code}",
+                        "eventTime": self.resource["updateTime"],
+                        "taskExecution": {"exitCode": self.exit_code},
+                    }
+                )
+            return {"name": f"{self.name}/taskGroups/group0/tasks/{index}", "status": status}
+
+    # -- lifecycle (runs in its own thread) ---------------------------------
+    def _pause(self, seconds: float) -> bool:
+        """Sleep; True when a cancel or delete came meanwhile."""
+        return self.stop_requested.wait(seconds)
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except Exception as exc:  # a bug here must not leave the job RUNNING
+            self.set_state("FAILED", f"fake Batch API internal error: {exc!r}")
+        finally:
+            with self.lock:
+                self.done = True
+                reason = self.stop_reason
+            self._after_stop(reason)
+
+    def _run(self) -> None:
+        step = self.service.step_seconds
+        behaviour = self.labels.get("fake-batch-behaviour", "")
+        if self._pause(step):
+            return
+        if behaviour == "never-start":
+            self.stop_requested.wait()
+            return
+        self.set_state("SCHEDULED")
+        if self._pause(step):
+            return
+        if behaviour == "fail-before-run":
+            self.set_state(
+                "FAILED",
+                "Job failed before any task ran: no VM could be allocated "
+                "(fake-batch-behaviour: fail-before-run)",
+            )
+            return
+        self.set_state("RUNNING")
+        code = self._execute()
+        if self.stop_requested.is_set():
+            return
+        self.exit_code = code
+        if code == 0:
+            self.set_state("SUCCEEDED")
+        else:
+            self.set_state(
+                "FAILED",
+                f"Job state is set from RUNNING to FAILED for job {self.name}. "
+                f"Job failed due to task failure. Task exited with code {code}.",
+            )
+
+    def _after_stop(self, reason: str) -> None:
+        if reason == "cancel":
+            self.set_state("CANCELLED", f"Job {self.name} was cancelled")
+        elif reason == "delete":
+            time.sleep(self.service.delete_seconds)
+            self.service.forget(self)
+
+    def request_stop(self, reason: str) -> None:
+        """Cancel or delete: stop the task; the job's thread finishes the move."""
+        with self.lock:
+            if self.stop_reason == "delete":
+                return
+            self.stop_reason = reason
+            done = self.done
+        if done:
+            # The job had ended already: only a deletion has anything left to do.
+            threading.Thread(target=self._after_stop, args=(reason,), daemon=True).start()
+            return
+        self.stop_requested.set()
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    # -- running the task for real -------------------------------------------
+    def _task_script(self, mounts: list[tuple[Path, str]]) -> str:
+        group = self.resource["taskGroups"][0]
+        spec = group.get("taskSpec") or {}
+        lines = ["set -u"]
+        for local, mount_path in sorted(mounts, key=lambda m: len(Path(m[1]).parts)):
+            lines.append(f"mkdir -p {shlex.quote(mount_path)}")
+            lines.append(f"mount --bind {shlex.quote(str(local))} {shlex.quote(mount_path)} || exit 90")
+        spec_env = (spec.get("environment") or {}).get("variables") or {}
+        for key, value in spec_env.items():
+            lines.append(f"export {key}={shlex.quote(str(value))}")
+        for runnable in spec.get("runnables") or []:
+            env = (runnable.get("environment") or {}).get("variables") or {}
+            prefix = ["env", *(f"{k}={v}" for k, v in env.items())] if env else []
+            if "script" in runnable:
+                script = runnable["script"] or {}
+                if script.get("text") is not None:
+                    argv = [*prefix, "bash", "-c", script["text"]]
+                elif script.get("path"):
+                    argv = [*prefix, "bash", script["path"]]
+                else:
+                    continue
+            elif "container" in runnable:
+                container = runnable["container"] or {}
+                entry = container.get("entrypoint") or ""
+                argv = [*prefix, *shlex.split(entry), *(container.get("commands") or [])]
+                if not argv:
+                    continue
+            else:  # barrier and others: nothing to run on one VM
+                continue
+            command = shlex.join(argv)
+            if runnable.get("background"):
+                lines.append(f"{command} &")
+            elif runnable.get("ignoreExitStatus"):
+                lines.append(f"{command} || true")
+            else:
+                lines.append(f"{command} || exit $?")
+        lines.append("exit 0")
+        return "\n".join(lines) + "\n"
+
+    def _execute(self) -> int:
+        spec = (self.resource["taskGroups"][0].get("taskSpec")) or {}
+        mounts: list[tuple[Path, str]] = []
+        mirrors: list[BucketMirror] = []
+        for volume in spec.get("volumes") or []:
+            gcs = volume.get("gcs")
+            if not gcs or not volume.get("mountPath"):
+                continue  # NFS / disks: nothing to emulate on one machine
+            remote = gcs.get("remotePath", "").strip("/")
+            bucket, _, prefix = remote.partition("/")
+            mirror = self.service.mirror(bucket, prefix)
+            try:
+                mirror.sync_down()
+            except Exception as exc:
+                self.service.release(mirror)
+                for used in mirrors:
+                    self.service.release(used)
+                with self.lock:
+                    self._event("VOLUME", f"cannot mount gs://{remote}: {exc}")
+                return 91
+            mirrors.append(mirror)
+            mounts.append((mirror.root, volume["mountPath"]))
+
+        workspace = self.service.state_dir / "tasks" / self.resource["uid"]
+        workspace.mkdir(parents=True, exist_ok=True)
+        script = workspace / "task.sh"
+        script.write_text(self._task_script(mounts))
+        env = dict(os.environ)
+        env.update(
+            BATCH_TASK_INDEX="0",
+            BATCH_TASK_COUNT="1",
+            BATCH_TASK_RETRY_ATTEMPT="0",
+            BATCH_JOB_UID=self.resource["uid"],
+        )
+        log = open(self.service.state_dir / "logs" / f"{self.resource['uid']}.log", "wb")
+        try:
+            # unshare -m: the bind mounts exist only for this task, like a VM's.
+            self.proc = subprocess.Popen(
+                ["unshare", "-m", "--propagation", "private", "bash", str(script)],
+                cwd=workspace,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            while True:
+                try:
+                    code = self.proc.wait(timeout=self.service.sync_interval)
+                    break
+                except subprocess.TimeoutExpired:
+                    for mirror in mirrors:
+                        self._sync_up(mirror)
+                    if self.stop_requested.is_set():
+                        self._kill_task()
+        finally:
+            log.close()
+            for mirror in mirrors:
+                self._sync_up(mirror)
+                self.service.release(mirror)
+            shutil.rmtree(workspace, ignore_errors=True)
+        return code
+
+    def _sync_up(self, mirror: BucketMirror) -> None:
+        try:
+            mirror.sync_up()
+        except Exception as exc:  # the emulator hiccuped; the next sync retries
+            with self.lock:
+                self._event("VOLUME", f"sync to gs://{mirror.bucket_name} failed: {exc}")
+
+    def _kill_task(self) -> None:
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+class FakeBatchService:
+    """All jobs, by name, and the shared bucket mirrors."""
+
+    def __init__(self, state_dir: Path, step_seconds: float, delete_seconds: float, sync_interval: float):
+        self.state_dir = state_dir
+        self.step_seconds = step_seconds
+        self.delete_seconds = delete_seconds
+        self.sync_interval = sync_interval
+        self.stats = Stats()
+        self.lock = threading.Lock()
+        self.jobs: dict[str, FakeJob] = {}
+        self.create_attempts: Counter = Counter()
+        self.mirrors: dict[tuple[str, str], BucketMirror] = {}
+        (state_dir / "logs").mkdir(parents=True, exist_ok=True)
+        (state_dir / "tasks").mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(state_dir / "mirrors", ignore_errors=True)
+
+    def mirror(self, bucket: str, prefix: str) -> BucketMirror:
+        key = (bucket, prefix.strip("/"))
+        with self.lock:
+            mirror = self.mirrors.get(key)
+            if mirror is None:
+                root = self.state_dir / "mirrors" / uuid.uuid4().hex
+                mirror = self.mirrors[key] = BucketMirror(root, bucket, prefix, self.stats)
+            mirror.users += 1
+            return mirror
+
+    def release(self, mirror: BucketMirror) -> None:
+        with self.lock:
+            mirror.users -= 1
+
+    def forget(self, job: FakeJob) -> None:
+        with self.lock:
+            if self.jobs.get(job.name) is job:
+                del self.jobs[job.name]
+
+    def get(self, parent: str, job_id: str) -> FakeJob:
+        with self.lock:
+            job = self.jobs.get(f"{parent}/jobs/{job_id}")
+        if job is None:
+            raise ApiError(404, "NOT_FOUND", f'Resource "{parent}/jobs/{job_id}" was not found')
+        return job
+
+    def create(self, parent: str, job_id: str | None, body: dict) -> dict:
+        if not job_id:
+            job_id = f"job-{uuid.uuid4().hex[:12]}"
+        if not JOB_ID_RE.match(job_id):
+            raise ApiError(
+                400,
+                "INVALID_ARGUMENT",
+                f"Job id {job_id!r} is invalid: it must match "
+                "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$",
+            )
+        runnables = (
+            ((body.get("taskGroups") or [{}])[0].get("taskSpec") or {}).get("runnables") or []
+        )
+        if not runnables:
+            raise ApiError(
+                400, "INVALID_ARGUMENT", "taskGroups[0].taskSpec.runnables must not be empty"
+            )
+        labels = body.get("labels") or {}
+        with self.lock:
+            self.create_attempts[(parent, job_id)] += 1
+            attempt = self.create_attempts[(parent, job_id)]
+            for label, code, status, message in (
+                (
+                    "fake-batch-quota-errors",
+                    429,
+                    "RESOURCE_EXHAUSTED",
+                    "Quota exceeded for quota metric 'Job create requests' of service "
+                    "'batch.googleapis.com' (fake)",
+                ),
+                (
+                    "fake-batch-deadline-errors",
+                    504,
+                    "DEADLINE_EXCEEDED",
+                    "Deadline exceeded while creating the job (fake)",
+                ),
+            ):
+                if attempt <= int(labels.get(label, "0") or 0):
+                    raise ApiError(code, status, message)
+            name = f"{parent}/jobs/{job_id}"
+            if name in self.jobs:
+                raise ApiError(409, "ALREADY_EXISTS", f"Job {name} already exists")
+            job = self.jobs[name] = FakeJob(self, parent, job_id, body)
+        threading.Thread(target=job.run, name=f"job-{job_id}", daemon=True).start()
+        return job.view()
+
+    def list(self, parent: str, page_size: int, page_token: str) -> dict:
+        with self.lock:
+            jobs = sorted(
+                (j for j in self.jobs.values() if j.parent == parent or parent.endswith("/-")),
+                key=lambda j: j.name,
+            )
+        start = int(page_token or 0)
+        end = start + page_size if page_size > 0 else len(jobs)
+        answer: dict = {"jobs": [j.view() for j in jobs[start:end]]}
+        if end < len(jobs):
+            answer["nextPageToken"] = str(end)
+        return answer
+
+    def operation(self, job: FakeJob, verb: str) -> dict:
+        return {
+            "name": f"{job.parent}/operations/operation-{uuid.uuid4().hex[:16]}",
+            "metadata": {
+                "@type": "type.googleapis.com/google.cloud.batch.v1.OperationMetadata",
+                "createTime": now_rfc3339(),
+                "target": job.name,
+                "verb": verb,
+                "apiVersion": "v1",
+            },
+            "done": False,
+        }
+
+    def delete(self, job: FakeJob) -> dict:
+        if job.state != "DELETION_IN_PROGRESS":
+            job.set_state("DELETION_IN_PROGRESS")
+            job.request_stop("delete")
+        return self.operation(job, "delete")
+
+    def cancel(self, job: FakeJob) -> dict:
+        if job.state in TERMINAL_STATES:
+            raise ApiError(
+                400, "FAILED_PRECONDITION", f"Job {job.name} is in state {job.state}"
+            )
+        if job.state not in ("CANCELLATION_IN_PROGRESS", "DELETION_IN_PROGRESS"):
+            job.set_state("CANCELLATION_IN_PROGRESS")
+            job.request_stop("cancel")
+        return self.operation(job, "cancel")
+
+
+class Handler(BaseHTTPRequestHandler):
+    """Routes the Batch v1 REST paths gcloud uses to the service."""
+
+    service: FakeBatchService  # set on the subclass made in main()
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - http.server's name
+        sys.stderr.write(f"{now_rfc3339()} {self.command} {self.path} {format % args}\n")
+
+    def _reply(self, code: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _body(self) -> dict:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        if not raw:
+            return {}
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ApiError(400, "INVALID_ARGUMENT", f"Invalid JSON payload: {exc}")
+
+    def _handle(self, method: str) -> None:
+        url = urlsplit(self.path)
+        query = parse_qs(url.query)
+        try:
+            if url.path == "/fake/stats" and method == "GET":
+                self._reply(200, self.service.stats.snapshot())
+                return
+            match = JOBS_PATH_RE.match(url.path)
+            if not match:
+                raise ApiError(404, "NOT_FOUND", f"No such API path: {url.path}")
+            parent = f"projects/{match['project']}/locations/{match['location']}"
+            job_id, rest = match["job"], match["rest"] or ""
+            if job_id is None:
+                if method == "POST":
+                    self.service.stats.count_api("create")
+                    body = self._body()
+                    self._reply(200, self.service.create(parent, query.get("jobId", [""])[0], body))
+                elif method == "GET":
+                    self.service.stats.count_api("list")
+                    size = int(query.get("pageSize", ["0"])[0] or 0)
+                    token = query.get("pageToken", [""])[0]
+                    self._reply(200, self.service.list(parent, size, token))
+                else:
+                    raise ApiError(405, "INVALID_ARGUMENT", f"{method} is not allowed here")
+                return
+            if rest == "" and method == "GET":
+                self.service.stats.count_api("get")
+                self._reply(200, self.service.get(parent, job_id).view())
+            elif rest == "" and method == "DELETE":
+                self.service.stats.count_api("delete")
+                self._reply(200, self.service.delete(self.service.get(parent, job_id)))
+            elif rest == ":cancel" and method == "POST":
+                self.service.stats.count_api("cancel")
+                self._body()
+                self._reply(200, self.service.cancel(self.service.get(parent, job_id)))
+            elif TASKS_REST_RE.match(rest) and method == "GET":
+                self.service.stats.count_api("tasks")
+                job = self.service.get(parent, job_id)
+                task = TASKS_REST_RE.match(rest)["task"]
+                if task is None:
+                    self._reply(200, {"tasks": [job.task_view(0)]})
+                elif task == "0":
+                    self._reply(200, job.task_view(0))
+                else:
+                    raise ApiError(404, "NOT_FOUND", f"Task {task} of {job.name} not found")
+            else:
+                raise ApiError(404, "NOT_FOUND", f"No such API path: {method} {url.path}")
+        except ApiError as err:
+            self._reply(err.code, err.body())
+        except Exception as exc:  # keep serving; tell the client what broke
+            self._reply(500, ApiError(500, "INTERNAL", f"fake Batch API: {exc!r}").body())
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self._handle("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._handle("POST")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._handle("DELETE")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=18089)
+    parser.add_argument("--state-dir", type=Path, default=Path("/tmp/xqute-infra/gbatch"))
+    parser.add_argument("--step-seconds", type=float, default=0.2,
+                        help="time in QUEUED and in SCHEDULED before a task runs")
+    parser.add_argument("--delete-seconds", type=float, default=1.0,
+                        help="time a deleted job stays in DELETION_IN_PROGRESS")
+    parser.add_argument("--sync-interval", type=float, default=0.5,
+                        help="seconds between uploads of files a running task wrote")
+    args = parser.parse_args(argv)
+    if not os.environ.get("STORAGE_EMULATOR_HOST"):
+        sys.exit("fake_batch_api.py: STORAGE_EMULATOR_HOST is not set (GCS emulator address)")
+    service = FakeBatchService(
+        args.state_dir, args.step_seconds, args.delete_seconds, args.sync_interval
+    )
+    handler = type("BoundHandler", (Handler,), {"service": service})
+    server = ThreadingHTTPServer((args.host, args.port), handler)
+    server.daemon_threads = True
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(f"fake Batch API on http://{args.host}:{args.port}/", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        # Leave no task behind: they run in their own sessions.
+        jobs = list(service.jobs.values())
+        for job in jobs:
+            job.request_stop("delete")
+        time.sleep(0.5)
+        for job in jobs:
+            if job.proc is not None and job.proc.poll() is None:
+                try:
+                    os.killpg(job.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+if __name__ == "__main__":
+    main()
