@@ -163,6 +163,9 @@ JobCompType=jobcomp/none
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
 AccountingStoragePort=$DBD_PORT
+# Limits are enforced so a per-user submit limit (MaxSubmitJobs) can be set and
+# seen refusing jobs, as on a shared cluster; users need an association (below).
+AccountingStorageEnforce=associations,limits
 NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP" && changed=1
 
@@ -259,6 +262,23 @@ start_slurmdbd() {
     wait_for 60 slurmdbd dbd_ok || die "slurmdbd does not answer (see $LOG/slurmdbd.log)"
 }
 
+# With limits enforced, a user needs an association to submit: root (and the user
+# who ran sudo, if any) get one in account "xqute".
+add_associations() {
+    local user
+    SLURM_CONF=$SLURM_CONF_FILE sacctmgr -n -P show account xqute format=account 2>/dev/null |
+        grep -q xqute ||
+        SLURM_CONF=$SLURM_CONF_FILE sacctmgr -i add account xqute Cluster=$CLUSTER \
+            Description=xqute Organization=xqute >/dev/null ||
+        die "could not add the Slurm account xqute"
+    for user in root ${SUDO_USER:-}; do
+        SLURM_CONF=$SLURM_CONF_FILE sacctmgr -n -P show assoc user="$user" account=xqute \
+            format=user 2>/dev/null | grep -q . && continue
+        SLURM_CONF=$SLURM_CONF_FILE sacctmgr -i add user "$user" Account=xqute \
+            Cluster=$CLUSTER >/dev/null || die "could not add Slurm user $user"
+    done
+}
+
 ctld_ok() { SLURM_CONF=$SLURM_CONF_FILE scontrol ping 2>/dev/null | grep -q 'is UP'; }
 
 start_slurmctld() {
@@ -295,6 +315,7 @@ cmd_start() {
     start_mariadb
     start_slurmdbd
     start_slurmctld
+    add_associations
     start_slurmd
     cmd_status >/dev/null || die "started, but status says: $(cmd_status)"
     say "up: SLURM_CONF=$SLURM_CONF_FILE"
