@@ -194,11 +194,15 @@ class Scheduler(ABC):
             num_retries=self.num_retries,
             envs=envs,
         )
+        await self._ensure_metadir(job)
+        return job
+
+    @staticmethod
+    async def _ensure_metadir(job: Job) -> None:
         if isinstance(job.metadir, LocalPath):
             os.makedirs(job.metadir, exist_ok=True)
         else:
             await job.metadir.a_mkdir(parents=True, exist_ok=True)
-        return job
 
     def job_name(self, job: Job) -> str:
         """``<prefix>-<short hash of workdir>-<index>``: unique per run folder."""
@@ -437,11 +441,18 @@ exit "$rc"
         if await plugin.hooks.on_job_submitting(self, job) is False:
             logger.info("Job %s: submission skipped by a plugin", job.index)
             return False
-        await job.clean()
-        await job.set_status(JobStatus.SUBMITTED)
         job._submitted_at = time.monotonic()
         try:
+            await self._ensure_metadir(job)
+            await job.clean()
+            # written before the job exists, so it can never overwrite RUNNING
+            await job.set_status(JobStatus.SUBMITTED)
             jid = await self._submit_with_retries(job)
+        except OSError as exc:
+            await self._mark_ended(
+                job, RC_SUBMISSION_FAILED, f"cannot prepare the job in {job.metadir}: {exc}", write=True
+            )
+            return True
         except SubmissionError as exc:
             await self._mark_ended(
                 job, RC_SUBMISSION_FAILED, f"submission to {self.name} failed: {exc}", write=True

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh Debian machine: installs what the tests need,
+# brings up the real parts this machine can run (Slurm, Grid Engine, sshd,
+# podman, object stores, the Batch API for gcloud), runs every test, then builds
+# the docs strictly. Extra arguments go to pytest.
+# Under CI=true a real part that cannot start makes its tests fail, not skip.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+python=$(bash scripts/venv.sh test) || { echo "could not set up .venv" >&2; exit 1; }
+
+for part in slurm sge ssh podman stores gbatch; do
+    script="scripts/$part.sh"
+    [ -f "$script" ] || continue
+    echo "== starting $part"
+    if ! timeout 1200 bash "$script" start; then
+        echo "== $part did not start here; its tests will skip (or fail under CI=true)"
+    fi
+done
+
+echo "== tests"
+"$python" -m pytest -q -p no:cacheprovider tests "$@"
+status=$?
+
+echo "== docs"
+"$root/.venv/bin/mkdocs" build --strict --site-dir "$root/site" || status=1
+exit $status

@@ -1,0 +1,578 @@
+"""The manager, jobs, hooks and the local scheduler, end to end with real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import warnings
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, make_recorder, processes_with
+from xqute import Job, JobErrorStrategy, JobStatus, Xqute, plugin
+from xqute.scheduler import Scheduler
+
+
+def read(path) -> str:
+    return Path(path).read_text()
+
+
+async def run_jobs(workdir, cmds, **kwargs) -> Xqute:
+    xq = Xqute(workdir=workdir, **kwargs)
+    for cmd in cmds:
+        await xq.feed(cmd)
+    await xq.run_until_complete()
+    return xq
+
+
+# ---------------------------------------------------------------- basics
+async def test_jobs_run_and_record_output_rc_and_status(workdir):
+    xq = await run_jobs(workdir, ["echo hello", ["bash", "-c", "echo oops >&2; exit 3"]], forks=2)
+    ok, bad = xq.jobs
+    assert read(ok.stdout_file) == "hello\n"
+    assert await ok.get_rc() == 0
+    assert await ok.get_status(refresh=True) == JobStatus.FINISHED
+    assert "oops" in read(bad.stderr_file)
+    assert await bad.get_rc() == 3
+    assert await bad.get_status(refresh=True) == JobStatus.FAILED
+    assert int(read(ok.jid_file)) > 0
+    assert (ok.metadir / "job.wrapped.local").is_file()
+
+
+async def test_meta_files_hold_exactly_what_the_contract_names(workdir):
+    xq = await run_jobs(workdir, ["true"])
+    job = xq.jobs[0]
+    assert job.metadir == xq.scheduler.workdir / "0"
+    names = {p.name for p in Path(job.metadir).iterdir()}
+    assert {"job.stdout", "job.stderr", "job.status", "job.rc", "job.jid", "job.wrapped.local"} <= names
+    # no temp files left behind by the atomic writes
+    assert not [n for n in names if n.endswith(".tmp")]
+    assert int(read(job.status_file)) == JobStatus.FINISHED
+    assert int(read(job.rc_file)) == 0
+
+
+async def test_command_not_found_fails_with_127_and_a_readable_message(workdir):
+    xq = await run_jobs(workdir, ["no-such-program-xq --flag", "echo after"])
+    missing, after = xq.jobs
+    assert await missing.get_rc() == 127
+    stderr = read(missing.stderr_file)
+    assert "no-such-program-xq" in stderr and "not found" in stderr
+    # the run went on
+    assert await after.get_rc() == 0 and read(after.stdout_file) == "after\n"
+
+
+async def test_timeout_stops_the_command_with_124(workdir):
+    xq = await run_jobs(workdir, ["sleep 30"], scheduler_opts={"timeout": 0.5})
+    job = xq.jobs[0]
+    assert await job.get_rc() == 124
+    assert "timed out" in read(job.stderr_file)
+
+
+async def test_prescript_postscript_and_cwd(workdir, tmp_path):
+    here = tmp_path / "run here"
+    here.mkdir()
+    xq = await run_jobs(
+        workdir,
+        [["bash", "-c", 'echo "$PRE" && pwd']],
+        scheduler_opts={
+            "prescript": "export PRE=from-prescript",
+            "postscript": f"echo post > {str(tmp_path / 'post.txt')!r}",
+            "cwd": str(here),
+        },
+    )
+    job = xq.jobs[0]
+    assert read(job.stdout_file).splitlines() == ["from-prescript", str(here)]
+    assert read(tmp_path / "post.txt") == "post\n"
+
+
+# ---------------------------------------------------------------- quoting
+TRICKY = [
+    "it's",
+    'say "hi"',
+    "$HOME and ${PATH} and $(echo injected)",
+    "`echo injected`",
+    "line one\nline two",
+    "*.txt ?",
+    "semi; colon && amp | pipe > redirect",
+    "back\\slash",
+    "",
+]
+
+
+async def test_arguments_and_env_values_reach_the_job_exactly(workdir):
+    (Path(workdir) / "a.txt").write_text("glob bait")
+    cmd = [sys.executable, "-c", "import json,os,sys; print(json.dumps([sys.argv[1:], os.environ['TRICKY']]))", *TRICKY]
+    xq = Xqute(workdir=workdir)
+    await xq.feed(cmd, envs={"TRICKY": "\n".join(TRICKY)})
+    await xq.run_until_complete()
+    job = xq.jobs[0]
+    import json
+
+    args, env_value = json.loads(read(job.stdout_file))
+    assert args == TRICKY
+    assert env_value == "\n".join(TRICKY)
+    assert not (Path(workdir) / "redirect").exists()
+
+
+async def test_string_command_is_split_like_a_shell(workdir):
+    xq = await run_jobs(workdir, ["""printf '%s|' 'a b' "c d" e"""])
+    assert read(xq.jobs[0].stdout_file) == "a b|c d|e|"
+
+
+def test_bad_env_name_and_nul_are_refused(workdir):
+    with pytest.raises(ValueError, match="environment variable name"):
+        Job(0, "true", workdir, envs={"BAD-NAME": "x"})
+    with pytest.raises(ValueError, match="NUL"):
+        Job(0, ["echo", "a\0b"], workdir)
+    with pytest.raises(ValueError, match="NUL"):
+        Job(0, "true", workdir, envs={"OK": "a\0b"})
+
+
+# ---------------------------------------------------------------- bad input
+async def test_bad_input_is_refused_before_any_job_starts(workdir, tmp_path):
+    with pytest.raises(ValueError, match="Unknown scheduler"):
+        Xqute("nosuch", workdir=workdir)
+    with pytest.raises(ValueError, match="forks"):
+        Xqute(workdir=workdir, forks=0)
+    with pytest.raises(ValueError, match="error strategy"):
+        Xqute(workdir=workdir, error_strategy="explode")
+    blocker = tmp_path / "a file"
+    blocker.write_text("")
+    with pytest.raises(PermissionError, match="not writable"):
+        Xqute(workdir=blocker / "sub")
+    xq = Xqute(workdir=workdir)
+    with pytest.raises(ValueError, match="Empty command"):
+        await xq.feed("   ")
+    with pytest.raises(ValueError, match="Empty command"):
+        await xq.feed([])
+    assert xq.jobs == []
+
+
+async def test_read_only_workdir_is_refused(tmp_path):
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        with pytest.raises(PermissionError, match="not writable"):
+            Xqute(workdir=ro)
+        return
+    # root ignores mode bits: use a read-only bind of a tmpfs when we may mount
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {proc.stderr.decode().strip()}")
+    try:
+        with pytest.raises(PermissionError, match="not writable"):
+            Xqute(workdir=ro)
+    finally:
+        subprocess.run(["umount", str(ro)])
+
+
+def test_must_be_built_in_a_running_loop(workdir):
+    with pytest.raises(RuntimeError):
+        Xqute(workdir=workdir)
+
+
+# ---------------------------------------------------------------- hooks
+async def test_hook_order_for_every_job(workdir, recorder):
+    rec, plugin_cls = recorder
+    xq = await run_jobs(workdir, ["true", "false", "no-such-program-xq"], plugins=[plugin_cls], forks=3)
+    for job in xq.jobs:
+        hooks = rec.of(job.index)
+        assert hooks[:4] == ["on_job_init", "on_job_queued", "on_job_submitting", "on_job_submitted"]
+        end = "on_job_succeeded" if job.index == 0 else "on_job_failed"
+        assert hooks[4:] == ["on_job_started", end]
+
+
+async def test_vetoes_skip_submission_and_killing(workdir):
+    class Veto:
+        name = "veto_plugin"
+
+        @plugin.impl
+        async def on_job_submitting(scheduler, job):
+            return False if job.index == 1 else None
+
+        @plugin.impl
+        async def on_job_killing(scheduler, job):
+            return False
+
+    xq = await run_jobs(workdir, ["true", "touch should-not-exist"], plugins=[Veto])
+    assert xq.jobs[0].status == JobStatus.FINISHED
+    assert xq.jobs[1].status == JobStatus.QUEUED
+    assert not (Path(workdir) / "1" / "job.wrapped.local").exists()
+
+
+async def test_on_shutdown_false_keeps_the_run_going(workdir):
+    class KeepGoing:
+        name = "keep_going_plugin"
+
+        @plugin.impl
+        def on_shutdown(xqute, sig):
+            return False
+
+    xq = Xqute(workdir=workdir, plugins=[KeepGoing])
+    await xq.feed(["bash", "-c", "sleep 0.3; echo survived"])
+    asyncio.get_running_loop().call_later(0.1, xq.cancel)
+    await xq.run_until_complete()
+    assert read(xq.jobs[0].stdout_file) == "survived\n"
+    assert xq.jobs[0].status == JobStatus.FINISHED
+
+
+async def test_plugin_context_is_left_when_the_run_completes(workdir, recorder):
+    rec, plugin_cls = recorder
+    xq = await run_jobs(workdir, ["true"], plugins=[plugin_cls])
+    assert plugin_cls.name not in plugin.get_enabled_plugin_names()
+    assert rec.events  # it was active during the run
+
+
+async def test_jobcmd_hooks_put_code_in_the_wrapper(workdir):
+    class Code:
+        name = "code_plugin"
+
+        @plugin.impl
+        def on_jobcmd_init(scheduler, job):
+            return "export FROM_INIT=yes"
+
+        @plugin.impl
+        def on_jobcmd_prep(scheduler, job):
+            return 'cmd="$cmd extra-arg"'
+
+        @plugin.impl
+        def on_jobcmd_end(scheduler, job):
+            return 'echo "end rc=$rc" >> "$XQUTE_JOB_METADIR/end.txt"'
+
+    xq = await run_jobs(workdir, [["bash", "-c", 'echo "$FROM_INIT $0"']], plugins=[Code])
+    job = xq.jobs[0]
+    assert read(job.stdout_file) == "yes extra-arg\n"
+    assert read(job.metadir / "end.txt") == "end rc=0\n"
+
+
+async def test_on_job_polling_is_called_for_long_jobs(workdir):
+    counters = []
+
+    class Poll:
+        name = "poll_plugin"
+
+        @plugin.impl
+        async def on_job_polling(scheduler, job, counter):
+            counters.append(counter)
+
+    await run_jobs(workdir, ["sleep 2.5"], plugins=[Poll])
+    assert len(counters) >= 1 and counters == sorted(counters)
+
+
+# ---------------------------------------------------------------- strategies
+async def test_retry_backs_up_each_trial_and_requeues(workdir, recorder):
+    rec, plugin_cls = recorder
+    # fails on the first two trials, succeeds on the third
+    counter = Path(workdir) / "count"
+    cmd = ["bash", "-c", f'n=$(cat "{counter}" 2>/dev/null || echo 0); echo $((n+1)) > "{counter}"; echo trial $n; [ $n -ge 2 ]']
+    xq = await run_jobs(
+        workdir, [cmd, "true"], error_strategy="retry", num_retries=3, plugins=[plugin_cls]
+    )
+    job = xq.jobs[0]
+    assert job.status == JobStatus.FINISHED and job.trial_count == 2
+    assert read(job.stdout_file) == "trial 2\n"
+    backups = Path(job.metadir) / "job.retry"
+    assert sorted(p.name for p in backups.iterdir()) == ["0", "1"]
+    assert read(backups / "0" / "job.stdout") == "trial 0\n"
+    assert int(read(backups / "1" / "job.rc")) == 1
+    hooks = rec.of(0)
+    assert hooks.count("on_job_failed") == 2 and hooks.count("on_job_queued") == 3
+    assert hooks.count("on_job_submitted") == 3 and hooks[-1] == "on_job_succeeded"
+
+
+async def test_retry_gives_up_after_num_retries(workdir):
+    xq = await run_jobs(workdir, ["false"], error_strategy="retry", num_retries=2)
+    job = xq.jobs[0]
+    assert job.status == JobStatus.FAILED and job.trial_count == 2
+    assert sorted(p.name for p in (Path(job.metadir) / "job.retry").iterdir()) == ["0", "1"]
+
+
+async def test_forks_hold_with_retries(workdir):
+    active = 0
+    peak = 0
+
+    class Count:
+        name = "count_plugin"
+
+        @plugin.impl
+        async def on_job_submitted(scheduler, job):
+            nonlocal active, peak
+            active += 1
+            peak = max(peak, active)
+
+        @plugin.impl
+        async def on_job_failed(scheduler, job):
+            nonlocal active
+            active -= 1
+
+        @plugin.impl
+        async def on_job_succeeded(scheduler, job):
+            nonlocal active
+            active -= 1
+
+    cmds = [["bash", "-c", f"sleep 0.0{i % 5}; exit $(( $RANDOM % 3 == 0 ))"] for i in range(40)]
+    xq = await run_jobs(workdir, cmds, forks=3, error_strategy="retry", num_retries=2, plugins=[Count])
+    assert peak <= 3 and peak >= 2
+    assert active == 0
+    assert all(JobStatus.is_final(job.status) for job in xq.jobs)
+
+
+async def test_halt_stops_submitting_and_kills_running_jobs(workdir):
+    marker = f"xq-halt-{os.getpid()}"
+    cmds = [["bash", "-c", f"sleep 30 # {marker}"], ["bash", "-c", "sleep 0.2; exit 1"]] + [
+        ["bash", "-c", "sleep 30"] for _ in range(3)
+    ]
+    kills = []
+    real_kill, real_killpg = os.kill, os.killpg
+
+    def spy_kill(pid, sig):
+        kills.append(pid)
+        return real_kill(pid, sig)
+
+    def spy_killpg(pgid, sig):
+        kills.append(pgid)
+        return real_killpg(pgid, sig)
+
+    os.kill, os.killpg = spy_kill, spy_killpg
+    try:
+        xq = await asyncio.wait_for(run_jobs(workdir, cmds, forks=2, error_strategy="halt"), 20)
+    finally:
+        os.kill, os.killpg = real_kill, real_killpg
+    statuses = [job.status for job in xq.jobs]
+    assert statuses[:2] == [JobStatus.FAILED, JobStatus.FAILED]
+    assert statuses[2:] == [JobStatus.QUEUED] * 3
+    assert processes_with(marker) == []
+    # a library never signals its own process or process group
+    assert os.getpid() not in kills and os.getpgrp() not in kills
+
+
+async def test_kill_reaches_the_whole_process_group(workdir):
+    marker = f"xq-group-{os.getpid()}"
+    xq = Xqute(workdir=workdir)
+    await xq.feed(["bash", "-c", f"sleep 60 & sleep 61 & wait # {marker}"])
+    asyncio.get_running_loop().call_later(0.5, xq.cancel)
+    await xq.run_until_complete()
+    await asyncio.sleep(0.1)
+    assert [p for p in processes_with("sleep 6") if marker in p or "sleep 60" in p or "sleep 61" in p] == []
+    assert xq.jobs[0].status == JobStatus.FAILED
+
+
+# ---------------------------------------------------------------- feeding
+async def test_keep_feeding_and_stop_feeding_end_cleanly(workdir):
+    loop = asyncio.get_running_loop()
+    errors = []
+    loop.set_exception_handler(lambda loop, ctx: errors.append(ctx))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        xq = Xqute(workdir=workdir, forks=2)
+        await xq.run_until_complete(keep_feeding=True)
+        assert xq.is_feeding()
+        for i in range(5):
+            await xq.feed(["echo", str(i)])
+            await asyncio.sleep(0.05)
+        await xq.stop_feeding()
+    assert not xq.is_feeding()
+    assert [read(job.stdout_file) for job in xq.jobs] == [f"{i}\n" for i in range(5)]
+    assert errors == []
+    assert not [w for w in caught if "cancel" in str(w.message).lower() or "never awaited" in str(w.message)]
+    pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    assert pending == []
+
+
+async def test_a_job_object_can_be_fed(workdir):
+    xq = Xqute(workdir=workdir)
+    job = Job(0, ["bash", "-c", 'echo "$A$B"'], xq.scheduler.workdir, envs={"A": "1"})
+    await xq.feed(job, envs={"B": "2"})
+    await xq.run_until_complete()
+    assert read(job.stdout_file) == "12\n"
+
+
+async def test_work_per_round_is_proportional_to_active_jobs(workdir, monkeypatch):
+    sizes = []
+    from xqute.schedulers.local_scheduler import LocalScheduler
+
+    original = LocalScheduler.refresh_jobs
+
+    async def spy(self, jobs):
+        sizes.append(len(jobs))
+        return await original(self, jobs)
+
+    monkeypatch.setattr(LocalScheduler, "refresh_jobs", spy)
+    await run_jobs(workdir, [["true"]] * 300, forks=4)
+    assert sizes and max(sizes) <= 4
+
+
+async def test_status_files_are_never_seen_half_written(workdir):
+    """A reader polling status and rc files while jobs write them only ever
+    sees a whole value (or no file)."""
+    stop = threading.Event()
+    bad: list[str] = []
+
+    def reader():
+        while not stop.is_set():
+            for index in range(40):
+                for name in ("job.status", "job.rc"):
+                    try:
+                        text = (Path(workdir) / str(index) / name).read_text()
+                    except FileNotFoundError:
+                        continue
+                    if not text.strip().lstrip("-").isdigit():
+                        bad.append(repr(text))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        await run_jobs(workdir, [["true"]] * 40, forks=8)
+    finally:
+        stop.set()
+        thread.join()
+    assert bad == []
+
+
+# ---------------------------------------------------------------- signals and processes
+def run_program(code: str, *args, timeout=60, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_kills_every_job_and_restores_handlers(workdir, sig):
+    marker = f"xq-sig-{sig.name}-{os.getpid()}"
+    proc = run_program(
+        f"""
+        import asyncio, os, signal, sys
+        from xqute import Xqute, JobStatus
+        async def main():
+            before = signal.getsignal(signal.{sig.name})
+            xq = Xqute(workdir=sys.argv[1], forks=3)
+            for i in range(5):
+                await xq.feed(["bash", "-c", "sleep 60 & sleep 61; echo # {marker}"])
+            asyncio.get_running_loop().call_later(1.0, os.kill, os.getpid(), signal.{sig.name})
+            await xq.run_until_complete()
+            print("statuses", [JobStatus.get_name(j.status) for j in xq.jobs])
+            print("handler restored", signal.getsignal(signal.{sig.name}) is before)
+        asyncio.run(main())
+        """,
+        str(workdir),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "statuses ['FAILED', 'FAILED', 'FAILED', 'QUEUED', 'QUEUED']" in proc.stdout
+    assert "handler restored True" in proc.stdout
+    assert processes_with(marker) == []
+
+
+def test_jobs_survive_a_killed_manager_and_a_rerun_follows_them(workdir):
+    """SIGKILL to the manager: its jobs finish and record their status; a rerun
+    on the same workdir follows the ones still running instead of starting them
+    again."""
+    program = """
+        import asyncio, sys
+        from xqute import Xqute
+        async def main():
+            xq = Xqute(workdir=sys.argv[1], forks=4)
+            for i in range(4):
+                await xq.feed(["bash", "-c", f"echo start >> \\"$XQUTE_JOB_METADIR/starts\\"; sleep {1 + i}; echo done {i}"])
+            await xq.run_until_complete()
+            print("rcs", [await j.get_rc() for j in xq.jobs])
+        asyncio.run(main())
+    """
+    first = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(program), str(workdir)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    # wait until all four jobs have started, then kill the manager outright
+    deadline = 30
+    import time
+
+    start = time.monotonic()
+    while time.monotonic() - start < deadline:
+        if all((Path(workdir) / str(i) / "starts").exists() for i in range(4)):
+            break
+        time.sleep(0.05)
+    first.kill()
+    first.wait()
+    second = run_program(textwrap.dedent(program), str(workdir))
+    assert second.returncode == 0, second.stderr
+    assert "rcs [0, 0, 0, 0]" in second.stdout
+    for i in range(4):
+        # each job ran exactly once, and finished with its output
+        assert read(Path(workdir) / str(i) / "starts") == "start\n"
+        assert read(Path(workdir) / str(i) / "job.stdout") == f"done {i}\n"
+
+
+def test_uvloop_by_default_and_opt_out():
+    code = """
+        import asyncio, xqute
+        print(type(asyncio.get_event_loop_policy()).__module__)
+    """
+    assert run_program(code).stdout.strip().startswith("uvloop")
+    assert run_program(code, env={"XQUTE_LOOP": "asyncio"}).stdout.strip().startswith("asyncio")
+
+
+# ---------------------------------------------------------------- the 2.x contract
+XQUTE2_PROGRAM = """
+import asyncio, sys
+from xqute import Xqute, plugin
+from xqute.defaults import JobStatus
+
+class MyPlugin:
+    name = "my2xplugin"
+
+    @plugin.impl
+    async def on_job_succeeded(scheduler, job):
+        print("succeeded", job.index, flush=True)
+
+    @plugin.impl
+    async def on_job_failed(scheduler, job):
+        print("failed", job.index, await job.get_rc(), flush=True)
+
+async def main():
+    xqute = Xqute(
+        "local",
+        forks=3,
+        workdir=sys.argv[1],
+        error_strategy="retry",
+        num_retries=1,
+        plugins=[MyPlugin],
+        scheduler_opts={"prescript": "export GREETING=hi"},
+    )
+    for i in range(6):
+        await xqute.feed(["bash", "-c", f"echo $GREETING {i}; exit $(( {i} == 5 ))"])
+    await xqute.run_until_complete()
+    print("statuses", [JobStatus.get_name(job.status) for job in xqute.jobs])
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def test_a_program_written_for_xqute_2_runs_unchanged(workdir):
+    proc = subprocess.run(
+        [sys.executable, "-c", XQUTE2_PROGRAM, str(workdir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.splitlines()
+    assert sorted(line for line in out if line.startswith("succeeded")) == [f"succeeded {i}" for i in range(5)]
+    assert out.count("failed 5 1") == 2  # first trial and its one retry
+    assert out[-1] == "statuses ['FINISHED', 'FINISHED', 'FINISHED', 'FINISHED', 'FINISHED', 'FAILED']"
+    assert read(Path(workdir) / "3" / "job.stdout") == "hi 3\n"
