@@ -28,6 +28,12 @@ def on_init(xqute: "Xqute") -> None:
     """Right after the Xqute instance is set up."""
 
 
+@plugin.spec
+def on_complete(xqute: "Xqute") -> None:
+    """The run ended (every job done, halted or cancelled), before its plugin
+    context is left: the place for a plugin to report on the whole run."""
+
+
 @plugin.spec(result=SimplugResult.TRY_ALL_FIRST_AVAIL)
 def on_shutdown(xqute: "Xqute", sig: signal.Signals | None) -> bool | None:
     """When the run is asked to stop (``cancel()`` or SIGINT/SIGTERM); False keeps it going."""

@@ -45,9 +45,14 @@ def log_to_file(path: str | os.PathLike, level: int | str = logging.DEBUG) -> lo
     handler.setFormatter(
         logging.Formatter("[%(asctime)s] %(levelname)-7s %(name)s: %(message)s")
     )
-    logger.addHandler(handler)
     if logger.level > handler.level:
+        # lowering the logger's level for the file must not make the other
+        # handlers (the console) print more than they did
+        for other in logger.handlers:
+            if other.level == logging.NOTSET:
+                other.setLevel(logger.level)
         logger.setLevel(handler.level)
+    logger.addHandler(handler)
     return handler
 
 

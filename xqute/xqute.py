@@ -60,6 +60,8 @@ class Xqute:
         jobname_prefix: str | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()  # RuntimeError outside a running loop
+        # kept so plugins can record how the run was started (xqute kill uses it)
+        self.scheduler_opts: dict[str, Any] = dict(scheduler_opts or {})
         scheduler_class = get_scheduler(scheduler)
         self.scheduler: Scheduler = scheduler_class(
             workdir,
@@ -68,7 +70,7 @@ class Xqute:
             num_retries=num_retries,
             jobname_prefix=jobname_prefix,
             submission_batch=submission_batch,
-            **dict(scheduler_opts or {}),
+            **self.scheduler_opts,
         )
         _check_workdir(self.scheduler.workdir)
 
@@ -179,8 +181,11 @@ class Xqute:
                 await self.scheduler.close()
             finally:
                 self._remove_signal_handlers()
-                self._leave_plugin_context()
-                self._log_summary()
+                try:
+                    plugin.hooks.on_complete(self)
+                finally:
+                    self._leave_plugin_context()
+                    self._log_summary()
 
     async def _loop_rounds(self) -> None:
         scheduler = self.scheduler
