@@ -6,12 +6,16 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv="$root/.venv"
 extras=${1:-}
+log="$venv.install.log"
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv" >&2
-    "$venv/bin/python" -m pip install -q --upgrade pip >&2 2>&1 | grep -v WARNING >&2 || true
 fi
 spec="$root"
 [ -n "$extras" ] && spec="$root[$extras]"
-"$venv/bin/python" -m pip install -q -e "$spec" 2>&1 | grep -v '^WARNING: Location' >&2 || true
+if ! "$venv/bin/python" -m pip install -q -e "$spec" >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "installing xqute into $venv failed (log above)" >&2
+    exit 1
+fi
 "$venv/bin/python" -c 'import xqute' >&2
 echo "$venv/bin/python"
