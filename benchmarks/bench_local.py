@@ -81,6 +81,7 @@ MEASURE = textwrap.dedent(
         "child_cpu": kids.ru_utime + kids.ru_stime,
         "maxrss_kb": me.ru_maxrss,
         "failed": bad,
+        "version": sys.modules["xqute"].__version__ if "xqute" in sys.modules else "",
     }))
     """
 )
@@ -103,14 +104,16 @@ def prepare_floor(workdir: Path, njobs: int) -> None:
     (workdir / "scripts.txt").write_text("\n".join(paths) + "\n")
 
 
-def run_one(python: str, mode: str, njobs: int, forks: int, timeout: float) -> dict:
-    workdir = Path(tempfile.mkdtemp(prefix=f"xqbench-{mode.replace(' ', '')}-"))
+def run_one(python: str, mode: str, njobs: int, forks: int, timeout: float, ours: bool) -> dict:
+    """``ours``: import xqute from this checkout (else whatever ``python`` has)."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"xqbench-{mode}-"))
     try:
         if mode == "floor":
             prepare_floor(workdir, njobs)
-        env = {**os.environ, "XQUTE_LOG_LEVEL": "WARNING"}
-        if mode == "xqute":
-            env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env["XQUTE_LOG_LEVEL"] = "WARNING"
+        if ours:
+            env["PYTHONPATH"] = str(ROOT)
         proc = subprocess.run(
             [python, "-c", MEASURE, mode, str(njobs), str(forks), str(workdir)],
             capture_output=True,
@@ -146,7 +149,17 @@ def main() -> None:
     for mode, python in contenders:
         runs = []
         for _ in range(args.repeat):
-            result = run_one(python, mode if mode != "xqute 2.2.1" else "xqute", args.jobs, args.forks, args.timeout)
+            result = run_one(
+                python,
+                "floor" if mode == "floor" else "xqute",
+                args.jobs,
+                args.forks,
+                args.timeout,
+                ours=mode != "xqute 2.2.1",
+            )
+            if mode != "floor":
+                expected = "2.2.1" if mode == "xqute 2.2.1" else "3"
+                assert result["version"].startswith(expected), (mode, result["version"])
             runs.append(result)
             print(f"  {mode}: {result['wall']:.2f} s", file=sys.stderr, flush=True)
         wall = statistics.median(r["wall"] for r in runs)

@@ -201,17 +201,54 @@ class MountedLocalPath(MountedPath, LocalPath):
     """A local mounted path."""
 
 
+# Local copies this process made of objects it wrote itself: url -> mtime_ns of
+# the copy. ``get_fspath`` gives such a copy without downloading the object again.
+_OWN_COPIES: dict[str, int] = {}
+
+
+def cloud_cache_path(path: Any) -> str:
+    """Where the local copy of a cloud path goes: under ``DEFAULT_CLOUD_FSPATH``,
+    by scheme, bucket and key (read at call time: clients may change it)."""
+    from . import defaults
+
+    scheme, _, rest = str(path).partition("://")
+    scheme = "az" if scheme == "azure" else scheme
+    return os.path.join(defaults.DEFAULT_CLOUD_FSPATH, scheme, *rest.split("/"))
+
+
+def keep_local_copy(path: Any, text: str) -> str:
+    """Record ``text``, just written to the cloud ``path``, as its local copy,
+    so running the file (a job's wrapper) needs no download. Returns the copy."""
+    local = cloud_cache_path(path)
+    os.makedirs(os.path.dirname(local), exist_ok=True)
+    tmp = f"{local}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, local)
+    _OWN_COPIES[str(path)] = os.stat(local).st_mtime_ns
+    return local
+
+
 class _CloudFsPath:
     async def get_fspath(self) -> str:
-        """Download the object (or prefix) to a cache under DEFAULT_CLOUD_FSPATH
-        and give that local path."""
-        local = LocalPath(DEFAULT_CLOUD_FSPATH) / str(self).replace("://", "/", 1)
-        if await self.a_is_dir():  # type: ignore[attr-defined]
-            await PanPath(str(self)).a_copytree(local)
+        """A local copy under ``DEFAULT_CLOUD_FSPATH``: downloaded (a prefix as a
+        folder tree), unless this process wrote the object and kept its copy."""
+        local = cloud_cache_path(self)
+        known = _OWN_COPIES.get(str(self))
+        if known is not None:
+            try:
+                if os.stat(local).st_mtime_ns == known:
+                    return local
+            except FileNotFoundError:
+                pass
+            del _OWN_COPIES[str(self)]
+        plain = PanPath(str(self))
+        if await plain.a_is_file():
+            os.makedirs(os.path.dirname(local), exist_ok=True)
+            await plain.a_copy(local)
         else:
-            local.parent.mkdir(parents=True, exist_ok=True)
-            await PanPath(str(self)).a_copy(local)
-        return str(local)
+            await plain.a_copytree(local)
+        return local
 
 
 class SpecCloudPath(_CloudFsPath, SpecPath, CloudPath):
@@ -286,8 +323,54 @@ async def write_meta(path: PanPath, text: str) -> None:
     """
     if isinstance(path, LocalPath):
         tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
         return
     await path.a_write_text(text)
+
+
+# Objects one listing request returns (GCS, S3 and Azure all page by 1000).
+LISTING_PAGE = 1000
+
+
+async def job_folders_with(
+    workdir: Any, name: str, indexes: Any, estimated_objects: int
+) -> set[int] | None:
+    """Which of the job folders ``indexes`` under a cloud ``workdir`` hold ``name``.
+
+    One recursive listing of the workdir prefix (panpath's ``a_glob``) answers
+    for all jobs at once, where reading each job's file costs a request per job.
+    Returns None, meaning "read each job's file", when the workdir is local,
+    when the listing would cost more requests than it saves (given
+    ``estimated_objects`` under the workdir), or when it fails. GCS listings
+    through panpath stop at one page, so there a larger workdir is not listed.
+    A job missing from a listing is only "not seen yet": callers must not take
+    it as proof that the file is absent.
+    """
+    indexes = set(indexes)
+    if is_local(workdir) or len(indexes) < 2:
+        return None
+    pages = -(-max(estimated_objects, 1) // LISTING_PAGE)
+    if pages >= len(indexes) or (_kind(str(workdir)) == "gs" and pages > 1):
+        return None
+    base = str(workdir).split("://", 1)[1].rstrip("/") + "/"
+    found: set[int] = set()
+    try:
+        async for item in PanPath(str(workdir)).a_glob(f"**/{name}"):
+            key = str(item).split("://", 1)[1]
+            if not key.startswith(base):
+                continue  # another folder that shares the prefix ("wd" vs "wd2")
+            folder, sep, rest = key[len(base) :].partition("/")
+            if sep and rest == name and folder.isdigit() and int(folder) in indexes:
+                found.add(int(folder))
+    except Exception:  # a failed listing must not stop the round: read files instead
+        return None
+    return found

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import shlex
 import time
 from abc import ABC, abstractmethod
@@ -24,7 +25,7 @@ from panpath import LocalPath
 from . import defaults
 from .defaults import JobErrorStrategy, JobStatus
 from .job import Job
-from .path import SpecPath, write_meta
+from .path import SpecPath, job_folders_with, keep_local_copy, write_meta
 from .plugin import plugin
 from .utils import check_env_name, logger, shell_quote
 
@@ -62,6 +63,28 @@ class SubmissionError(Exception):
     def __init__(self, message: str, transient: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
+
+
+_JOBNAME_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.+-]{1,64}$")
+
+
+def check_jobname_prefix(prefix: str) -> str:
+    """Job names go into scheduler command lines and directives: letters,
+    digits and ``_.+-`` only (no ``:``, which Grid Engine refuses)."""
+    if not isinstance(prefix, str) or not _JOBNAME_PREFIX_RE.match(prefix):
+        raise ValueError(
+            f"Invalid jobname_prefix {prefix!r}: use 1-64 letters, digits or _.+- characters"
+        )
+    return prefix
+
+
+def check_directive(key: str, value: Any) -> str:
+    """A directive value as text, refusing what could end the directive line
+    and start another (newlines, NUL)."""
+    text = str(value)
+    if any(ch in text for ch in "\n\r\0") or any(ch in str(key) for ch in "\n\r\0 "):
+        raise ValueError(f"Invalid scheduler option {key}={value!r}: no spaces in names, no newlines or NUL")
+    return text
 
 
 # Return codes the library writes itself.
@@ -160,7 +183,7 @@ class Scheduler(ABC):
         self.num_retries = num_retries
         self.prescript = prescript or ""
         self.postscript = postscript or ""
-        self.jobname_prefix = jobname_prefix or self.name
+        self.jobname_prefix = check_jobname_prefix(jobname_prefix or self.name)
         self.subm_batch = submission_batch or defaults.DEFAULT_SUBMISSION_BATCH
         self.recheck_interval = recheck_interval
         self.cwd = cwd
@@ -242,7 +265,13 @@ class Scheduler(ABC):
         then rename). Space for the final rc and status is taken at start-up, so
         they can still be written when the disk has filled up meanwhile.
         Schedulers whose jobs cannot write the metadir directly override this.
+        A metadir the job sees in object storage (``gs://``...) is written through
+        the package's own helper, ``python -m xqute.cloudmeta``.
         """
+        if not isinstance(job.metadir.mounted, LocalPath):
+            from .cloudmeta import wrapper_meta_functions
+
+            return wrapper_meta_functions()
         return r"""_xq_put() { printf '%s\n' "$2" >"$_xq_meta/.$1.tmp" && mv -f "$_xq_meta/.$1.tmp" "$_xq_meta/$1"; }
 _xq_reserve() { printf '%24s' '' >"$_xq_meta/.job.rc.tmp"; printf '%24s' '' >"$_xq_meta/.job.status.tmp"; } 2>/dev/null
 _xq_put_final() {
@@ -320,7 +349,11 @@ exit "$rc"
     async def wrapped_job_script(self, job: Job) -> SpecPath:
         """Write the wrapper into the job's metadir; returns its path."""
         path = job.metadir / self.wrapped_script_name
-        await write_meta(path, self.wrap_job_script(job))
+        text = self.wrap_job_script(job)
+        await write_meta(path, text)
+        if not isinstance(path, LocalPath):
+            # a backend running it from a local copy needs no download
+            keep_local_copy(path, text)
         return path
 
     # ------------------------------------------------- what a backend implements
@@ -467,7 +500,11 @@ exit "$rc"
                 write=True,
             )
             return True
-        await job.set_jid(jid)
+        try:
+            await job.set_jid(jid)
+        except OSError as exc:  # the job runs: keep following it by the id in memory
+            job._jid = str(jid)
+            logger.warning("Job %s: could not write its jid file: %s", job.index, exc)
         logger.debug("Job %s submitted as %s", job.index, jid)
         await plugin.hooks.on_job_submitted(self, job)
         self.reset_pace()
@@ -525,6 +562,8 @@ exit "$rc"
         """Kill ``jobs`` (those a plugin does not veto) and record them as failed."""
         to_kill = []
         for job in jobs:
+            if JobStatus.is_final(job._status):  # it ended meanwhile: nothing to kill
+                continue
             if await plugin.hooks.on_job_killing(self, job) is False:
                 continue
             job._status = JobStatus.KILLING
@@ -580,7 +619,19 @@ exit "$rc"
             return ended
 
         open_jobs = []
+        # a cloud workdir: one listing says which jobs have an rc file (the
+        # wrapper writes it before the final status), instead of a read per job
+        with_rc = await job_folders_with(
+            self.workdir,
+            "job.rc",
+            (job.index for job in jobs),
+            8 * (1 + max((j.index for j in jobs), default=0))
+            * (1 + max((j.trial_count for j in jobs), default=0)),
+        )
         for job in jobs:
+            if with_rc is not None and job.index not in with_rc:
+                open_jobs.append(job)
+                continue
             status = await job.read_status_file()
             if await self._end_from_files(job, status):
                 ended.append(job)

@@ -174,11 +174,15 @@ class Xqute:
         try:
             await self._loop_rounds()
         finally:
+            # whatever ended the loop (done, halt, a signal, an error such as a
+            # plugin hook that raised), no job is left running behind us
             try:
                 if self._active:
                     await self.scheduler.kill_running_jobs(list(self._active))
                     self._active.clear()
                 await self.scheduler.close()
+            except Exception:
+                logger.exception("Cleaning up the run failed")
             finally:
                 self._remove_signal_handlers()
                 try:
