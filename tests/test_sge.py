@@ -1,0 +1,334 @@
+"""SgeScheduler against the real Grid Engine brought up by ``scripts/sge.sh``.
+
+Every test here submits real jobs through the real qsub/qstat/qdel/qacct; the
+only stand-in is a flaky qsub (its name says "fake") that refuses the first
+submission the way an unreachable qmaster does, then hands over to the real one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import textwrap
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from tests.realparts import ROOT, part_env, require
+from xqute import Xqute
+from xqute.defaults import JobStatus
+from xqute.schedulers.sge_scheduler import SgeScheduler
+
+@pytest.fixture(autouse=True)
+def sge(monkeypatch):
+    """Skip (or fail in CI) unless Grid Engine is up; use the env it asks for."""
+    require("sge")
+    for name, value in part_env("sge").items():
+        monkeypatch.setenv(name, value)
+
+
+def our_jobs() -> dict[str, str]:
+    """{job number: state} of this user's jobs that Grid Engine lists now."""
+    out = subprocess.run(
+        ["qstat", "-xml", "-u", os.environ.get("USER") or "root"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    return {
+        entry.findtext("JB_job_number"): entry.findtext("state")
+        for entry in ET.fromstring(out).iter("job_list")
+    }
+
+
+def counting_wrapper(folder: Path, command: str, log: Path) -> str:
+    """A wrapper that logs each call of ``command`` and execs the real one."""
+    real = subprocess.run(["which", command], capture_output=True, text=True, check=True).stdout.strip()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"counting-{command}"
+    path.write_text(
+        f"#!/bin/sh\necho \"$@\" >> {shlex.quote(str(log))}\nexec {shlex.quote(real)} \"$@\"\n"
+    )
+    path.chmod(0o755)
+    return str(path)
+
+
+async def wait_for(predicate, what: str, limit: float = 120.0):
+    """Poll ``predicate`` (async) until true; fail after a generous ``limit``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if loop.time() > deadline:
+            pytest.fail(f"gave up waiting for {what} after {limit:.0f} s")
+        await asyncio.sleep(0.2)
+
+
+async def test_success_and_stdout(workdir):
+    xq = Xqute("sge", workdir=workdir, forks=3)
+    for i in range(3):
+        await xq.feed(["echo", f"hello {i}", "from sge"], envs={"GREETING": "hi there"})
+    await xq.feed(["bash", "-c", 'echo "$GREETING" >&2'], envs={"GREETING": "it's me"})
+    await xq.run_until_complete()
+    for i in range(3):
+        job = xq.jobs[i]
+        assert await job.get_rc() == 0
+        assert await job.get_status(refresh=True) == JobStatus.FINISHED
+        assert Path(job.stdout_file).read_text() == f"hello {i} from sge\n"
+        assert (await job.get_jid()).isdigit()
+    assert Path(xq.jobs[3].stderr_file).read_text() == "it's me\n"
+    # Grid Engine's own output files went to the metadir, not the cwd
+    assert Path(xq.jobs[0].metadir, "job.sge.stdout").exists()
+
+
+async def test_failure_rc(workdir):
+    xq = Xqute("sge", workdir=workdir, forks=2)
+    await xq.feed(["bash", "-c", "echo oops >&2; exit 3"])
+    await xq.feed(["/no/such/program"])
+    await xq.run_until_complete()
+    assert await xq.jobs[0].get_rc() == 3
+    assert await xq.jobs[0].get_status(refresh=True) == JobStatus.FAILED
+    assert "oops" in Path(xq.jobs[0].stderr_file).read_text()
+    assert await xq.jobs[1].get_rc() == 127
+
+
+async def test_directives_reach_grid_engine(workdir, tmp_path):
+    cwd = tmp_path / "run here"
+    cwd.mkdir()
+    xq = Xqute(
+        "sge",
+        workdir=workdir,
+        jobname_prefix="my.run",
+        scheduler_opts={
+            "cwd": str(cwd),
+            "l": ["h_rt=600", "h_vmem=2G"],
+            "notify": True,
+            "p": -10,
+            "v": "FLAVOUR=sweet and sour",
+            "hold_jid": None,  # None leaves the flag out
+        },
+    )
+    # the job asks Grid Engine about itself
+    await xq.feed(["bash", "-c", 'pwd; echo "FLAVOUR=$FLAVOUR"; qstat -j "$JOB_ID"'])
+    await xq.run_until_complete()
+    job = xq.jobs[0]
+    assert await job.get_rc() == 0, Path(job.stderr_file).read_text()
+    out = Path(job.stdout_file).read_text()
+    fields = {}
+    for line in out.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields[key.strip()] = value.strip()
+    assert out.splitlines()[0] == str(cwd)
+    assert "FLAVOUR=sweet and sour" in out
+    assert fields["hard resource_list"] == "h_rt=600,h_vmem=2G"
+    assert fields["notify"] == "TRUE"
+    assert fields["priority"] == "-10"
+    assert fields["cwd"] == str(cwd)
+    assert "jid_predecessor_list" not in out  # hold_jid=None: no -hold_jid
+    assert fields["job_name"] == xq.scheduler.job_name(job)
+    assert fields["job_name"].startswith("my.run-") and fields["job_name"].endswith("-0")
+    assert fields["stdout_path_list"].endswith(f"{job.metadir}/job.sge.stdout")
+
+
+async def test_job_deleted_from_outside(workdir):
+    xq = Xqute("sge", workdir=workdir)
+    job = await xq.feed(["sleep", "120"])
+    run = asyncio.ensure_future(xq.run_until_complete())
+    await wait_for(lambda: _is_running(job), "the job to start")
+    jid = await job.get_jid()
+    subprocess.run(["qdel", jid], check=True, capture_output=True)
+    await asyncio.wait_for(run, 120)
+    assert await job.get_rc() == -3
+    assert await job.get_status(refresh=True) == JobStatus.FAILED
+    stderr = Path(job.stderr_file).read_text()
+    assert f"Grid Engine job {jid}" in stderr
+    assert "failed 100" in stderr and "qdel" in stderr
+    assert jid not in our_jobs()
+
+
+async def _is_running(job) -> bool:
+    return await job.read_status_file() == JobStatus.RUNNING
+
+
+async def test_job_deleted_from_outside_before_it_started(workdir):
+    # held (hqw): it never starts, so qacct never gets a record of it
+    xq = Xqute("sge", workdir=workdir, scheduler_opts={"h": True, "qacct_wait": 1})
+    job = await xq.feed(["true"])
+    run = asyncio.ensure_future(xq.run_until_complete())
+
+    async def submitted():
+        jid = job._jid
+        return jid is not None and our_jobs().get(jid) == "hqw"
+
+    await wait_for(submitted, "the held job to be listed")
+    subprocess.run(["qdel", job._jid], check=True, capture_output=True)
+    await asyncio.wait_for(run, 120)
+    assert await job.get_rc() == -3
+    assert "has no record of it" in Path(job.stderr_file).read_text()
+
+
+async def test_job_over_h_rt(workdir):
+    xq = Xqute("sge", workdir=workdir, scheduler_opts={"l": "h_rt=2"})
+    job = await xq.feed(["sleep", "60"])
+    await xq.run_until_complete()
+    assert await job.get_rc() == -3
+    stderr = Path(job.stderr_file).read_text()
+    assert "failed 37" in stderr and "h_rt" in stderr
+    assert "exit_status 137" in stderr
+
+
+async def test_error_state_is_reported_not_waited_on(workdir, tmp_path):
+    # Grid Engine cannot open this output file: the job goes to Eqw
+    bad = tmp_path / "no such dir" / "out"
+    xq = Xqute("sge", workdir=workdir, scheduler_opts={"o": str(bad)})
+    job = await xq.feed(["true"])
+    await asyncio.wait_for(xq.run_until_complete(), 120)
+    assert await job.get_rc() == -3
+    stderr = Path(job.stderr_file).read_text()
+    assert "error state" in stderr and "can't open output file" in stderr
+    # and it was deleted, not left in Eqw
+    assert (await job.get_jid()) not in our_jobs()
+
+
+async def test_refused_submission_fails_with_qsub_message(workdir):
+    xq = Xqute("sge", workdir=workdir, scheduler_opts={"l": "no_such_resource=1"})
+    job = await xq.feed(["true"])
+    await xq.run_until_complete()
+    assert await job.get_rc() == -2
+    stderr = Path(job.stderr_file).read_text()
+    assert 'unknown resource "no_such_resource"' in stderr
+
+
+async def test_transient_qsub_error_is_retried(workdir, tmp_path):
+    calls = tmp_path / "qsub-calls"
+    fake = tmp_path / "fake-flaky-qsub"
+    # refuses the first call like an unreachable qmaster, then runs the real qsub
+    fake.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        echo call >> {shlex.quote(str(calls))}
+        if [ "$(wc -l < {shlex.quote(str(calls))})" -le 1 ]; then
+            echo 'error: commlib error: got select error (Connection refused)' >&2
+            echo 'Unable to run job: unable to send message to qmaster using port 6444 on host "vm": got send error' >&2
+            exit 1
+        fi
+        exec qsub "$@"
+        """))
+    fake.chmod(0o755)
+    xq = Xqute("sge", workdir=workdir, scheduler_opts={"qsub": str(fake)})
+    job = await xq.feed(["echo", "second time lucky"])
+    await xq.run_until_complete()
+    assert calls.read_text().count("call") == 2
+    assert await job.get_rc() == 0
+    assert Path(job.stdout_file).read_text() == "second time lucky\n"
+
+
+async def test_failed_job_is_retried(workdir, tmp_path):
+    marker = tmp_path / "tried once"
+    xq = Xqute("sge", workdir=workdir, error_strategy="retry", num_retries=2)
+    job = await xq.feed(
+        ["bash", "-c", f"if [ -e {shlex.quote(str(marker))} ]; then echo ok; "
+                       f"else touch {shlex.quote(str(marker))}; exit 9; fi"]
+    )
+    await xq.run_until_complete()
+    assert await job.get_rc() == 0
+    assert job.trial_count == 1
+    assert Path(job.metadir, "job.retry", "0", "job.rc").read_text().strip() == "9"
+    assert Path(job.stdout_file).read_text() == "ok\n"
+
+
+async def test_halt_deletes_the_other_jobs(workdir):
+    xq = Xqute("sge", workdir=workdir, forks=2, error_strategy="halt")
+    sleeper = await xq.feed(["sleep", "300"])
+    await xq.feed(["bash", "-c", "sleep 3; exit 1"])
+    await asyncio.wait_for(xq.run_until_complete(), 180)
+    assert await sleeper.get_status(refresh=True) == JobStatus.FAILED
+    assert sleeper._jid not in our_jobs()
+
+
+MANAGER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from xqute import Xqute
+
+    async def main(workdir, njobs):
+        xq = Xqute("sge", workdir=workdir, forks=njobs)
+        for _ in range(njobs):
+            await xq.feed(["sleep", "300"])
+        await xq.run_until_complete()
+        print("run ended", flush=True)
+
+    asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+    """
+)
+
+
+async def test_sigterm_to_the_manager_deletes_all_its_jobs(workdir, tmp_path):
+    njobs = 4  # 2 run on the 2 slots, 2 wait: both kinds must be deleted
+    script = tmp_path / "manager.py"
+    script.write_text(MANAGER)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XQUTE_LOG_LEVEL": "INFO"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), str(workdir), str(njobs),
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    jid_files = [workdir / str(i) / "job.jid" for i in range(njobs)]
+
+    async def all_listed():
+        if not all(f.exists() and f.read_text().strip() for f in jid_files):
+            return False
+        listed = our_jobs()
+        states = [listed.get(f.read_text().strip()) for f in jid_files]
+        return None not in states and sum("r" in s for s in states) >= 1
+
+    await wait_for(all_listed, "all jobs to be submitted and one to run")
+    jids = [f.read_text().strip() for f in jid_files]
+    proc.send_signal(signal.SIGTERM)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert b"run ended" in out, err.decode()
+    assert b"SIGTERM" in err
+    listed = our_jobs()
+    assert [jid for jid in jids if jid in listed] == []
+    for i in range(njobs):
+        assert (workdir / str(i) / "job.status").read_text().strip() == str(JobStatus.FAILED)
+
+
+async def test_50_jobs_one_status_call_per_round(workdir, tmp_path):
+    log = tmp_path / "calls.log"
+    log.touch()
+    qstat = counting_wrapper(tmp_path / "bin", "qstat", log)
+    qacct_log = tmp_path / "qacct.log"
+    qacct_log.touch()
+    qacct = counting_wrapper(tmp_path / "bin", "qacct", qacct_log)
+    xq = Xqute("sge", workdir=workdir, forks=50, scheduler_opts={"qstat": qstat, "qacct": qacct})
+    rounds = 0
+    original = xq.scheduler.query_jobs
+
+    async def counted(jobs):
+        nonlocal rounds
+        rounds += 1
+        return await original(jobs)
+
+    xq.scheduler.query_jobs = counted
+    for i in range(50):
+        await xq.feed(["echo", str(i)])
+    await xq.run_until_complete()
+    assert [await job.get_rc() for job in xq.jobs] == [0] * 50
+    assert [Path(job.stdout_file).read_text() for job in xq.jobs] == [f"{i}\n" for i in range(50)]
+    qstat_calls = log.read_text().splitlines()
+    # every call is the one batched question, never one per job
+    assert all(call.startswith("-xml") for call in qstat_calls)
+    assert 1 <= len(qstat_calls) <= rounds
+    assert len(qstat_calls) < 50
+    assert qacct_log.read_text() == ""
+
+
+async def test_scheduler_is_found_by_name(workdir):
+    xq = Xqute("sge", workdir=workdir)
+    assert isinstance(xq.scheduler, SgeScheduler)
+    assert xq.scheduler.name == "sge"
