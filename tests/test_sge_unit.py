@@ -1,0 +1,219 @@
+"""SgeScheduler parts no real Grid Engine can show: the directive lines it
+writes, bad options, and fake qsub/qstat commands that hang, print garbage or
+print no job id. These run on any machine (no Grid Engine needed)."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from xqute import Xqute
+from xqute.scheduler import JobQuery, SubmissionError
+from xqute.schedulers.sge_scheduler import SgeScheduler, _parse_error_reasons, _parse_qacct
+
+
+def fake_command(folder: Path, name: str, body: str) -> str:
+    """A shell script standing in for a Grid Engine command (name says fake)."""
+    assert "fake" in name
+    path = folder / name
+    path.write_text("#!/bin/sh\n" + textwrap.dedent(body))
+    path.chmod(0o755)
+    return str(path)
+
+
+def directive_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("#$ ")]
+
+
+async def test_directives_from_options(workdir):
+    sched = SgeScheduler(
+        workdir,
+        l=["h_rt=60", "h_vmem=1G"],
+        notify=True,
+        hold_jid=None,
+        R=False,
+        pe="smp 2",
+        p=-5,
+    )
+    job = await sched.create_job(7, ["echo", "hi"])
+    lines = directive_lines(sched.wrap_job_script(job))
+    meta = job.metadir
+    assert lines == [
+        f"#$ -N {sched.job_name(job)}",
+        "#$ -S /bin/bash",
+        "#$ -cwd",
+        f'#$ -o "{meta}/job.sge.stdout"',  # the workdir has a space: quoted
+        f'#$ -e "{meta}/job.sge.stderr"',
+        "#$ -l h_rt=60",
+        "#$ -l h_vmem=1G",
+        "#$ -notify",
+        '#$ -pe "smp 2"',
+        "#$ -p -5",
+    ]
+    assert sched.job_name(job).startswith("sge-") and sched.job_name(job).endswith("-7")
+    # the shebang stays first, directives right after it
+    assert sched.wrap_job_script(job).startswith("#!/bin/bash\n#$ -N ")
+
+
+async def test_cwd_and_user_overrides(workdir, tmp_path):
+    sched = SgeScheduler(workdir, cwd=str(tmp_path / "a b"), N="mine", o="/tmp/o.txt")
+    job = await sched.create_job(0, ["true"])
+    lines = directive_lines(sched.wrap_job_script(job))
+    assert f'#$ -wd "{tmp_path}/a b"' in lines
+    assert "#$ -cwd" not in lines
+    assert "#$ -N mine" in lines and sum(line.startswith("#$ -N") for line in lines) == 1
+    assert "#$ -o /tmp/o.txt" in lines and sum(line.startswith("#$ -o") for line in lines) == 1
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"N": "a:b"}, "Invalid Grid Engine job name"),
+        ({"l": "h_rt=1\nrm -rf /"}, "line break"),
+        ({"v": 'A="b"'}, "double quote"),
+        ({"bad key": 1}, "Invalid Grid Engine option"),
+    ],
+)
+def test_bad_options_are_refused(workdir, options, message):
+    with pytest.raises(ValueError, match=message):
+        SgeScheduler(workdir, **options)
+
+
+async def test_missing_qsub_is_a_clear_error(workdir):
+    xq = Xqute("sge", workdir=workdir, scheduler_opts={"qsub": "/no/such/qsub"})
+    with pytest.raises(FileNotFoundError, match="qsub command '/no/such/qsub' was not found"):
+        await xq.feed(["true"])
+
+
+async def test_garbage_from_qstat_means_unknown(workdir, tmp_path):
+    qstat = fake_command(tmp_path, "fake-garbage-qstat", "echo '<job_info><job_list>'; exit 0\n")
+    sched = SgeScheduler(workdir, qstat=qstat)
+    job = await sched.create_job(0, ["true"])
+    job._jid = "12"
+    assert await sched.query_jobs([job]) == {}
+
+
+async def test_failing_or_hanging_qstat_means_unknown(workdir, tmp_path):
+    failing = fake_command(tmp_path, "fake-down-qstat",
+                           "echo 'error: unable to contact qmaster' >&2; exit 1\n")
+    hanging = fake_command(tmp_path, "fake-hanging-qstat", "exec sleep 30\n")
+    for qstat in (failing, hanging):
+        sched = SgeScheduler(workdir, qstat=qstat, command_timeout=0.5)
+        job = await sched.create_job(0, ["true"])
+        job._jid = "12"
+        assert await sched.query_jobs([job]) == {}
+
+
+async def test_states_from_qstat_xml(workdir, tmp_path):
+    sched = SgeScheduler(workdir)
+    jobs = [await sched.create_job(i, ["true"]) for i in range(5)]
+    xml = ["<?xml version='1.0'?><job_info><queue_info>"]
+    for number, (job, state) in enumerate(zip(jobs, ["r", "qw", "hqw", "dr", "t"]), start=100):
+        job._jid = str(number)
+        xml.append(
+            f"<job_list state='x'><JB_job_number>{number}</JB_job_number>"
+            f"<JB_name>{sched.job_name(job)}</JB_name><state>{state}</state></job_list>"
+        )
+    xml.append("</queue_info><job_info></job_info></job_info>")
+    (tmp_path / "qstat.xml").write_text("".join(xml))
+    sched.qstat = fake_command(tmp_path, "fake-canned-qstat", f"cat '{tmp_path}/qstat.xml'\n")
+    answers = await sched.query_jobs(jobs)
+    assert [answers[job].state for job in jobs] == [
+        JobQuery.RUNNING, JobQuery.PENDING, JobQuery.PENDING, JobQuery.RUNNING, JobQuery.RUNNING,
+    ]
+
+
+async def test_same_number_other_name_is_not_our_job(workdir, tmp_path):
+    """Job numbers restart with a new cluster: a listed number with another
+    name means our job is gone (here: its rc file says it ended)."""
+    sched = SgeScheduler(workdir)
+    job = await sched.create_job(0, ["true"])
+    job._jid = "5"
+    await job.set_rc(0)
+    xml = ("<job_info><queue_info><job_list><JB_job_number>5</JB_job_number>"
+           "<JB_name>someone-else</JB_name><state>r</state></job_list></queue_info></job_info>")
+    sched.qstat = fake_command(tmp_path, "fake-canned-qstat", f"echo '{xml}'\n")
+    assert (await sched.query_jobs([job]))[job] == JobQuery(JobQuery.ENDED)
+
+
+async def test_qsub_without_job_id_is_refused(workdir, tmp_path):
+    qsub = fake_command(tmp_path, "fake-silent-qsub", "echo 'Your job is welcome'\n")
+    sched = SgeScheduler(workdir, qsub=qsub)
+    job = await sched.create_job(0, ["true"])
+    with pytest.raises(SubmissionError, match="printed no job id") as info:
+        await sched.submit_job(job)
+    assert not info.value.transient
+
+
+async def test_qsub_errors_transient_or_not(workdir, tmp_path):
+    busy = fake_command(tmp_path, "fake-busy-qsub",
+                        "echo 'Unable to run job: failed receiving gdi request' >&2; exit 1\n")
+    refused = fake_command(tmp_path, "fake-refusing-qsub",
+                           "echo 'Unable to run job: unknown resource \"x\"' >&2; "
+                           "echo Exiting. >&2; exit 1\n")
+    job = await SgeScheduler(workdir).create_job(0, ["true"])
+    with pytest.raises(SubmissionError) as info:
+        await SgeScheduler(workdir, qsub=busy).submit_job(job)
+    assert info.value.transient
+    with pytest.raises(SubmissionError, match='unknown resource "x"') as info:
+        await SgeScheduler(workdir, qsub=refused).submit_job(job)
+    assert not info.value.transient
+    assert "Exiting." not in str(info.value)
+
+
+async def test_hanging_qsub_that_got_through_is_not_submitted_twice(workdir, tmp_path):
+    """qsub timed out after qmaster took the job: the job is found by name."""
+    sched = SgeScheduler(workdir, command_timeout=0.5)
+    job = await sched.create_job(3, ["true"])
+    sched.qsub = fake_command(tmp_path, "fake-hanging-qsub", "exec sleep 30\n")
+    xml = (f"<job_info><job_info><job_list><JB_job_number>42</JB_job_number>"
+           f"<JB_name>{sched.job_name(job)}</JB_name><state>qw</state></job_list>"
+           f"</job_info></job_info>")
+    sched.qstat = fake_command(tmp_path, "fake-canned-qstat", f"echo '{xml}'\n")
+    assert await sched.submit_job(job) == "42"
+    # and when it did not get through, the timeout is a transient error
+    sched.qstat = fake_command(tmp_path, "fake-empty-qstat", "echo '<job_info/>'\n")
+    with pytest.raises(SubmissionError, match="timed out") as info:
+        await sched.submit_job(job)
+    assert info.value.transient
+
+
+def test_parse_qacct_records():
+    text = textwrap.dedent("""\
+        ==============================================================
+        qname        all.q
+        jobname      sge-abc-0
+        jobnumber    2
+        failed       100 : assumedly after job
+        exit_status  137                  (Killed)
+        ==============================================================
+        qname        all.q
+        jobname      sge-abc-1
+        jobnumber    3
+        failed       0
+        exit_status  0
+        """)
+    records = _parse_qacct(text)
+    assert records["2"]["failed"] == "100 : assumedly after job"
+    assert records["2"]["exit_status"].startswith("137")
+    assert records["3"]["jobname"] == "sge-abc-1"
+    reason = SgeScheduler._accounting_reason("2", records["2"])
+    assert "failed 100" in reason and "qdel" in reason
+
+
+def test_parse_error_reasons():
+    text = textwrap.dedent("""\
+        ==============================================================
+        job_number:                 6
+        job_name:                   bad
+        error reason          1:      11/23/2026 19:26:49 [0:29590]: error: can't open output file "/x": No such file or directory
+        scheduling info:            Job is in error state
+        ==============================================================
+        job_number:                 7
+        job_name:                   fine
+        """)
+    reasons = _parse_error_reasons(text)
+    assert list(reasons) == ["6"]
+    assert "can't open output file" in reasons["6"]
