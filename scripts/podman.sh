@@ -20,7 +20,8 @@ LOG_FILE=$STATE_DIR/service.log
 ROOTFS=$STATE_DIR/rootfs
 SOCKET_PATH=/run/podman/podman.sock
 DOCKER_HOST_URL=unix://$SOCKET_PATH
-IMAGE=localhost/xqute-test-bash:latest
+# bump the tag when the recipe in build_image changes, so start rebuilds it
+IMAGE=localhost/xqute-test-bash:v2
 CONF=/etc/containers/containers.conf
 CONF_MARK="# written by xqute scripts/podman.sh"
 
@@ -111,15 +112,19 @@ build_image() {
     for applet in $(/bin/busybox --list); do
         [ -e "$ROOTFS/bin/$applet" ] || ln -s busybox "$ROOTFS/bin/$applet"
     done
-    # The job wrapper is a bash script: Debian's bash and the libraries it links.
-    rm -f "$ROOTFS/bin/bash"
-    cp /bin/bash "$ROOTFS/bin/bash"
+    # The job wrapper is a bash script: Debian's bash, and GNU timeout (busybox's
+    # exits 143, not 124, on a timeout), with the libraries they link.
+    local tool
+    for tool in /bin/bash /usr/bin/timeout; do
+        rm -f "$ROOTFS/bin/$(basename "$tool")"
+        cp "$tool" "$ROOTFS/bin/$(basename "$tool")"
+        for lib in $(ldd "$tool" | grep -o '/[^ ]*'); do
+            mkdir -p "$ROOTFS$(dirname "$lib")"
+            cp -L "$lib" "$ROOTFS$lib"
+        done
+    done
     ln -s /bin/bash "$ROOTFS/usr/bin/bash"
     ln -s /bin/env "$ROOTFS/usr/bin/env"
-    for lib in $(ldd /bin/bash | grep -o '/[^ ]*'); do
-        mkdir -p "$ROOTFS$(dirname "$lib")"
-        cp -L "$lib" "$ROOTFS$lib"
-    done
     echo 'root:x:0:0:root:/root:/bin/bash' >"$ROOTFS/etc/passwd"
     echo 'root:x:0:' >"$ROOTFS/etc/group"
     chmod 1777 "$ROOTFS/tmp"

@@ -1,0 +1,506 @@
+"""ContainerScheduler against real podman (``scripts/podman.sh``), directly and
+through the docker CLI talking to ``podman system service``.
+
+Apptainer is not packaged for this machine: its command lines are checked as
+text, with a fake ``apptainer`` binary (in a folder named ``fake_runtime``) that
+is never run. Option checks use such fakes too; everything that runs a job runs
+it in a real container.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.realparts import IN_CI, ROOT, part_env, require
+from xqute import JobStatus, Xqute
+from xqute.schedulers.container_scheduler import (
+    CLIENT_LOG_NAME,
+    ContainerScheduler,
+    parse_mounts,
+    runtime_kind,
+)
+
+
+def read(path) -> str:
+    return Path(path).read_text()
+
+
+# ------------------------------------------------------------------ fixtures
+@pytest.fixture
+def fake_runtime(tmp_path):
+    """Make a fake runtime binary by name; it is never meant to run."""
+    folder = tmp_path / "fake_runtime"
+    folder.mkdir()
+
+    def make(name: str) -> str:
+        path = folder / name
+        path.write_text("#!/bin/sh\necho 'fake runtime: not runnable' >&2\nexit 99\n")
+        path.chmod(0o755)
+        return str(path)
+
+    return make
+
+
+@pytest.fixture
+def image(monkeypatch) -> str:
+    """The real podman is up (DOCKER_HOST set for the docker CLI); the local image."""
+    require("podman")
+    env = part_env("podman")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env["XQUTE_TEST_IMAGE"]
+
+
+def runtime_bins() -> list:
+    return [
+        pytest.param("podman", id="podman"),
+        pytest.param("docker", id="docker-cli"),
+    ]
+
+
+def need_bin(binary: str) -> None:
+    if shutil.which(binary):
+        return
+    msg = f"{binary} CLI is not installed here"
+    if IN_CI:
+        pytest.fail(msg + "; CI=true, so this must run")
+    pytest.skip(msg)
+
+
+def unique_prefix() -> str:
+    return f"xqt{uuid.uuid4().hex[:8]}"
+
+
+def containers(prefix: str) -> list[str]:
+    """``name status`` of every container (any state) whose name starts with prefix."""
+    proc = subprocess.run(
+        ["podman", "ps", "-a", "--format", "{{.Names}} {{.Status}}", "--filter", f"name=^{prefix}"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [line for line in proc.stdout.splitlines() if line.startswith(prefix)]
+
+
+async def run_jobs(workdir, cmds, *, envs=None, forks=2, **opts) -> Xqute:
+    xq = Xqute(
+        "container",
+        workdir=workdir,
+        forks=forks,
+        jobname_prefix=opts.pop("jobname_prefix", unique_prefix()),
+        error_strategy=opts.pop("error_strategy", "ignore"),
+        scheduler_opts=opts,
+    )
+    for cmd in cmds:
+        await xq.feed(cmd, envs=envs)
+    await xq.run_until_complete()
+    return xq
+
+
+# ------------------------------------------------------- without a runtime
+def test_module_imports_without_any_runtime_and_construction_says_why(tmp_path):
+    code = textwrap.dedent(
+        """
+        import sys
+        from xqute.schedulers import get_scheduler
+        cls = get_scheduler("container")
+        try:
+            cls(sys.argv[1], image="busybox")
+        except FileNotFoundError as exc:
+            print("ERROR:", exc)
+        else:
+            print("constructed")
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "wd")],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        env={**os.environ, "PATH": str(tmp_path / "empty-bin")},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "ERROR:" in proc.stdout
+    assert "'docker' was not found on PATH" in proc.stdout
+
+
+def test_bad_options_are_refused_with_clear_errors(tmp_path, fake_runtime):
+    docker = fake_runtime("docker")
+    wd = str(tmp_path / "wd")
+    with pytest.raises(ValueError, match="needs an image"):
+        ContainerScheduler(wd, bin=docker)
+    with pytest.raises(ValueError, match="not both"):
+        ContainerScheduler(wd, image="i", bin=docker, volumes=["/a:/b"], mount=["/c:/d"])
+    with pytest.raises(ValueError, match="not both"):
+        ContainerScheduler(wd, image="i", bin=docker, volume_as_cwd="/a", mount_as_cwd="/b")
+    with pytest.raises(ValueError, match="do not pass 'cwd'"):
+        ContainerScheduler(wd, image="i", bin=docker, volume_as_cwd="/a", cwd="/x")
+    with pytest.raises(ValueError, match="Invalid mount"):
+        ContainerScheduler(wd, image="i", bin=docker, volumes="no-colon-here")
+    with pytest.raises(ValueError, match="must be absolute"):
+        ContainerScheduler(wd, image="i", bin=docker, volumes="/host:relative")
+    with pytest.raises(ValueError, match="no volume mounts"):
+        ContainerScheduler("rel-workdir", image="i", bin=docker, cwd="/not/mounted")
+    with pytest.raises(ValueError, match="needs a local workdir"):
+        ContainerScheduler("gs://bucket/wd", image="i", bin=docker)
+    with pytest.raises(ValueError, match="apptainer runs jobs as the calling user"):
+        ContainerScheduler(wd, image="i", bin=fake_runtime("apptainer"), user="1:1")
+    with pytest.raises(ValueError, match="contains"):
+        ContainerScheduler(wd, image="i", bin=fake_runtime("apptainer"), volumes="/a,b:/c")
+
+
+def test_runtime_kind_comes_from_the_binary_name():
+    assert runtime_kind("/usr/bin/docker") == "docker"
+    assert runtime_kind("podman") == "podman"
+    assert runtime_kind("/opt/podman-remote") == "podman"
+    assert runtime_kind("/usr/local/bin/apptainer") == "apptainer"
+    assert runtime_kind("singularity") == "apptainer"
+    assert runtime_kind("nerdctl") == "docker"  # a docker-compatible CLI
+
+
+def test_mount_specs_named_file_and_folder(tmp_path):
+    data = tmp_path / "data dir"
+    data.mkdir()
+    conf = tmp_path / "conf" / "tool.ini"
+    conf.parent.mkdir()
+    conf.write_text("x")
+    mounts, named = parse_mounts(
+        [f"DATA={data}", f"CONF={conf}", "/h/x:/in/x:ro"], "/mnt/disks"
+    )
+    assert [(m.host, m.inside, m.options) for m in mounts] == [
+        (str(data), "/mnt/disks/NAMED_MOUNTS/DATA/data dir", ""),
+        (str(conf.parent), "/mnt/disks/NAMED_MOUNTS/CONF/conf", ""),
+        ("/h/x", "/in/x", "ro"),
+    ]
+    assert named == {
+        "DATA": "/mnt/disks/NAMED_MOUNTS/DATA/data dir",
+        "CONF": "/mnt/disks/NAMED_MOUNTS/CONF/conf/tool.ini",
+    }
+
+
+async def test_apptainer_command_line_as_text(tmp_path, fake_runtime):
+    apptainer = fake_runtime("apptainer")
+    data = tmp_path / "data"
+    data.mkdir()
+    sched = ContainerScheduler(
+        str(tmp_path / "wd"),
+        image="docker://biocontainers/tool:1.0",
+        bin=apptainer,
+        volumes=[f"DATA={data}", "/ref:/mnt/ref"],
+        bin_args=["--cleanenv"],
+        remove=True,
+    )
+    job = await sched.create_job(0, ["echo", "hi"])
+    argv = sched.container_command(job)
+    wrapper = "/mnt/disks/.xqute/0/job.wrapped.container"
+    assert argv == [
+        apptainer, "exec", "--pwd", "/mnt/disks/.xqute",
+        "--bind", f"{data}:/mnt/disks/NAMED_MOUNTS/DATA/data",
+        "--bind", "/ref:/mnt/ref",
+        "--bind", f"{tmp_path / 'wd'}:/mnt/disks/.xqute",
+        "--cleanenv",
+        "docker://biocontainers/tool:1.0",  # apptainer keeps docker://
+        "/bin/bash", wrapper,
+    ]
+    # the wrapper uses the paths as the container sees them
+    script = sched.wrap_job_script(job)
+    assert "_xq_meta=/mnt/disks/.xqute/0" in script
+    assert "export DATA=/mnt/disks/NAMED_MOUNTS/DATA/data" in script
+    assert job.envs["XQUTE_METADIR"] == "/mnt/disks/.xqute"
+
+    # singularity takes the same command lines; cwd sets --pwd
+    sing = ContainerScheduler(
+        str(tmp_path / "wd2"), image="tool.sif", bin=fake_runtime("singularity"),
+        volumes=f"{tmp_path}:/data", cwd="/data", entrypoint="/usr/bin/env bash",
+    )
+    job2 = await sing.create_job(1, "true")
+    argv2 = sing.container_command(job2)
+    # the workdir is under a mounted folder: no extra bind for it
+    assert argv2 == [
+        sing.bin, "exec", "--pwd", "/data", "--bind", f"{tmp_path}:/data",
+        "tool.sif", "/usr/bin/env", "bash", "/data/wd2/1/job.wrapped.container",
+    ]
+
+
+async def test_docker_command_line_as_text(tmp_path, fake_runtime):
+    docker = fake_runtime("docker")
+    sched = ContainerScheduler(
+        str(tmp_path / "wd"), image="docker://debian:12", bin=docker,
+        mounted_workdir="/work", user="1000:1000", remove=False,
+        bin_args="--network none",
+    )
+    job = await sched.create_job(3, "true")
+    argv = sched.container_command(job, "the-name")
+    assert argv == [
+        docker, "run", "--name", "the-name", "--user", "1000:1000",
+        "--workdir", "/work", "-v", f"{tmp_path / 'wd'}:/work",
+        "--network", "none", "debian:12", "/bin/bash", "/work/3/job.wrapped.container",
+    ]
+    # names are valid container names and fresh for each trial
+    name = sched.container_name(job)
+    assert name.startswith(f"container-") and "-3-t0-" in name
+    assert name != sched.container_name(job)
+
+
+async def test_volume_as_cwd_places_a_relative_workdir_inside_it(tmp_path, fake_runtime):
+    project = tmp_path / "project"
+    project.mkdir()
+    sched = ContainerScheduler(
+        "xq", image="i", bin=fake_runtime("podman"), mount_as_cwd=str(project)
+    )
+    assert str(sched.workdir) == str(project / "xq")
+    assert str(sched.workdir.mounted) == "/mnt/disks/.cwd/xq"
+    assert sched.cwd == "/mnt/disks/.cwd"
+    job = await sched.create_job(0, "true")
+    argv = sched.container_command(job, "n")
+    # only the cwd volume: the workdir is inside it
+    assert argv.count("-v") == 1 and f"{project}:/mnt/disks/.cwd" in argv
+
+
+# ------------------------------------------------------------ real podman
+@pytest.mark.parametrize("runtime", runtime_bins())
+async def test_output_and_rc_through_a_real_runtime(workdir, image, runtime):
+    need_bin(runtime)
+    xq = await run_jobs(
+        workdir,
+        [
+            ["bash", "-c", 'echo "hello from $(pwd)"; echo warn >&2'],
+            ["bash", "-c", "echo failing; exit 3"],
+            ["no-such-command-here"],
+        ],
+        image=image,
+        bin=runtime,
+        forks=3,
+    )
+    ok, bad, missing = xq.jobs
+    assert read(ok.stdout_file) == "hello from /mnt/disks/.xqute\n"
+    assert read(ok.stderr_file) == "warn\n"
+    assert await ok.get_rc() == 0
+    assert await ok.get_status(refresh=True) == JobStatus.FINISHED
+    assert read(bad.stdout_file) == "failing\n"
+    assert await bad.get_rc() == 3
+    assert await bad.get_status(refresh=True) == JobStatus.FAILED
+    assert await missing.get_rc() == 127
+    # the job id is the container's name, and --rm removed it
+    prefix = xq.scheduler.jobname_prefix
+    assert read(ok.jid_file).strip().startswith(prefix)
+    assert containers(prefix) == []
+
+
+async def test_environment_variables_reach_the_job_inside(workdir, image):
+    xq = await run_jobs(
+        workdir,
+        [["bash", "-c", 'printf "%s|%s|%s|%s\\n" "$GREETING" "$QUOTED" "$XQUTE_JOB_INDEX" "$XQUTE_JOB_METADIR"']],
+        envs={"GREETING": "hello world", "QUOTED": "it's \"quoted\" $HOME"},
+        image=image,
+        bin="podman",
+    )
+    assert read(xq.jobs[0].stdout_file) == (
+        "hello world|it's \"quoted\" $HOME|0|/mnt/disks/.xqute/0\n"
+    )
+
+
+async def test_named_mounts_and_plain_volumes(workdir, image, tmp_path):
+    data = tmp_path / "in data"
+    data.mkdir()
+    (data / "numbers.txt").write_text("1\n2\n3\n")
+    config = tmp_path / "cfg" / "settings.ini"
+    config.parent.mkdir()
+    config.write_text("answer=42\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    xq = await run_jobs(
+        workdir,
+        [["bash", "-c", 'wc -l < "$DATA/numbers.txt"; cat "$SETTINGS"; echo "$DATA"; echo made > /results/made.txt']],
+        image=image,
+        bin="podman",
+        volumes=[f"DATA={data}", f"SETTINGS={config}", f"{out}:/results"],
+    )
+    job = xq.jobs[0]
+    assert await job.get_rc() == 0, read(job.stderr_file)
+    assert read(job.stdout_file) == "3\nanswer=42\n/mnt/disks/NAMED_MOUNTS/DATA/in data\n"
+    assert (out / "made.txt").read_text() == "made\n"
+
+
+async def test_mount_as_cwd_runs_jobs_in_the_mounted_folder(image, tmp_path, monkeypatch):
+    project = tmp_path / "my project"
+    project.mkdir()
+    (project / "input.txt").write_text("from the host\n")
+    monkeypatch.chdir(tmp_path)  # a relative workdir must not land here
+    xq = await run_jobs(
+        "wd",
+        [["bash", "-c", "pwd; cat input.txt; echo out > output.txt"]],
+        image=image,
+        bin="podman",
+        mount_as_cwd=str(project),
+    )
+    job = xq.jobs[0]
+    assert await job.get_rc() == 0, read(job.stderr_file)
+    assert read(job.stdout_file) == "/mnt/disks/.cwd\nfrom the host\n"
+    assert (project / "output.txt").read_text() == "out\n"
+    # the relative workdir was taken inside the mounted folder
+    assert Path(job.metadir) == project / "wd" / "0"
+    assert not (tmp_path / "wd").exists()
+
+
+async def test_timeout_option_stops_the_job_inside_the_container(workdir, image):
+    xq = await run_jobs(
+        workdir, [["sleep", "30"]], image=image, bin="podman", timeout=1
+    )
+    job = xq.jobs[0]
+    assert await job.get_rc() == 124
+    assert "timed out" in read(job.stderr_file)
+
+
+async def test_an_image_that_does_not_exist_fails_the_job_with_the_runtime_error(workdir, image):
+    xq = await run_jobs(
+        workdir, [["true"]], image="localhost/xqute-no-such-image:none", bin="podman",
+        bin_args=["--pull", "never"],
+    )
+    job = xq.jobs[0]
+    assert await job.get_rc() == -3
+    assert await job.get_status(refresh=True) == JobStatus.FAILED
+    stderr = read(job.stderr_file)
+    assert "podman run exited with 125" in stderr
+    assert "xqute-no-such-image" in stderr  # podman's own message
+    assert (Path(job.metadir) / CLIENT_LOG_NAME).is_file()
+
+
+async def test_remove_false_keeps_the_container(workdir, image):
+    prefix = unique_prefix()
+    xq = await run_jobs(
+        workdir, [["true"]], image=image, bin="podman", remove=False, jobname_prefix=prefix
+    )
+    name = read(xq.jobs[0].jid_file).strip()
+    try:
+        left = containers(prefix)
+        assert len(left) == 1 and left[0].startswith(f"{name} Exited (0)")
+    finally:
+        subprocess.run(["podman", "rm", "-f", name], capture_output=True, timeout=60)
+
+
+async def test_halt_kills_the_other_running_containers(workdir, image):
+    prefix = unique_prefix()
+    xq = await run_jobs(
+        workdir,
+        [["bash", "-c", "sleep 1; exit 2"], ["sleep", "300"]],
+        image=image,
+        bin="podman",
+        error_strategy="halt",
+        jobname_prefix=prefix,
+    )
+    first, long = xq.jobs
+    assert await first.get_rc() == 2
+    assert await long.get_rc() == 143
+    assert "terminated (SIGTERM)" in read(long.stderr_file)
+    assert containers(prefix) == []
+
+
+MANAGER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from xqute import Xqute
+    workdir, image, runtime, prefix, njobs = sys.argv[1:6]
+    async def main():
+        xq = Xqute("container", workdir=workdir, forks=2, jobname_prefix=prefix,
+                   scheduler_opts=dict(image=image, bin=runtime))
+        for _ in range(int(njobs)):
+            await xq.feed(["bash", "-c", "echo started; sleep 300"])
+        await xq.run_until_complete()
+        print("manager done")
+    asyncio.run(main())
+    """
+)
+
+
+def start_manager(workdir, image, runtime, prefix, njobs=3) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", MANAGER, str(workdir), image, runtime, prefix, str(njobs)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def wait_for(predicate, what: str, limit: float = 120.0):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+@pytest.mark.parametrize("runtime", runtime_bins())
+def test_sigterm_to_the_manager_stops_the_running_containers(workdir, image, runtime):
+    need_bin(runtime)
+    prefix = unique_prefix()
+    manager = start_manager(workdir, image, runtime, prefix)
+    try:
+        # both forks' jobs have started inside their containers
+        wait_for(
+            lambda: all(
+                (workdir / str(i) / "job.stdout").is_file()
+                and read(workdir / str(i) / "job.stdout") == "started\n"
+                for i in (0, 1)
+            ),
+            "two jobs to start",
+        )
+        running = containers(prefix)
+        assert len(running) == 2 and all(" Up " in f" {c} " for c in running), running
+        manager.send_signal(signal.SIGTERM)
+        out, _ = manager.communicate(timeout=120)
+    finally:
+        if manager.poll() is None:
+            manager.kill()
+            manager.wait()
+    assert manager.returncode == 0, out
+    assert "manager done" in out
+    assert containers(prefix) == []  # checked with podman itself, whatever the CLI
+    for i in (0, 1):
+        assert int(read(workdir / str(i) / "job.rc")) == 143
+        assert int(read(workdir / str(i) / "job.status")) == JobStatus.FAILED
+    # the third job was never started
+    assert not (workdir / "2" / "job.jid").exists()
+
+
+async def test_a_new_manager_follows_a_container_left_by_a_killed_one(workdir, image):
+    prefix = unique_prefix()
+    script = workdir / "flag"
+    first = subprocess.Popen(
+        [sys.executable, "-c", MANAGER.replace("sleep 300", f"while [ ! -e /mnt/disks/.xqute/flag ]; do sleep 0.1; done"),
+         str(workdir), image, "podman", prefix, "1"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        wait_for(lambda: (workdir / "0" / "job.stdout").is_file() and read(workdir / "0" / "job.stdout"), "the job to start")
+    finally:
+        first.kill()  # SIGKILL: no chance to stop its containers
+        first.wait()
+    name = read(workdir / "0" / "job.jid").strip()
+    assert any(c.startswith(name) for c in containers(prefix))
+
+    xq = Xqute("container", workdir=workdir, jobname_prefix=prefix,
+               scheduler_opts=dict(image=image, bin="podman"))
+    await xq.feed(["bash", "-c", "echo started; sleep 300"])
+
+    async def release_later():
+        await asyncio.sleep(0.5)
+        script.write_text("")
+
+    release = asyncio.ensure_future(release_later())
+    await xq.run_until_complete()
+    await release
+    job = xq.jobs[0]
+    # the same container ran to its end: not started again
+    assert read(job.jid_file).strip() == name
+    assert read(job.stdout_file) == "started\n"
+    assert await job.get_rc() == 0
+    assert containers(prefix) == []

@@ -1,0 +1,593 @@
+"""Run each job inside a container: docker, podman or apptainer (singularity).
+
+The runtime's client (``docker run``, ``podman run``, ``apptainer exec``) is
+started for each job in a session of its own and stays attached to the
+container, so, as with the local scheduler, the manager learns that a job ended
+when that client exits (a pidfd becomes readable), with no timer. The job's own
+wrapper runs inside the container and writes its status and return code into
+the job's metadir, which is mounted into the container; those files, not the
+client's exit code, say how the job ended.
+
+The workdir (and any extra volumes) are mounted; the wrapper uses the paths as
+the container sees them (``SpecPath.mounted``). Named mounts ``NAME=host_path``
+are mounted under ``<DEFAULT_MOUNTED_ROOT>/NAMED_MOUNTS/NAME/`` and ``$NAME``
+holds their path inside the container.
+
+Killing a docker/podman job stops the container itself through the runtime
+(``kill --signal TERM``, then ``KILL`` after a grace period), not only the
+client; an apptainer job is a process tree in the client's session, killed as
+the local scheduler kills its jobs.
+
+This module imports without any runtime installed; constructing the scheduler
+then raises a clear error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import shlex
+import shutil
+import signal
+from pathlib import Path, PurePosixPath
+from typing import Any, Sequence
+
+from .. import defaults
+from ..defaults import JobStatus
+from ..job import Job
+from ..scheduler import JobQuery, SubmissionError
+from ..utils import logger, run_command, shell_quote
+from .local_scheduler import LocalScheduler, _exit_reason, _session_members
+
+# Runtime kinds, by the name of the binary.
+DOCKER = "docker"
+PODMAN = "podman"
+APPTAINER = "apptainer"
+
+# The client's own output (runtime errors, before the wrapper redirects its
+# output to the meta files) goes to this file in the metadir.
+CLIENT_LOG_NAME = "job.container.log"
+
+_NAMED_MOUNT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+_BAD_NAME_CHARS_RE = re.compile(r"[^a-zA-Z0-9_.-]")
+# Options a docker/podman volume may end with (host:inside:opts).
+_VOLUME_OPTIONS_RE = re.compile(r"^(ro|rw|z|Z|O|U|shared|slave|private|rshared|rslave|rprivate|nocopy|delegated|cached|consistent)(,[A-Za-z]+)*$")
+
+
+def runtime_kind(binary: str) -> str:
+    """The runtime kind ("docker", "podman" or "apptainer") of a binary, from its name.
+
+    ``singularity`` is apptainer's former name and takes the same command lines.
+    Other names are taken as docker-compatible CLIs (nerdctl, ...).
+    """
+    name = os.path.basename(binary).lower()
+    if "podman" in name:
+        return PODMAN
+    if "apptainer" in name or "singularity" in name:
+        return APPTAINER
+    if "docker" not in name:
+        logger.warning(
+            "Container runtime %r is not docker, podman or apptainer by name; "
+            "using docker's command lines for it",
+            binary,
+        )
+    return DOCKER
+
+
+def _as_list(value: Any, what: str) -> list[str]:
+    """A list of strings from None, a string or a sequence of strings."""
+    if value is None:
+        return []
+    if isinstance(value, (str, os.PathLike)):
+        return [os.fspath(value)]
+    if isinstance(value, Sequence):
+        return [os.fspath(item) for item in value]
+    raise TypeError(f"{what} must be a string or a list of strings, not {type(value).__name__}")
+
+
+class _Mount:
+    """One bind mount: a host path, the path inside, and docker-style options."""
+
+    __slots__ = ("host", "inside", "options")
+
+    def __init__(self, host: str, inside: str, options: str = "") -> None:
+        self.host = host
+        self.inside = inside
+        self.options = options
+
+    def __repr__(self) -> str:
+        return f"_Mount({self.host!r}, {self.inside!r}, {self.options!r})"
+
+    def spec(self) -> str:
+        """``host:inside[:options]``, the form -v and --bind take."""
+        return f"{self.host}:{self.inside}" + (f":{self.options}" if self.options else "")
+
+    def inside_of(self, host_path: str) -> str | None:
+        """Where ``host_path`` appears inside the container through this mount."""
+        rel = _relative_to(host_path, self.host)
+        return None if rel is None else _join(self.inside, rel)
+
+    def host_of(self, inside_path: str) -> str | None:
+        """Where ``inside_path`` (a path in the container) is on the host."""
+        rel = _relative_to(inside_path, self.inside)
+        return None if rel is None else _join(self.host, rel)
+
+
+def _relative_to(path: str, base: str) -> str | None:
+    try:
+        rel = PurePosixPath(path).relative_to(PurePosixPath(base))
+    except ValueError:
+        return None
+    return str(rel)
+
+
+def _join(base: str, rel: str) -> str:
+    return base if rel in ("", ".") else str(PurePosixPath(base) / rel)
+
+
+def parse_mounts(specs: Sequence[str], mount_root: str) -> tuple[list[_Mount], dict[str, str]]:
+    """Mounts from ``host:inside[:options]`` and ``NAME=host`` specifications.
+
+    A named mount goes under ``<mount_root>/NAMED_MOUNTS/NAME/`` (a folder by its
+    own name, a file by its folder's name) as ``xqute.utils.sanitize_mounts``
+    lays them out for the other schedulers; the returned dict maps NAME to the
+    path inside the container, to be exported as an environment variable.
+    Host paths are made absolute.
+    """
+    mounts: list[_Mount] = []
+    named: dict[str, str] = {}
+    for spec in specs:
+        if not isinstance(spec, str) or not spec:
+            raise ValueError(f"Invalid mount {spec!r}: expected 'host_path:path_inside' or 'NAME=host_path'")
+        if _NAMED_MOUNT_RE.match(spec):
+            name, host = spec.split("=", 1)
+            if not host:
+                raise ValueError(f"Invalid named mount {spec!r}: no host path after '='")
+            host = os.path.abspath(os.path.expanduser(host))
+            inside_root = PurePosixPath(mount_root) / "NAMED_MOUNTS" / name
+            if os.path.isfile(host):
+                folder, filename = os.path.split(host)
+                inside = inside_root / os.path.basename(folder)
+                mounts.append(_Mount(folder, str(inside)))
+                named[name] = str(inside / filename)
+            else:
+                inside = inside_root / os.path.basename(host.rstrip("/"))
+                mounts.append(_Mount(host, str(inside)))
+                named[name] = str(inside)
+            continue
+        parts = spec.split(":")
+        options = ""
+        if len(parts) == 3 and _VOLUME_OPTIONS_RE.match(parts[2]):
+            options = parts.pop()
+        if len(parts) != 2 or not parts[0] or not parts[1]:
+            raise ValueError(
+                f"Invalid mount {spec!r}: expected 'host_path:path_inside[:ro|rw]' or "
+                "'NAME=host_path' (a path may not contain ':')"
+            )
+        host, inside = parts
+        if not inside.startswith("/"):
+            raise ValueError(f"Invalid mount {spec!r}: the path inside ({inside!r}) must be absolute")
+        mounts.append(_Mount(os.path.abspath(os.path.expanduser(host)), inside, options))
+    return mounts, named
+
+
+class ContainerScheduler(LocalScheduler):
+    """Run each job in a container of ``image``, ``forks`` at a time.
+
+    Args:
+        image: the image to run (a ``docker://`` prefix is accepted; docker and
+            podman drop it, apptainer keeps it).
+        entrypoint: the program inside the image that runs the job's bash
+            wrapper (default ``/bin/bash``); a string is split like a shell does.
+        bin: the runtime's binary, a name on PATH or a path: docker, podman,
+            apptainer or singularity (the kind comes from the binary's name).
+        volumes / mount: extra mounts, ``host:inside[:ro]`` or ``NAME=host``
+            (mounted under ``DEFAULT_MOUNTED_ROOT/NAMED_MOUNTS/NAME/``, its path
+            inside exported as ``$NAME``). One of the two names, not both.
+        volume_as_cwd / mount_as_cwd: a host folder mounted at
+            ``DEFAULT_MOUNTED_ROOT/.cwd`` and used as the jobs' working folder; a
+            relative ``workdir`` is then taken inside it. Not with ``cwd``.
+        remove: remove each container when it ends (docker/podman ``--rm``).
+        user: ``uid:gid`` the job runs as (docker/podman; default the caller's).
+            Apptainer always runs jobs as the caller.
+        bin_args: more arguments for ``<bin> run`` / ``<bin> exec``, put before
+            the image.
+        **kwargs: the options every scheduler takes (``workdir``, ``forks``,
+            ``cwd``, ``mounted_workdir``, ...).
+
+    The workdir is mounted at ``mounted_workdir`` when given, else where a
+    volume already brings it into the container, else at
+    ``DEFAULT_MOUNTED_ROOT/<DEFAULT_WORKDIR_NAME>``.
+    """
+
+    name = "container"
+    DEFAULT_MOUNTED_ROOT = "/mnt/disks"
+
+    def __init__(
+        self,
+        *args: Any,
+        image: str | None = None,
+        entrypoint: str | Sequence[str] = defaults.JOBCMD_WRAPPER_LANG,
+        bin: str = "docker",
+        volumes: str | Sequence[str] | None = None,
+        volume_as_cwd: str | None = None,
+        mount: str | Sequence[str] | None = None,
+        mount_as_cwd: str | None = None,
+        remove: bool = True,
+        user: str | None = None,
+        bin_args: str | Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not image or not isinstance(image, str):
+            raise ValueError("The container scheduler needs an image: pass image='name:tag'")
+        if mount is not None and volumes is not None:
+            raise ValueError("Pass extra mounts as 'volumes' or as 'mount', not both")
+        if mount_as_cwd is not None and volume_as_cwd is not None:
+            raise ValueError("Pass 'volume_as_cwd' or 'mount_as_cwd', not both")
+        volume_as_cwd = volume_as_cwd if volume_as_cwd is not None else mount_as_cwd
+        if volume_as_cwd and kwargs.get("cwd"):
+            raise ValueError(
+                "'volume_as_cwd' (or 'mount_as_cwd') sets the jobs' working folder; "
+                "do not pass 'cwd' with it"
+            )
+
+        found = shutil.which(bin) if bin else None
+        if not found:
+            raise FileNotFoundError(
+                f"Container runtime {bin!r} was not found on PATH; install docker, podman "
+                "or apptainer, or pass bin='/path/to/runtime'"
+            )
+        self.bin = found
+        self.kind = runtime_kind(found)
+        if user is not None and self.kind == APPTAINER:
+            raise ValueError(
+                f"'user' is not supported by {os.path.basename(found)}: apptainer runs "
+                "jobs as the calling user"
+            )
+        self.image = image[len("docker://"):] if self.kind != APPTAINER and image.startswith("docker://") else image
+        self.entrypoint = (
+            shlex.split(entrypoint) if isinstance(entrypoint, str) else [str(a) for a in entrypoint]
+        )
+        if not self.entrypoint:
+            raise ValueError("'entrypoint' must name a program inside the image, e.g. /bin/bash")
+        self.remove = bool(remove)
+        self.user = user if user is not None else f"{os.getuid()}:{os.getgid()}"
+        self.bin_args = shlex.split(bin_args) if isinstance(bin_args, str) else [str(a) for a in bin_args or ()]
+
+        if not args and "workdir" not in kwargs:
+            kwargs["workdir"] = defaults.DEFAULT_WORKDIR_NAME
+        workdir_arg = args[0] if args else kwargs["workdir"]
+        if "://" in str(workdir_arg):
+            raise ValueError(
+                f"The container scheduler needs a local workdir to mount, not {str(workdir_arg)!r}"
+            )
+        mounts, self.path_envs = parse_mounts(
+            _as_list(volumes if volumes is not None else mount, "volumes"), self.DEFAULT_MOUNTED_ROOT
+        )
+        cwd = kwargs.get("cwd")
+        if volume_as_cwd:
+            cwd_mount = _Mount(os.path.abspath(os.fspath(volume_as_cwd)), f"{self.DEFAULT_MOUNTED_ROOT}/.cwd")
+            mounts.insert(0, cwd_mount)
+            cwd = kwargs["cwd"] = cwd_mount.inside
+
+        host_workdir, mounted_workdir, extra = self._place_workdir(
+            os.fspath(workdir_arg), kwargs.pop("mounted_workdir", None), cwd, mounts
+        )
+        if extra is not None:
+            mounts.append(extra)
+        if args:
+            args = (host_workdir, *args[1:])
+        else:
+            kwargs["workdir"] = host_workdir
+        kwargs["mounted_workdir"] = mounted_workdir
+        super().__init__(*args, **kwargs)
+
+        self.mounts = mounts
+        for m in mounts:
+            self._check_mount_path(m.host, "host")
+            self._check_mount_path(m.inside, "container")
+        # container name -> pid of the client (or of ``<bin> wait``) attached to it
+        self._clients: dict[str, int] = {}
+
+    # ------------------------------------------------------------ set-up
+    def _place_workdir(
+        self, workdir: str, mounted: str | None, cwd: str | None, mounts: list[_Mount]
+    ) -> tuple[str, str, _Mount | None]:
+        """(host workdir, workdir inside, the mount it needs or None).
+
+        A relative workdir is taken relative to the jobs' working folder (``cwd``,
+        a path inside the container, found on the host through a mount), else to
+        the manager's current folder.
+        """
+        if not os.path.isabs(workdir) and cwd:
+            for m in mounts:
+                host_cwd = m.host_of(str(cwd))
+                if host_cwd is not None:
+                    host = os.path.normpath(os.path.join(host_cwd, workdir))
+                    break
+            else:
+                raise ValueError(
+                    f"The relative workdir {workdir!r} is taken inside the jobs' working "
+                    f"folder {cwd!r}, which no volume mounts; give an absolute workdir or "
+                    "mount the folder that holds cwd"
+                )
+        else:
+            host = os.path.abspath(os.path.expanduser(workdir))
+        if mounted is not None:
+            mounted = str(mounted)
+            covered = any(m.inside_of(host) == mounted for m in mounts)
+            return host, mounted, None if covered else _Mount(host, mounted)
+        for m in mounts:
+            inside = m.inside_of(host)
+            if inside is not None and not m.options.startswith("ro"):
+                return host, inside, None
+        inside = f"{self.DEFAULT_MOUNTED_ROOT}/{defaults.DEFAULT_WORKDIR_NAME}"
+        return host, inside, _Mount(host, inside)
+
+    def _check_mount_path(self, path: str, side: str) -> None:
+        # -v and --bind separate fields with ':' (and --bind mounts with ',')
+        bad = ":" if self.kind != APPTAINER else ":,"
+        if any(ch in path for ch in bad) or "\n" in path:
+            raise ValueError(
+                f"Cannot mount {path!r} ({side} side) with {self.kind}: the path contains "
+                f"one of {' '.join(repr(c) for c in bad)} or a newline"
+            )
+
+    # ------------------------------------------------------------ command lines
+    def container_name(self, job: Job) -> str:
+        """A fresh container name for this trial of ``job`` (docker/podman)."""
+        base = _BAD_NAME_CHARS_RE.sub("_", self.job_name(job)).lstrip("_.-") or "xqute"
+        # a token: containers kept (remove=False) from an earlier run keep their names
+        return f"{base}-t{job.trial_count}-{secrets.token_hex(3)}"
+
+    def container_command(self, job: Job, container_name: str | None = None) -> list[str]:
+        """The argv that runs ``job``'s wrapper in a container."""
+        wrapper = str((job.metadir / self.wrapped_script_name).mounted)
+        workdir_inside = str(self.cwd) if self.cwd else str(self.workdir.mounted)
+        if self.kind == APPTAINER:
+            cmd = [self.bin, "exec", "--pwd", workdir_inside]
+            for m in self.mounts:
+                cmd += ["--bind", m.spec()]
+        else:
+            cmd = [self.bin, "run"]
+            if container_name:
+                cmd += ["--name", container_name]
+            if self.remove:
+                cmd.append("--rm")
+            cmd += ["--user", self.user, "--workdir", workdir_inside]
+            for m in self.mounts:
+                cmd += ["-v", m.spec()]
+        return [*cmd, *self.bin_args, self.image, *self.entrypoint, wrapper]
+
+    def jobcmd_shebang(self, job: Job) -> str:
+        """``#!/bin/bash``, and a comment naming the runtime and image."""
+        return (
+            f"{super().jobcmd_shebang(job)}\n"
+            f"# run by {os.path.basename(self.bin)} in image "
+            f"{self.image.replace(chr(10), ' ')}"
+        )
+
+    def jobcmd_init(self, job: Job) -> str:
+        """Export the named mounts' paths (inside the container), then the usual."""
+        lines = [f"export {name}={shell_quote(path)}" for name, path in self.path_envs.items()]
+        lines.append(super().jobcmd_init(job))
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------ the interface
+    async def submit_job(self, job: Job) -> str:
+        await self.wrapped_job_script(job)
+        name = None if self.kind == APPTAINER else self.container_name(job)
+        argv = self.container_command(job, name)
+        log_path = os.path.join(str(job.metadir), CLIENT_LOG_NAME)
+        try:
+            log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except OSError as exc:
+            raise SubmissionError(f"cannot write {log_path}: {exc}") from exc
+        try:
+            # the full command line, for whoever debugs a failed job
+            os.write(log_fd, f"# {shlex.join(argv)}\n".encode())
+            if self._devnull is None:
+                self._devnull = os.open(os.devnull, os.O_RDWR)
+            pid = os.posix_spawn(
+                argv[0],
+                argv,
+                os.environ,
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, self._devnull, 0),
+                    (os.POSIX_SPAWN_DUP2, log_fd, 1),
+                    (os.POSIX_SPAWN_DUP2, log_fd, 2),
+                ],
+                setsid=True,
+            )
+        except OSError as exc:
+            raise SubmissionError(f"cannot start {self.bin}: {exc}") from exc
+        finally:
+            os.close(log_fd)
+        self._watch(pid, job, child=True)
+        if name is None:
+            return str(pid)
+        self._clients[name] = pid
+        return name
+
+    async def query_jobs(self, jobs: Sequence[Job]) -> dict[Job, JobQuery]:
+        """In memory: a job runs while its client runs. The runtime is asked
+        (once, for all such jobs) only about containers whose client is gone
+        while their files do not say they ended, or that an earlier manager
+        started."""
+        if self.kind == APPTAINER:
+            return await super().query_jobs(jobs)
+        answers: dict[Job, JobQuery] = {}
+        ask: dict[str, tuple[Job, str]] = {}
+        for job in jobs:
+            name = job._jid or ""
+            pid = self._clients.get(name)
+            if pid is None:
+                if not name:
+                    answers[job] = JobQuery(JobQuery.ENDED, f"no container recorded for job {job.index}")
+                else:  # started by an earlier manager of this workdir
+                    ask[name] = (job, f"container {name} is gone")
+                continue
+            if pid in self._running:
+                answers[job] = JobQuery(JobQuery.RUNNING)
+                continue
+            if pid not in self._ended:
+                answers[job] = JobQuery(JobQuery.ENDED, f"container {name} is gone")
+                continue
+            status = self._ended.pop(pid)
+            del self._clients[name]
+            if JobStatus.is_final(await job.read_status_file()):
+                answers[job] = JobQuery(JobQuery.ENDED)
+                continue
+            ask[name] = (job, self._client_exit_reason(job, status))
+        if ask:
+            states = await self._container_states(list(ask))
+            for name, (job, reason) in ask.items():
+                state = states.get(name)
+                if state in ("running", "created", "configured", "initialized", "paused", "restarting"):
+                    # the client went away but the container did not: follow it
+                    if await self._follow(name, job):
+                        answers[job] = JobQuery(
+                            JobQuery.RUNNING if state == "running" else JobQuery.PENDING
+                        )
+                        continue
+                answers[job] = JobQuery(
+                    JobQuery.ENDED, reason + (f" (container state: {state})" if state else "")
+                )
+        return answers
+
+    def _client_exit_reason(self, job: Job, wait_status: int | None) -> str:
+        what = f"{os.path.basename(self.bin)} run"
+        if wait_status is None:
+            head = f"{what} ended before the job recorded its return code"
+        elif os.WIFSIGNALED(wait_status):
+            head = _exit_reason(wait_status).replace("the job's wrapper", what)
+        else:
+            head = (
+                f"{what} exited with {os.WEXITSTATUS(wait_status)} before the job "
+                "recorded its return code"
+            )
+        tail = self._client_log_tail(job)
+        return f"{head}: {tail}" if tail else head
+
+    def _client_log_tail(self, job: Job, lines: int = 5) -> str:
+        try:
+            with open(os.path.join(str(job.metadir), CLIENT_LOG_NAME), encoding="utf-8", errors="replace") as fh:
+                text = fh.read()[-4000:]
+        except OSError:
+            return ""
+        kept = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("# ")]
+        return " | ".join(kept[-lines:])
+
+    async def _container_states(self, names: Sequence[str]) -> dict[str, str]:
+        """{name: state} for the containers that exist, in one runtime call."""
+        argv = [self.bin, "ps", "-a", "--format", "{{.Names}}\t{{.State}}"]
+        for name in names:
+            argv += ["--filter", f"name=^{name}$"]
+        result = await run_command(*argv, timeout=60)
+        if not result.ok:
+            logger.warning("Could not list containers: %s", result.stderr.strip() or result.rc)
+            return {}
+        wanted = set(names)
+        states = {}
+        for line in result.stdout.splitlines():
+            cname, _, state = line.strip().partition("\t")
+            if cname in wanted:
+                # docker says "running", podman 4 "Up 2 seconds ago"
+                word = (state.split() or [""])[0].lower()
+                states[cname] = "running" if word == "up" else word
+        return states
+
+    async def _follow(self, name: str, job: Job) -> bool:
+        """Watch a container this manager has no client for, through ``<bin> wait``."""
+        if self._devnull is None:
+            self._devnull = os.open(os.devnull, os.O_RDWR)
+        try:
+            pid = os.posix_spawn(
+                self.bin,
+                [self.bin, "wait", name],
+                os.environ,
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, self._devnull, 0),
+                    (os.POSIX_SPAWN_DUP2, self._devnull, 1),
+                    (os.POSIX_SPAWN_DUP2, self._devnull, 2),
+                ],
+                setsid=True,
+            )
+        except OSError as exc:
+            logger.warning("Cannot follow container %s: %s", name, exc)
+            return False
+        self._clients[name] = pid
+        self._watch(pid, job, child=True)
+        return True
+
+    async def kill_jobs(self, jobs: Sequence[Job]) -> None:
+        """Stop the jobs' containers through the runtime: SIGTERM (the wrapper
+        passes it on and records the end), then SIGKILL to containers and
+        clients still there after a grace period."""
+        if self.kind == APPTAINER:
+            await super().kill_jobs(jobs)
+            return
+        for job in jobs:
+            if job._jid and job._jid not in self._clients:
+                # an earlier manager's container: attach, so its end is seen
+                await self._follow(job._jid, job)
+        live = {
+            job._jid: self._clients[job._jid]
+            for job in jobs
+            if job._jid and self._clients.get(job._jid) in self._running
+        }
+        if not live:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + defaults.KILL_GRACE
+        # A container is signalled only once it runs; one just submitted may still
+        # be being created, so those are asked about again until they run.
+        pending = set(live)
+        while pending and loop.time() < deadline:
+            states = await self._container_states(sorted(pending))
+            running = sorted(n for n in pending if states.get(n) == "running")
+            if running:
+                result = await run_command(
+                    self.bin, "kill", "--signal", "TERM", *running, timeout=60
+                )
+                # podman refuses the whole call if one of them ended meanwhile
+                done = set(running) if result.ok else set(result.stdout.split())
+                pending -= done
+            pending = {n for n in pending if live[n] in self._running and states.get(n) != "exited"}
+            if pending:
+                await self._wait_clients([live[n] for n in pending], 0.2)
+        if await self._wait_clients(live.values(), max(0.0, deadline - loop.time())):
+            return
+        left = {n: p for n, p in live.items() if p in self._running}
+        logger.warning(
+            "Containers %s did not end %s s after SIGTERM: killing them", ", ".join(sorted(left)), defaults.KILL_GRACE
+        )
+        await run_command(self.bin, "kill", "--signal", "KILL", *left, timeout=60)
+        for member in _session_members(set(left.values())):
+            try:
+                os.kill(member, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if not await self._wait_clients(left.values(), defaults.KILL_GRACE):
+            logger.error("Containers %s did not end after SIGKILL", ", ".join(sorted(left)))
+        if self.remove:
+            # a client killed before its container started leaves it "created"
+            rm = [self.bin, "rm", "-f"] + (["--time", "0"] if self.kind == PODMAN else [])
+            await run_command(*rm, *left, timeout=60)
+
+    async def _wait_clients(self, pids: Any, timeout: float) -> bool:
+        """Wait until the given client processes exit; True if they all did."""
+        loop = asyncio.get_running_loop()
+        waiters = [
+            self._exit_waiters.setdefault(pid, loop.create_future())
+            for pid in pids
+            if pid in self._running
+        ]
+        if waiters:
+            await asyncio.wait(waiters, timeout=timeout)
+        return all(pid not in self._running for pid in pids)
+
+
+__all__ = ["ContainerScheduler", "runtime_kind", "parse_mounts", "CLIENT_LOG_NAME"]
