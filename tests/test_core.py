@@ -358,11 +358,19 @@ async def test_halt_stops_submitting_and_kills_running_jobs(workdir):
 async def test_kill_reaches_the_whole_process_group(workdir):
     marker = f"xq-group-{os.getpid()}"
     xq = Xqute(workdir=workdir)
-    await xq.feed(["bash", "-c", f"sleep 60 & sleep 61 & wait # {marker}"])
-    asyncio.get_running_loop().call_later(0.5, xq.cancel)
+    # two background children and a grandchild each; every one carries the marker
+    child = f"sh -c 'sleep 60; true {marker}'"
+    await xq.feed(["bash", "-c", f"{child} & {child} & wait"])
+    seen = []
+
+    def check_then_cancel():
+        seen.extend(processes_with(marker))
+        xq.cancel()
+
+    asyncio.get_running_loop().call_later(0.5, check_then_cancel)
     await xq.run_until_complete()
-    await asyncio.sleep(0.1)
-    assert [p for p in processes_with("sleep 6") if marker in p or "sleep 60" in p or "sleep 61" in p] == []
+    assert len(seen) >= 2  # they were there before the kill
+    assert processes_with(marker) == []
     assert xq.jobs[0].status == JobStatus.FAILED
 
 
