@@ -1,0 +1,156 @@
+"""Benchmark: N trivial jobs through the real local Slurm, this package vs xqute 2.2.1.
+
+For each package it measures the wall time of ``Xqute("slurm").run_until_complete()``
+over N jobs running ``true`` and counts how often Slurm's CLIs were called.  The
+calls are counted by wrapper scripts put first on PATH: each appends its name to a
+log and execs the real binary, so Slurm does the real work.
+
+Needs the cluster: ``bash scripts/slurm.sh start``.  Run:
+
+    python benchmarks/bench_slurm.py            # 100 jobs, both packages, once
+    python benchmarks/bench_slurm.py -n 100 -r 3 --only this
+
+Prints a Markdown table (medians over the repeats).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SLURM_BINARIES = ("sbatch", "squeue", "sacct", "scontrol", "scancel")
+
+# Runs in the package's own interpreter; both packages share the 2.x API.
+RUNNER = textwrap.dedent(
+    """
+    import asyncio, json, sys, time
+    from pathlib import Path
+    import xqute
+    from xqute import Xqute
+
+    njobs, workdir, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+    async def main():
+        xq = Xqute("slurm", workdir=workdir, forks=njobs)
+        for _ in range(njobs):
+            await xq.feed(["true"])
+        await xq.run_until_complete()
+
+    start = time.monotonic()
+    asyncio.run(main())
+    wall = time.monotonic() - start
+    rcs = []
+    for i in range(njobs):
+        rc_file = Path(workdir) / str(i) / "job.rc"
+        rcs.append(rc_file.read_text().strip() if rc_file.exists() else "missing")
+    Path(out).write_text(json.dumps({
+        "version": xqute.__version__, "wall": wall,
+        "succeeded": sum(rc == "0" for rc in rcs),
+    }))
+    """
+)
+
+
+def make_shims(shim_dir: Path, call_log: Path) -> None:
+    """Write one logging wrapper per Slurm CLI, exec'ing the real binary."""
+    shim_dir.mkdir(parents=True, exist_ok=True)
+    for name in SLURM_BINARIES:
+        real = shutil.which(name)
+        if real is None:
+            sys.exit(f"{name} is not on PATH: is Slurm installed (bash scripts/slurm.sh start)?")
+        shim = shim_dir / name
+        # One short append per call: O_APPEND keeps concurrent lines whole.
+        shim.write_text(
+            "#!/bin/sh\n"
+            f"echo {name} >> '{call_log}'\n"
+            f"exec '{real}' \"$@\"\n"
+        )
+        shim.chmod(0o755)
+
+
+def run_once(python: str, njobs: int, label: str) -> dict:
+    """One run of ``njobs`` jobs under ``python``; returns wall time and call counts."""
+    with tempfile.TemporaryDirectory(prefix=f"bench-slurm-{label}-") as tmp:
+        tmp_path = Path(tmp)
+        call_log = tmp_path / "calls.log"
+        call_log.touch()
+        make_shims(tmp_path / "shims", call_log)
+        runner = tmp_path / "runner.py"
+        runner.write_text(RUNNER)
+        out = tmp_path / "result.json"
+        env = dict(os.environ)
+        env["PATH"] = f"{tmp_path / 'shims'}{os.pathsep}{env.get('PATH', '')}"
+        env["XQUTE_LOG_LEVEL"] = "WARNING"
+        if label == "this":
+            env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
+        else:
+            env.pop("PYTHONPATH", None)
+        # cwd is the temp dir: xqute 2.x leaves Slurm's slurm-<id>.out files there.
+        subprocess.run(
+            [python, str(runner), str(njobs), str(tmp_path / "workdir"), str(out)],
+            cwd=tmp, env=env, check=True,
+        )
+        result = json.loads(out.read_text())
+        calls = call_log.read_text().split()
+        for name in SLURM_BINARIES:
+            result[name] = calls.count(name)
+        return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", "--jobs", type=int, default=100)
+    parser.add_argument("-r", "--repeat", type=int, default=1)
+    parser.add_argument("--only", choices=["this", "xqute2"], default=None)
+    args = parser.parse_args()
+
+    status = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "slurm.sh"), "status"], capture_output=True, text=True
+    )
+    if status.returncode != 0:
+        sys.exit(f"Slurm is not up ({status.stdout.strip()}): bash scripts/slurm.sh start")
+
+    pythons = {}
+    if args.only in (None, "this"):
+        pythons["this"] = sys.executable
+    if args.only in (None, "xqute2"):
+        pythons["xqute2"] = subprocess.run(
+            ["bash", str(ROOT / "benchmarks" / "xqute2-venv.sh")],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+
+    rows = []
+    for label, python in pythons.items():
+        runs = [run_once(python, args.jobs, label) for _ in range(args.repeat)]
+        for run in runs:
+            print(f"# {label}: {json.dumps(run)}", file=sys.stderr)
+        row = {"package": f"xqute {runs[0]['version']}" + (" (this)" if label == "this" else "")}
+        row["wall"] = statistics.median(r["wall"] for r in runs)
+        row["succeeded"] = min(r["succeeded"] for r in runs)
+        for name in SLURM_BINARIES:
+            row[name] = statistics.median(r[name] for r in runs)
+        rows.append(row)
+
+    print(f"\n{args.jobs} trivial jobs (`true`) through the local Slurm, "
+          f"median of {args.repeat} run(s):\n")
+    print("| package | wall time (s) | jobs rc 0 | sbatch | squeue | sacct | scontrol | scancel |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for row in rows:
+        print(
+            f"| {row['package']} | {row['wall']:.1f} | {row['succeeded']}/{args.jobs} | "
+            + " | ".join(f"{row[name]:g}" for name in SLURM_BINARIES)
+            + " |"
+        )
+
+
+if __name__ == "__main__":
+    main()

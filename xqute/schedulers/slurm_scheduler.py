@@ -1,0 +1,472 @@
+"""Run jobs on a Slurm cluster through ``sbatch``.
+
+Being a good citizen of a shared cluster is the point of this backend:
+
+- A job's state comes first from the files its wrapper writes into the metadir
+  (the base class reads them every round). Slurm is asked only about the jobs
+  whose files have not answered, in **one** ``squeue`` call for all of them, at
+  most once every ``query_interval`` seconds, less often while its answers do
+  not change. ``sacct`` is asked (again once for all) only about jobs that have
+  left ``squeue`` without their files saying how they ended.
+- A job that ends without its wrapper recording a return code (cancelled before
+  it started, killed by the out-of-memory killer, lost with its node, ...) is
+  failed with rc -3 and Slurm's own account of it in its stderr file.
+- Transient ``sbatch`` refusals (a busy controller, a per-user submit limit) are
+  retried with backoff by the base class; ``submit_rate`` caps submissions.
+- Killing is one ``scancel`` call for many jobs.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from typing import Any, Iterable, Sequence
+
+from ..job import Job
+from ..scheduler import JobQuery, Scheduler, SubmissionError
+from ..utils import logger, run_command
+
+# How Slurm's job states (squeue %T, sacct State) map onto xqute's view.
+PENDING_STATES = frozenset(
+    {
+        "PENDING",
+        "CONFIGURING",  # nodes being readied: about to run
+        "REQUEUED",
+        "REQUEUE_FED",
+        "REQUEUE_HOLD",
+        "RESV_DEL_HOLD",
+    }
+)
+RUNNING_STATES = frozenset(
+    {
+        "RUNNING",
+        "COMPLETING",  # processes gone, epilog running: the files will answer
+        "SUSPENDED",
+        "STOPPED",
+        "SIGNALING",
+        "STAGE_OUT",
+        "RESIZING",
+    }
+)
+ENDED_STATES = frozenset(
+    {
+        "COMPLETED",
+        "FAILED",
+        "CANCELLED",
+        "TIMEOUT",
+        "OUT_OF_MEMORY",
+        "NODE_FAIL",
+        "BOOT_FAIL",
+        "DEADLINE",
+        "PREEMPTED",
+        "REVOKED",
+    }
+)
+# Held after a special exit: it stays in the queue until someone acts.
+ERROR_STATES = frozenset({"SPECIAL_EXIT"})
+# Pending reasons that never clear by themselves: the job would wait forever.
+STUCK_PENDING_REASONS = frozenset({"DependencyNeverSatisfied", "BadConstraints"})
+
+# sbatch errors worth retrying: the controller is busy or unreachable for now, or
+# a per-user/group submit limit is full (it empties as jobs end).
+_TRANSIENT_SBATCH_RE = re.compile(
+    r"socket timed out|timed out|resource temporarily unavailable|temporarily unable"
+    r"|try again|unable to contact slurm controller|connection refused"
+    r"|connection reset|communication connection failure|slurm_persist_conn"
+    r"|zero bytes were transmitted|max\w*submit|grp\w*submit",
+    re.IGNORECASE,
+)
+# An sbatch attempt whose outcome is unknown: the job may exist all the same.
+_AMBIGUOUS_SBATCH_RE = re.compile(r"timed out|connection reset|zero bytes", re.IGNORECASE)
+
+_JOB_ID_RE = re.compile(r"^(\d+)(?:;\S+)?$")
+_DIRECTIVE_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+# values that need no quoting in an #SBATCH line
+_PLAIN_VALUE_RE = re.compile(r"^[A-Za-z0-9_.,:/=@+%-]+$")
+
+# squeue --jobs takes one argument; past this many ids ask for all the user's jobs.
+MAX_LISTED_IDS = 500
+# Directives xqute sets itself, by their long names, and their one-letter aliases.
+_OWN_DIRECTIVES = {"job-name": "J", "output": "o", "error": "e", "chdir": "D", "open-mode": None}
+
+
+def format_directive_value(value: Any) -> str:
+    """A value as Slurm's #SBATCH parser reads it back: plain, or double-quoted
+    with backslash escapes (Slurm's parser undoes both)."""
+    text = str(value)
+    if "\n" in text or "\r" in text or "\0" in text:
+        raise ValueError(f"A Slurm directive value cannot hold a line break or NUL: {text!r}")
+    if _PLAIN_VALUE_RE.match(text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def directive_lines(options: dict[str, Any]) -> list[str]:
+    """``#SBATCH`` lines for ``options``.
+
+    ``_`` in a key becomes ``-``; a one-letter key gives ``-k value``, others
+    ``--key=value``; ``True`` gives a bare flag; ``False``/``None`` leave the
+    option out; a list or tuple repeats the option once per item.
+    """
+    lines = []
+    for raw_key, value in options.items():
+        key = str(raw_key).replace("_", "-")
+        if not _DIRECTIVE_KEY_RE.match(key):
+            raise ValueError(f"Invalid Slurm option name {raw_key!r}")
+        flag = f"-{key}" if len(key) == 1 else f"--{key}"
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for item in values:
+            if item is None or item is False:
+                continue
+            if item is True:
+                lines.append(f"#SBATCH {flag}")
+            elif len(key) == 1:
+                lines.append(f"#SBATCH {flag} {format_directive_value(item)}")
+            else:
+                lines.append(f"#SBATCH {flag}={format_directive_value(item)}")
+    return lines
+
+
+def _escape_filename_pattern(path: str) -> str:
+    """Slurm expands ``%j`` and friends in --output/--error; keep ``%`` literal."""
+    return path.replace("%", "%%")
+
+
+class SlurmScheduler(Scheduler):
+    """Submit each job with ``sbatch`` to a Slurm cluster.
+
+    Args:
+        sbatch, squeue, scancel, sacct: paths of Slurm's commands (found on PATH
+            by default). ``sacct`` is used only for jobs that left ``squeue``;
+            without accounting they are resolved from their metadir alone.
+        scontrol: path of ``scontrol``, kept for clients and tools; xqute does
+            not need it.
+        query_interval: seconds between two status calls to Slurm at least
+            (5). While Slurm's answers stay the same the gap grows by half each
+            time, up to ``query_interval_max`` (60). Jobs whose files answer are
+            not put to Slurm at all.
+        end_grace: seconds a job's files get to show its end after Slurm says it
+            ended (10); raise it on shared file systems that show new files late.
+        command_timeout: seconds any one Slurm command may take (60).
+        **kwargs: the base scheduler's options (``poll_interval``, ``submit_rate``,
+            ``submit_retries``, ...); every other key becomes an ``#SBATCH``
+            directive (``time="1:00:00"``, ``mem="4G"``, ``p="short"``, ...).
+    """
+
+    name = "slurm"
+
+    def __init__(
+        self,
+        *args: Any,
+        sbatch: str = "sbatch",
+        squeue: str = "squeue",
+        scancel: str = "scancel",
+        sacct: str = "sacct",
+        scontrol: str = "scontrol",
+        query_interval: float = 5.0,
+        query_interval_max: float = 60.0,
+        end_grace: float = 10.0,
+        command_timeout: float = 60.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.sbatch = sbatch
+        self.squeue = squeue
+        self.scancel = scancel
+        self.sacct = sacct
+        self.scontrol = scontrol
+        if query_interval <= 0 or query_interval_max < query_interval:
+            raise ValueError("query_interval must be > 0 and <= query_interval_max")
+        if end_grace < 0 or command_timeout <= 0:
+            raise ValueError("end_grace must be >= 0 and command_timeout > 0")
+        self.query_interval = float(query_interval)
+        self.query_interval_max = float(query_interval_max)
+        self.end_grace = float(end_grace)
+        self.command_timeout = float(command_timeout)
+        # checked now, so a bad option fails here rather than in every job
+        self._directives = directive_lines(dict(self.config))
+
+        # jid -> last Slurm state seen (jobs we submitted start as PENDING)
+        self._states: dict[str, str] = {}
+        # jid -> when Slurm was first seen saying the job ended
+        self._ended_since: dict[str, float] = {}
+        self._query_gap = self.query_interval
+        self._next_query_at = 0.0
+        self._accounting: bool | None = None  # unknown until sacct is first needed
+        self._warned_states: set[str] = set()
+        # jobs whose last sbatch attempt may have gone through despite an error
+        self._maybe_submitted: set[Job] = set()
+        # counters, for benchmarks and tests
+        self.status_calls = 0
+        self.query_rounds = 0
+
+    # --------------------------------------------------------------- set-up
+    async def post_init(self) -> None:
+        """Refuse to start when Slurm's commands are not there."""
+        for option in ("sbatch", "squeue", "scancel"):
+            binary = getattr(self, option)
+            if shutil.which(binary) is None:
+                raise FileNotFoundError(
+                    f"Slurm's {option} not found: {binary!r} (is Slurm installed? "
+                    f"set the scheduler option {option}= to its path)"
+                )
+
+    def jobcmd_shebang(self, job: Job) -> str:
+        """The shebang and the ``#SBATCH`` directives: job name, Slurm's own
+        output in the metadir, ``--chdir`` for ``cwd``, then the user's options."""
+        user_keys = {str(key).replace("_", "-") for key in self.config}
+        meta = str(job.metadir.mounted)
+        own: dict[str, Any] = {
+            "job-name": self.job_name(job),
+            # Slurm's messages (a cancel, a time limit) land after the job's own
+            # output; append mode keeps either side from overwriting the other
+            "output": _escape_filename_pattern(f"{meta}/job.stdout"),
+            "error": _escape_filename_pattern(f"{meta}/job.stderr"),
+            "open-mode": "append",
+        }
+        if self.cwd:
+            own["chdir"] = str(self.cwd)
+        own = {
+            key: value
+            for key, value in own.items()
+            if key not in user_keys and _OWN_DIRECTIVES.get(key) not in user_keys
+        }
+        lines = [super().jobcmd_shebang(job), *directive_lines(own), *self._directives]
+        return "\n".join(lines)
+
+    def wrapper_meta_functions(self, job: Job) -> str:
+        """As the base's, but the job's output is appended to (Slurm writes to
+        the same files; they are removed before each trial)."""
+        return (
+            super().wrapper_meta_functions(job)
+            + '\n_xq_redirect() { exec >>"$_xq_meta/job.stdout" 2>>"$_xq_meta/job.stderr"; }'
+        )
+
+    # ------------------------------------------------------------ submitting
+    async def submit_job(self, job: Job) -> str:
+        """``sbatch --parsable`` the wrapper; returns Slurm's job id."""
+        if job in self._maybe_submitted:
+            # an earlier attempt timed out: it may have reached Slurm anyway
+            jid = await self._find_by_name(job)
+            self._maybe_submitted.discard(job)
+            if jid is not None:
+                logger.info("Job %s: an earlier sbatch went through after all (%s)", job.index, jid)
+                self._states[jid] = "PENDING"
+                return jid
+        script = await self.wrapped_job_script(job)
+        result = await run_command(
+            self.sbatch, "--parsable", str(script), timeout=self.command_timeout
+        )
+        if result.rc == 127:
+            raise SubmissionError(
+                f"{result.stderr.strip()} (set the scheduler option sbatch= to its path)"
+            )
+        if not result.ok:
+            message = _one_line(result.stderr or result.stdout) or f"sbatch exited {result.rc}"
+            transient = result.rc == -1 or bool(_TRANSIENT_SBATCH_RE.search(message))
+            if result.rc == -1 or _AMBIGUOUS_SBATCH_RE.search(message):
+                self._maybe_submitted.add(job)
+            raise SubmissionError(message, transient=transient)
+        output = result.stdout.strip().splitlines()
+        match = _JOB_ID_RE.match(output[-1].strip()) if output else None
+        if match is None:
+            raise SubmissionError(
+                f"sbatch succeeded but printed no job id: {result.stdout.strip()[:200]!r}"
+            )
+        jid = match.group(1)
+        self._states[jid] = "PENDING"
+        return jid
+
+    async def _find_by_name(self, job: Job) -> str | None:
+        """The id of a live Slurm job carrying ``job``'s name, if any."""
+        result = await run_command(
+            self.squeue, "--me", "-h", "--name", self.job_name(job), "-o", "%i",
+            timeout=self.command_timeout,
+        )
+        self.status_calls += 1
+        ids = result.stdout.split() if result.ok else []
+        return ids[-1] if ids else None
+
+    # --------------------------------------------------------------- killing
+    async def kill_jobs(self, jobs: Sequence[Job]) -> None:
+        """``scancel`` all of ``jobs`` in one call (a few for thousands)."""
+        jids = [str(job._jid) for job in jobs if job._jid]
+        for start in range(0, len(jids), MAX_LISTED_IDS):
+            chunk = jids[start : start + MAX_LISTED_IDS]
+            result = await run_command(self.scancel, *chunk, timeout=self.command_timeout)
+            if not result.ok:
+                # jobs that already ended are refused; the others are cancelled
+                logger.debug("scancel %s: %s", " ".join(chunk), _one_line(result.stderr))
+            for jid in chunk:
+                self._states[jid] = "CANCELLED"
+
+    # -------------------------------------------------------------- querying
+    async def query_jobs(self, jobs: Sequence[Job]) -> dict[Job, JobQuery]:
+        """What Slurm says about ``jobs``: one ``squeue`` call for all of them
+        (plus one ``sacct`` call for those that left the queue), at most once
+        every ``query_interval`` seconds; between calls no job is answered."""
+        answers: dict[Job, JobQuery] = {}
+        by_jid: dict[str, Job] = {}
+        for job in jobs:
+            jid = job._jid or await job.get_jid()
+            if not jid:
+                answers[job] = JobQuery(JobQuery.ENDED, f"no Slurm job id was recorded for job {job.index}")
+            else:
+                by_jid[str(jid)] = job
+        if not by_jid:
+            return answers
+        now = time.monotonic()
+        # a job this scheduler did not submit (left by an earlier run) is asked at once
+        if now < self._next_query_at and all(jid in self._states for jid in by_jid):
+            return answers
+        self.query_rounds += 1
+
+        found = await self._squeue(by_jid)
+        if found is None:  # Slurm did not answer: ask again later, less often
+            self._pace(changed=False, now=now)
+            return answers
+        gone = [jid for jid in by_jid if jid not in found]
+        if gone:
+            found.update(await self._sacct(gone))
+
+        changed = False
+        for jid, job in by_jid.items():
+            state, reason = found.get(jid, ("", ""))
+            if self._states.get(jid) != state:
+                changed = True
+            self._states[jid] = state
+            query = self._to_query(jid, state, reason)
+            if query.alive:
+                self._ended_since.pop(jid, None)
+                answers[job] = query
+                continue
+            # ended in Slurm's eyes: give the files a moment to show the end
+            since = self._ended_since.setdefault(jid, now)
+            if now - since >= self.end_grace:
+                answers[job] = query
+                self._ended_since.pop(jid, None)
+                self._states.pop(jid, None)
+        self._pace(changed, now)
+        return answers
+
+    def _pace(self, changed: bool, now: float) -> None:
+        """Set when Slurm may next be asked: soon after a change, rarer while
+        nothing changes, and no later than when a grace period runs out."""
+        if changed:
+            self._query_gap = self.query_interval
+        else:
+            self._query_gap = min(self._query_gap * 1.5, self.query_interval_max)
+        self._next_query_at = now + self._query_gap
+        if self._ended_since:
+            due = min(self._ended_since.values()) + self.end_grace
+            self._next_query_at = min(self._next_query_at, max(due, now))
+
+    async def _squeue(self, by_jid: dict[str, Job]) -> dict[str, tuple[str, str]] | None:
+        """{jid: (state, reason)} for the jobs squeue still lists; None on failure."""
+        args = [self.squeue, "-h", "-t", "all", "-o", "%i|%T|%r"]
+        if len(by_jid) > MAX_LISTED_IDS:
+            args.append("--me")
+        else:
+            args.append("--jobs=" + ",".join(by_jid))
+        result = await run_command(*args, timeout=self.command_timeout)
+        self.status_calls += 1
+        if not result.ok:
+            if "invalid job id" in result.stderr.lower():
+                return {}  # none of them is in the queue any more
+            logger.warning(
+                "Slurm's squeue failed (%s); asking again later", _one_line(result.stderr)
+            )
+            return None
+        found = {}
+        for line in result.stdout.splitlines():
+            fields = line.strip().split("|")
+            if len(fields) >= 2 and fields[0] in by_jid:
+                found[fields[0]] = (fields[1].strip(), "|".join(fields[2:]).strip())
+        return found
+
+    async def _sacct(self, jids: list[str]) -> dict[str, tuple[str, str]]:
+        """{jid: (state, reason)} from accounting for jobs gone from squeue."""
+        if self._accounting is False:
+            return {}
+        found: dict[str, tuple[str, str]] = {}
+        for start in range(0, len(jids), MAX_LISTED_IDS):
+            chunk = jids[start : start + MAX_LISTED_IDS]
+            result = await run_command(
+                self.sacct, "-n", "-P", "-X", "-j", ",".join(chunk),
+                "-o", "JobIDRaw,State,ExitCode,Reason",
+                timeout=self.command_timeout,
+            )
+            self.status_calls += 1
+            if not result.ok:
+                message = _one_line(result.stderr) or f"sacct exited {result.rc}"
+                if result.rc == 127 or "disabled" in message.lower():
+                    self._accounting = False
+                    logger.info(
+                        "Slurm accounting is not available (%s): jobs that leave the "
+                        "queue are resolved from their metadir alone", message
+                    )
+                else:
+                    logger.warning("Slurm's sacct failed: %s", message)
+                for jid in chunk:
+                    found[jid] = ("", f"sacct could not say how it ended: {message}")
+                continue
+            self._accounting = True
+            for line in result.stdout.splitlines():
+                fields = line.strip().split("|")
+                if len(fields) < 4 or fields[0] not in chunk:
+                    continue
+                # "CANCELLED by 1000" -> CANCELLED, keeping who did it for the reason
+                state, _, by_whom = fields[1].partition(" ")
+                details = [f"exit code {fields[2]}"] if fields[2] not in ("", "0:0") else []
+                if by_whom:
+                    details.insert(0, by_whom)
+                if fields[3] and fields[3] != "None":
+                    details.append(fields[3])
+                found[fields[0]] = (state, ", ".join(details))
+        return found
+
+    def _to_query(self, jid: str, state: str, reason: str) -> JobQuery:
+        """Map a Slurm state (and reason) to a JobQuery."""
+        if state in PENDING_STATES:
+            if reason in STUCK_PENDING_REASONS:
+                return JobQuery(
+                    JobQuery.ERROR, f"Slurm job {jid} can never start: pending with reason {reason}"
+                )
+            return JobQuery(JobQuery.PENDING, reason)
+        if state in RUNNING_STATES:
+            return JobQuery(JobQuery.RUNNING)
+        why = f" ({reason})" if reason and reason != "None" else ""
+        if state in ENDED_STATES:
+            return JobQuery(
+                JobQuery.ENDED,
+                f"Slurm job {jid} ended as {state}{why} without recording its return code",
+            )
+        if state in ERROR_STATES:
+            return JobQuery(JobQuery.ERROR, f"Slurm job {jid} is stuck in state {state}{why}")
+        if not state:
+            return JobQuery(
+                JobQuery.ENDED,
+                f"Slurm job {jid} is no longer known to Slurm{why} and it did not record "
+                "its return code",
+            )
+        if state not in self._warned_states:
+            self._warned_states.add(state)
+            logger.warning(
+                "Slurm reports a state xqute does not know, %r (job %s); treating it as "
+                "still pending", state, jid,
+            )
+        return JobQuery(JobQuery.PENDING, state)
+
+
+def _one_line(text: str) -> str:
+    """Slurm's message without its ``sbatch: error:`` prefixes, on one line."""
+    parts = []
+    for line in text.strip().splitlines():
+        line = re.sub(r"^\w+: error: ", "", line.strip())
+        if line:
+            parts.append(line)
+    return "; ".join(parts)
+
+
+__all__: Iterable[str] = ["SlurmScheduler", "directive_lines", "format_directive_value"]
