@@ -10,12 +10,13 @@
 #          host 1: sshd on 127.0.0.1:2222 in this machine's network namespace;
 #          host 2: sshd on 10.200.0.2:22 in network namespace xqute-ssh-h2, joined
 #                  to us by a veth pair 10.200.0.1/24 <-> 10.200.0.2/24, with its own
-#                  host name (UTS namespace) and host key.
+#                  host name (UTS namespace), process ids (pid namespace: `ps` and
+#                  pids there are its own) and host key.
 #        Both hosts share this machine's file system, as a cluster's nodes share a
 #        disk.  A shared directory (default ACLs give the test user rw on whatever
 #        root creates in it) holds job workdirs.  Idempotent; returns once both
 #        hosts accept a key login.
-# stop   kills the processes of the host-2 namespace and both sshds (by pid file),
+# stop   kills the processes of host 2's namespaces and host 1's sshd (pid file),
 #        deletes the namespace, the veth pair, the test user and the state dir.
 # status exit 0 when both hosts accept a key login; else one line why.  Fast.
 # env    export lines for clients and tests (key, user, known_hosts, client config,
@@ -57,19 +58,31 @@ die() { echo "ssh.sh: $*"; exit 1; }
 host_dir() { echo "$STATE/$1"; }   # h1 | h2
 
 # ---------------------------------------------------------------- pid files ---
-# An sshd counts as ours only when our pid file names a live process whose command
-# line still names our config file (guards against pid reuse).
-sshd_pid() { # h1|h2 -> prints pid
+# Host 1's sshd counts as ours only when our pid file names a live process whose
+# command line still names our config file (guards against pid reuse).  Host 2's
+# sshd is the first process (pid 1) of its own pid namespace, so it has no useful
+# pid file: it is the process in host 2's network namespace running our config.
+sshd_pid() { # h1|h2 -> prints pid (as this machine sees it)
     local dir pid
     dir=$(host_dir "$1")
+    if [ "$1" = h2 ]; then
+        netns_exists || return 1
+        for pid in $(ip netns pids "$NETNS" 2>/dev/null); do
+            # "sshd: /usr/sbin/sshd ... [listener]" once it is up (not unshare's sh -c)
+            tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null \
+                | grep -E "^(sshd: )?/usr/sbin/sshd -D -f $dir/sshd_config" >/dev/null \
+                && { echo "$pid"; return 0; }
+        done
+        return 1
+    fi
     [ -s "$dir/sshd.pid" ] || return 1
     pid=$(tr -dc '0-9' <"$dir/sshd.pid")
     [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$dir/sshd_config" || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -F -- "$dir/sshd_config" >/dev/null || return 1
     echo "$pid"
 }
 
-stop_sshd() { # h1|h2
+stop_sshd() { # h1 (host 2 goes with its namespace's processes)
     local pid i
     pid=$(sshd_pid "$1") || { rm -f "$(host_dir "$1")/sshd.pid"; return 0; }
     kill -TERM "$pid" 2>/dev/null
@@ -81,17 +94,20 @@ stop_sshd() { # h1|h2
     rm -f "$(host_dir "$1")/sshd.pid"
 }
 
-netns_exists() { ip netns list 2>/dev/null | grep -qw -- "$NETNS"; }
+netns_exists() { ip netns list 2>/dev/null | grep -w -- "$NETNS" >/dev/null; }
 
 kill_netns_processes() {
-    # Everything running inside host 2's namespace was started by its sshd (ours).
-    local pids
+    # Everything in host 2's namespaces was started by us (its sshd is pid 1 of
+    # its pid namespace; the rest are its sessions and their jobs).
+    local pids i
     netns_exists || return 0
-    pids=$(ip netns pids "$NETNS" 2>/dev/null | tr '\n' ' ')
-    [ -n "${pids// /}" ] || return 0
-    # shellcheck disable=SC2086
-    kill -KILL $pids 2>/dev/null
-    sleep 0.2
+    for i in 1 2 3 4 5 6 7 8 9 10; do
+        pids=$(ip netns pids "$NETNS" 2>/dev/null | tr '\n' ' ')
+        [ -n "${pids// /}" ] || return 0
+        # shellcheck disable=SC2086
+        kill -KILL $pids 2>/dev/null
+        sleep 0.1
+    done
 }
 
 # ---------------------------------------------------------------- install ---
@@ -157,7 +173,7 @@ write_configs() {
 Port $port
 ListenAddress $addr
 HostKey $(host_dir $h)/ssh_host_ed25519_key
-PidFile $(host_dir $h)/sshd.pid
+PidFile $( [ $h = h1 ] && echo "$(host_dir $h)/sshd.pid" || echo none)
 AuthorizedKeysFile $AUTHORIZED_KEYS
 AllowUsers $TEST_USER
 PermitRootLogin no
@@ -222,10 +238,10 @@ ensure_netns() {
         ip link add "$VETH_OUT" type veth peer name "$VETH_IN" netns "$NETNS" \
             || die "creating veth pair $VETH_OUT/$VETH_IN failed"
     fi
-    ip addr show dev "$VETH_OUT" | grep -qF "$OUT_CIDR" || ip addr add "$OUT_CIDR" dev "$VETH_OUT"
+    ip addr show dev "$VETH_OUT" | grep -F "$OUT_CIDR" >/dev/null || ip addr add "$OUT_CIDR" dev "$VETH_OUT"
     ip link set "$VETH_OUT" up
     ip netns exec "$NETNS" sh -c "
-        ip addr show dev $VETH_IN | grep -qF $IN_CIDR || ip addr add $IN_CIDR dev $VETH_IN
+        ip addr show dev $VETH_IN | grep -F $IN_CIDR >/dev/null || ip addr add $IN_CIDR dev $VETH_IN
         ip link set lo up && ip link set $VETH_IN up" || die "configuring $VETH_IN in $NETNS failed"
 }
 
@@ -246,9 +262,17 @@ start_sshd() { # h1|h2
     if [ "$h" = h1 ]; then
         /usr/sbin/sshd -f "$dir/sshd_config" -E "$dir/sshd.log" || die "sshd ($h) did not start, see $dir/sshd.log"
     else
-        ip netns exec "$NETNS" unshare --uts sh -c \
-            "hostname $H2_HOSTNAME && exec /usr/sbin/sshd -f '$dir/sshd_config' -E '$dir/sshd.log'" \
-            || die "sshd ($h) did not start in $NETNS, see $dir/sshd.log"
+        # its own network, host name and process ids (sshd -D stays pid 1 there:
+        # when it goes, everything on host 2 goes, as on a machine that crashed)
+        setsid ip netns exec "$NETNS" unshare --uts --pid --fork --mount-proc sh -c \
+            "hostname $H2_HOSTNAME && exec /usr/sbin/sshd -D -f '$dir/sshd_config' -E '$dir/sshd.log'" \
+            </dev/null >/dev/null 2>>"$dir/sshd.log" &
+        local i
+        for i in $(seq 1 50); do
+            sshd_pid h2 >/dev/null && return 0
+            sleep 0.1
+        done
+        die "sshd ($h) did not start in $NETNS, see $dir/sshd.log"
     fi
 }
 
@@ -289,10 +313,9 @@ do_stop() {
     [ -d "$STATE" ] || netns_exists || return 0
     remove_netns
     stop_sshd h1
-    stop_sshd h2
     # The user only if we made it (its comment is our mark); files it wrote go
     # with the state dir.
-    if getent passwd "$TEST_USER" | cut -d: -f5 | grep -qxF "$USER_MARK"; then
+    if getent passwd "$TEST_USER" | cut -d: -f5 | grep -xF "$USER_MARK" >/dev/null; then
         userdel "$TEST_USER" >/dev/null 2>&1 || say "userdel $TEST_USER failed (processes left?)"
     fi
     rm -rf "$STATE"
@@ -332,7 +355,6 @@ EOF
 
 do_host2_down() {
     kill_netns_processes
-    rm -f "$(host_dir h2)/sshd.pid"
 }
 
 do_host2_unreachable() {

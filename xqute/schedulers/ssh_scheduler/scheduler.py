@@ -1,0 +1,361 @@
+"""Run jobs on several machines reached with OpenSSH, sharing a file system.
+
+A job is launched detached on the remote host (its own session, via a POSIX
+shell launcher; no Python over there) and its id is ``pid@host``: submission
+returns at once, so ``forks`` jobs run at the same time over all the hosts.
+The jobs' meta files, on the shared file system, say how they are doing; the
+jobs the files leave open are checked in one ssh call per host per round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+import time
+from typing import Any, Mapping, Sequence
+
+from ... import defaults
+from ...defaults import JobStatus
+from ...job import Job
+from ...scheduler import JobQuery, Scheduler, SubmissionError
+from ...utils import logger
+from .host import HostUnavailable, SshHost, host_options
+from .launcher import (
+    REMOTE_SHELL,
+    alive_command,
+    kill_script,
+    launch_script,
+    parse_alive_output,
+    parse_launch_output,
+)
+
+# A freshly launched job may not have exec'd its wrapper yet when first asked
+# about: within this many seconds, a pid whose command line is not yet the
+# wrapper's is "unknown", not "ended".
+_LAUNCH_SETTLE = 5.0
+# Statuses of a job that holds (or is about to hold) a slot on its host.
+_HOLDING = (JobStatus.INIT, JobStatus.SUBMITTED, JobStatus.RUNNING, JobStatus.KILLING)
+
+
+class SshScheduler(Scheduler):
+    """Spread jobs over SSH hosts that share the manager's file system.
+
+    Args:
+        ssh: the OpenSSH client to run (the user's ``~/.ssh/config``, agent,
+            ProxyJump and keys apply, since this is the real client).
+        servers: host names (or ``~/.ssh/config`` aliases, or
+            ``ssh://user@host:port``) as a list, or a mapping
+            ``{host: {port, user, keyfile, ctrl_persist, ctrl_dir}}``.
+        ssh_args: extra arguments for every ssh call (e.g. ``["-F", cfg]``); they
+            come first, so they override xqute's own ``-o`` options.
+        connect_timeout: seconds ssh may take to connect (``ConnectTimeout``).
+        command_timeout: seconds any one ssh call may take.
+        lost_after: seconds a host may fail to answer before the jobs on it that
+            their files do not account for are failed as lost.
+        retry_host_after: seconds before a host that failed is tried again.
+        **kwargs: the Scheduler's options. Host-key checking is left as the
+            user's ssh configuration has it (on, by default).
+    """
+
+    name = "ssh"
+    # an ssh round costs ~10 ms per host over a multiplexed connection
+    default_poll_interval = 0.5
+
+    def __init__(
+        self,
+        *args: Any,
+        ssh: str = "ssh",
+        servers: Sequence[str] | Mapping[str, Mapping[str, Any] | None] | None = None,
+        ssh_args: Sequence[str] | None = None,
+        connect_timeout: float = 10,
+        command_timeout: float = 60,
+        lost_after: float = 60,
+        retry_host_after: float = 10,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if shutil.which(ssh) is None:
+            raise ValueError(
+                f"ssh client {ssh!r} not found: install OpenSSH's client or pass "
+                "the path of one as the scheduler's `ssh` option"
+            )
+        if ssh_args is None:
+            ssh_args = ()
+        elif isinstance(ssh_args, str) or not all(isinstance(a, str) for a in ssh_args):
+            raise ValueError(f"ssh_args must be a list of strings, got {ssh_args!r}")
+        for option, value in (
+            ("connect_timeout", connect_timeout),
+            ("command_timeout", command_timeout),
+            ("lost_after", lost_after),
+            ("retry_host_after", retry_host_after),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"{option} must be a number of seconds > 0, got {value!r}")
+        if self.config:
+            logger.warning(
+                "The ssh scheduler has no directives; ignoring option(s): %s",
+                ", ".join(sorted(self.config)),
+            )
+
+        self.ssh = ssh
+        self.lost_after = float(lost_after)
+        self.retry_host_after = float(retry_host_after)
+        self.servers: dict[str, SshHost] = {}
+        for index, (label, options) in enumerate(_normalize_servers(servers).items()):
+            self.servers[label] = SshHost(
+                label,
+                ssh=ssh,
+                index=index,
+                ssh_args=ssh_args,
+                connect_timeout=float(connect_timeout),
+                command_timeout=float(command_timeout),
+                **host_options(label, options),
+            )
+        self._socket_dir: str | None = None
+        # job -> label of the host it was placed on (pruned as jobs end)
+        self._placed: dict[Job, str] = {}
+        self._turn = 0
+
+    # ----------------------------------------------------------------- set-up
+    @property
+    def socket_dir(self) -> str | None:
+        """The private directory holding the control sockets (while running)."""
+        return self._socket_dir
+
+    def _prepare(self) -> None:
+        if self._socket_dir is None:
+            # mode 0700: nobody else may use our connections
+            self._socket_dir = tempfile.mkdtemp(prefix="xqute-ssh-")
+            for host in self.servers.values():
+                host.socket_dir = self._socket_dir
+
+    async def post_init(self) -> None:
+        self._prepare()
+
+    async def close(self) -> None:
+        """End every master connection and remove the private socket directory."""
+        await asyncio.gather(
+            *(host.close() for host in self.servers.values()), return_exceptions=True
+        )
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self._socket_dir = None
+            for host in self.servers.values():
+                host.socket_dir = None
+
+    # ----------------------------------------------------------------- placement
+    def host_loads(self) -> dict[str, int]:
+        """How many of our jobs each host holds now (submitted or running)."""
+        loads = {label: 0 for label in self.servers}
+        for job, label in list(self._placed.items()):
+            if job._status in _HOLDING:
+                loads[label] += 1
+            elif JobStatus.is_final(job._status):
+                del self._placed[job]
+        return loads
+
+    def _placement_order(self) -> list[SshHost]:
+        """Hosts to try for the next job: the least loaded healthy ones first
+        (ties taken in turn); a failing host only once its retry time has come,
+        and, when no host is healthy, the one that failed longest ago."""
+        hosts = list(self.servers.values())
+        loads = self.host_loads()
+        now = time.monotonic()
+        turn = self._turn % len(hosts)
+        self._turn += 1
+        ready = [
+            (loads[host.label], (i - turn) % len(hosts), host)
+            for i, host in enumerate(hosts)
+            if not host.failing or now - host.last_attempt >= self.retry_host_after
+        ]
+        if ready:
+            return [host for *_, host in sorted(ready, key=lambda item: item[:2])]
+        return sorted(hosts, key=lambda host: host.last_attempt)[:1]
+
+    # ----------------------------------------------------------------- the interface
+    async def submit_job(self, job: Job) -> str:
+        """Start ``job`` detached on the least loaded host; returns ``pid@host``.
+
+        A host that cannot be reached is skipped for the next one; when none can
+        start the job, SubmissionError names each host and ssh's error.
+        """
+        self._prepare()
+        script = await self.wrapped_job_script(job)
+        text = launch_script(str(script.mounted), defaults.JOBCMD_WRAPPER_LANG, os.getcwd())
+        errors: list[str] = []
+        permanent = True
+        for host in self._placement_order():
+            self._placed[job] = host.label  # counts against the host from now on
+            try:
+                result = await host.run(REMOTE_SHELL, input=text)
+            except HostUnavailable as exc:
+                host.mark_failed(exc)
+                errors.append(str(exc))
+                permanent = permanent and exc.permanent
+                continue
+            host.mark_ok()
+            pid = parse_launch_output(result.stdout)
+            if result.rc != 0 or pid is None:
+                self._placed.pop(job, None)
+                said = (result.stderr or result.stdout).strip() or "no output"
+                raise SubmissionError(
+                    f"host {host.label} could not start job {job.index} "
+                    f"(launcher exit {result.rc}): {said}"
+                )
+            logger.debug("Job %s started on %s as pid %s", job.index, host.label, pid)
+            return f"{pid}@{host.label}"
+        self._placed.pop(job, None)
+        raise SubmissionError(
+            "no ssh host could start the job: " + "; ".join(errors), transient=not permanent
+        )
+
+    def _parse_jid(self, job: Job) -> tuple[int, SshHost] | str:
+        """(pid, host) of a job, or why its id cannot be used."""
+        jid = job._jid or ""
+        pid, sep, label = jid.strip().partition("@")
+        if not sep or not pid.isdigit():
+            return f"job {job.index} has no usable ssh job id ({jid!r}; expected pid@host)"
+        host = self.servers.get(label)
+        if host is None:
+            return f"job {job.index} ran on host {label!r}, which is not among this scheduler's servers"
+        return int(pid), host
+
+    def _group_by_host(
+        self, jobs: Sequence[Job], answers: dict[Job, JobQuery]
+    ) -> dict[SshHost, list[tuple[Job, int]]]:
+        groups: dict[SshHost, list[tuple[Job, int]]] = {}
+        for job in jobs:
+            parsed = self._parse_jid(job)
+            if isinstance(parsed, str):
+                answers[job] = JobQuery(JobQuery.ENDED, parsed)
+                continue
+            pid, host = parsed
+            groups.setdefault(host, []).append((job, pid))
+        return groups
+
+    async def query_jobs(self, jobs: Sequence[Job]) -> dict[Job, JobQuery]:
+        """Which of ``jobs`` still run: one ``ps`` over ssh per host, all hosts at once."""
+        self._prepare()
+        for job in jobs:
+            if job._jid is None:
+                await job.get_jid()
+        answers: dict[Job, JobQuery] = {}
+        groups = self._group_by_host(jobs, answers)
+        results = await asyncio.gather(
+            *(self._ask_host(host, entries) for host, entries in groups.items())
+        )
+        for result in results:
+            answers.update(result)
+        return answers
+
+    async def _ask_host(
+        self, host: SshHost, entries: list[tuple[Job, int]]
+    ) -> dict[Job, JobQuery]:
+        now = time.monotonic()
+        if host.failing and now - host.last_attempt < self.retry_host_after:
+            return self._lost_or_unknown(host, entries)
+        try:
+            result = await host.run(alive_command(pid for _, pid in entries))
+        except HostUnavailable as exc:
+            host.mark_failed(exc)
+            return self._lost_or_unknown(host, entries)
+        host.mark_ok()
+        if result.rc not in (0, 1) or (result.rc == 1 and result.stderr.strip()):
+            logger.warning(
+                "ps on ssh host %s failed (exit %s): %s",
+                host.label, result.rc, result.stderr.strip(),
+            )
+            return {}
+        alive = parse_alive_output(result.stdout)
+        answers: dict[Job, JobQuery] = {}
+        now = time.monotonic()
+        for job, pid in entries:
+            args = alive.get(pid)
+            if args is not None and self._runs_wrapper(job, args):
+                answers[job] = JobQuery(JobQuery.RUNNING)
+            elif args is not None and job._submitted_at and now - job._submitted_at < _LAUNCH_SETTLE:
+                continue  # not exec'd yet: ask again next round
+            else:
+                answers[job] = JobQuery(
+                    JobQuery.ENDED,
+                    f"process {pid} of job {job.index} is no longer running on host {host.label}",
+                )
+        return answers
+
+    def _runs_wrapper(self, job: Job, args: str) -> bool:
+        """Whether a process's command line is this job's wrapper (pids are reused)."""
+        script = str((job.metadir / self.wrapped_script_name).mounted)
+        if script in args:
+            return True
+        # ps may show unusual characters of the path differently; the tail will do
+        return f"/{job.index}/{self.wrapped_script_name}" in args
+
+    def _lost_or_unknown(
+        self, host: SshHost, entries: list[tuple[Job, int]]
+    ) -> dict[Job, JobQuery]:
+        """A host that does not answer: its jobs are unknown, then lost."""
+        silent = host.failing_for()
+        if silent < self.lost_after:
+            return {}
+        reason = (
+            f"host {host.label} has not answered for {silent:.0f} s "
+            f"({host.last_error}); the job is taken as lost"
+        )
+        return {job: JobQuery(JobQuery.ENDED, reason) for job, _ in entries}
+
+    async def kill_jobs(self, jobs: Sequence[Job]) -> None:
+        """SIGTERM each job's process group on its host, SIGKILL what is left after
+        the grace period: one ssh call per host, all hosts at once."""
+        self._prepare()
+        answers: dict[Job, JobQuery] = {}
+        groups = self._group_by_host(jobs, answers)
+
+        async def kill_on(host: SshHost, entries: list[tuple[Job, int]]) -> None:
+            targets = [
+                (pid, str((job.metadir / self.wrapped_script_name).mounted))
+                for job, pid in entries
+            ]
+            try:
+                result = await host.run(
+                    REMOTE_SHELL,
+                    input=kill_script(targets, defaults.KILL_GRACE),
+                    timeout=defaults.KILL_GRACE + host.command_timeout,
+                )
+            except HostUnavailable as exc:
+                host.mark_failed(exc)
+                logger.error(
+                    "Could not kill %s job(s) on %s: %s", len(entries), host.label, exc
+                )
+                return
+            if result.rc != 0:
+                logger.error(
+                    "Killing jobs on %s failed (exit %s): %s",
+                    host.label, result.rc, result.stderr.strip(),
+                )
+
+        await asyncio.gather(*(kill_on(host, entries) for host, entries in groups.items()))
+
+
+def _normalize_servers(servers: Any) -> dict[str, Mapping[str, Any] | None]:
+    """``servers`` as ``{label: options}``, refusing what ssh could not use."""
+    if not servers:
+        raise ValueError(
+            "The ssh scheduler needs servers: a list of host names, or a mapping "
+            "{host: {port, user, keyfile, ctrl_persist, ctrl_dir}}"
+        )
+    if isinstance(servers, Mapping):
+        return {str(label): options for label, options in servers.items()}
+    if isinstance(servers, str) or not isinstance(servers, (list, tuple)):
+        raise ValueError(
+            f"servers must be a list of host names or a mapping, got {servers!r}"
+        )
+    normalized: dict[str, Mapping[str, Any] | None] = {}
+    for label in servers:
+        if not isinstance(label, str):
+            raise ValueError(f"ssh server names must be strings, got {label!r}")
+        if label in normalized:
+            raise ValueError(f"ssh server {label!r} is listed twice")
+        normalized[label] = None
+    return normalized
