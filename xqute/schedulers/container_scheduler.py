@@ -477,8 +477,10 @@ class ContainerScheduler(LocalScheduler):
                 text = fh.read()[-4000:]
         except OSError:
             return ""
-        kept = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("# ")]
-        return " | ".join(kept[-lines:])
+        kept = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("# ")]
+        # the runtime's final word ("Error: ...", "docker: Error response ...") says it best
+        errors = [ln for ln in kept if "Error" in ln.split(":", 1)[0] or ln.startswith("docker: ")]
+        return " | ".join(errors[-1:] if errors else kept[-lines:])
 
     async def _container_states(self, names: Sequence[str]) -> dict[str, str]:
         """{name: state} for the containers that exist, in one runtime call."""
