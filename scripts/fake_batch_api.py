@@ -89,6 +89,7 @@ class Stats:
         self.lock = threading.Lock()
         self.api: Counter = Counter()
         self.storage: Counter = Counter()
+        self.verbose = False
 
     def count_api(self, method: str) -> None:
         with self.lock:
@@ -133,6 +134,13 @@ class BucketMirror:
             )
         return self._client.bucket(self.bucket_name)
 
+    def _log(self, action: str, rel: str) -> None:
+        if self.stats.verbose:
+            sys.stderr.write(
+                f"{now_rfc3339()} [{threading.current_thread().name}] {action} "
+                f"gs://{self.bucket_name}/{self._key(rel)}\n"
+            )
+
     def _key(self, rel: str) -> str:
         return f"{self.prefix}/{rel}" if self.prefix else rel
 
@@ -162,17 +170,24 @@ class BucketMirror:
                     continue
                 if entry and self._local_sig(local) != entry[1:]:
                     continue  # changed here too: this side wins, sync_up sends it
+                generation = blob.generation  # a download may reset the blob's fields
                 local.parent.mkdir(parents=True, exist_ok=True)
-                blob.download_to_filename(str(local))
+                # into a temp file, then renamed: a task reading the old copy
+                # (bash reads its script as it goes) never sees a half-written one
+                partial = local.with_name(f".{local.name}.fake-batch-download")
+                blob.download_to_filename(str(partial))
+                os.replace(partial, local)
                 self.stats.count_storage("download")
+                self._log("download", rel)
                 sig = self._local_sig(local)
-                self.entries[rel] = (blob.generation, *sig)
+                self.entries[rel] = (generation, *sig)
             for rel in list(self.entries):
                 if rel in seen:
                     continue
                 local = self.root / rel
                 if self._local_sig(local) == self.entries[rel][1:]:
                     local.unlink(missing_ok=True)
+                    self._log("unlink (gone from bucket)", rel)
                 del self.entries[rel]
 
     def sync_up(self) -> None:
@@ -194,12 +209,14 @@ class BucketMirror:
                     except FileNotFoundError:
                         continue
                     self.stats.count_storage("upload")
+                    self._log("upload", rel)
                     self.entries[rel] = (blob.generation or 0, *sig)
             for rel in list(self.entries):
                 if rel not in present:
                     try:
                         self.bucket.blob(self._key(rel)).delete()
                         self.stats.count_storage("delete")
+                        self._log("delete (gone here)", rel)
                     except Exception:  # already gone in the bucket
                         pass
                     del self.entries[rel]
@@ -716,12 +733,15 @@ def main(argv: list[str] | None = None) -> None:
                         help="time a deleted job stays in DELETION_IN_PROGRESS")
     parser.add_argument("--sync-interval", type=float, default=0.5,
                         help="seconds between uploads of files a running task wrote")
+    parser.add_argument("--verbose", action="store_true",
+                        help="log every file the bucket mirrors fetch, upload or delete")
     args = parser.parse_args(argv)
     if not os.environ.get("STORAGE_EMULATOR_HOST"):
         sys.exit("fake_batch_api.py: STORAGE_EMULATOR_HOST is not set (GCS emulator address)")
     service = FakeBatchService(
         args.state_dir, args.step_seconds, args.delete_seconds, args.sync_interval
     )
+    service.stats.verbose = args.verbose
     handler = type("BoundHandler", (Handler,), {"service": service})
     server = ThreadingHTTPServer((args.host, args.port), handler)
     server.daemon_threads = True

@@ -77,7 +77,7 @@ cmd_start() {
         fi
         eval "$(bash "$HERE/stores.sh" env)"
         (exec setsid "$PYTHON" "$HERE/fake_batch_api.py" --host "$HOST" --port "$PORT" \
-            --state-dir "$STATE_DIR" >"$LOG_FILE" 2>&1 </dev/null) &
+            --state-dir "$STATE_DIR" ${XQUTE_GBATCH_VERBOSE:+--verbose} >"$LOG_FILE" 2>&1 </dev/null) &
         echo $! >"$PID_FILE"
         for _ in $(seq 1 100); do
             fake_answers && break

@@ -1,10 +1,17 @@
-"""Start gcp-storage-emulator with a fix for empty uploads (test setup only).
+"""Start gcp-storage-emulator with fixes for media uploads (test setup only).
 
-gcp-storage-emulator 2026.7.19 reads an empty request body as ``None`` and then
-fails with ``TypeError: object of type 'NoneType' has no len()`` on a media
-upload of zero bytes, dropping the connection.  Real GCS stores an empty object
-(panpath's ``mkdir`` marker on gs://, or an empty job.stdout, are such uploads),
-so the emulator, not the library, is patched here before it starts.
+gcp-storage-emulator 2026.7.19 mishandles two kinds of simple ("media") uploads
+that real GCS stores as given, so the emulator, not the library, is patched
+here before it starts:
+
+- an empty body is read as ``None`` and the upload fails with ``TypeError:
+  object of type 'NoneType' has no len()``, dropping the connection (panpath's
+  ``mkdir`` marker on gs://, or an empty job.stdout, are such uploads);
+- a body sent as ``application/json`` (any ``*.json`` object, such as a Batch
+  job's JSON) is parsed into a dict and the upload fails computing a checksum.
+
+Both come from the emulator's request-body reader; for media uploads it now
+returns the bytes as sent.
 
 Usage: python scripts/gcs_emulator.py start --host=127.0.0.1 --port=9023 --in-memory
 (the arguments are the emulator's own).
@@ -15,22 +22,22 @@ from __future__ import annotations
 import sys
 
 from gcp_storage_emulator import __main__ as emulator_main
-from gcp_storage_emulator.handlers import objects
+from gcp_storage_emulator import server
 
 
-def _patch_empty_media_upload() -> None:
-    """Make a zero-byte media upload store an empty object instead of crashing."""
-    original_media_upload = objects._media_upload
+def _patch_media_upload_body() -> None:
+    """Give media uploads their body as bytes: empty or JSON included."""
+    original_read_data = server._read_data
 
-    def media_upload_allowing_empty(request, response, storage):
-        if request.data is None:
-            # The body was empty: what the client meant is b"".
-            request._data = b""
-        return original_media_upload(request, response, storage)
+    def read_data_keeping_media_bytes(request_handler, query):
+        if query.get("uploadType") == ["media"]:
+            raw = server._read_raw_data(request_handler)
+            return server._decode_raw_data(raw, request_handler) or b""
+        return original_read_data(request_handler, query)
 
-    objects._media_upload = media_upload_allowing_empty
+    server._read_data = read_data_keeping_media_bytes
 
 
 if __name__ == "__main__":
-    _patch_empty_media_upload()
+    _patch_media_upload_body()
     emulator_main.main(sys.argv[1:])

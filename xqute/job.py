@@ -213,11 +213,16 @@ class Job:
                 except FileNotFoundError:
                     pass
             return
+        # one listing of the metadir, not an existence check per file
+        try:
+            present = {item.name async for item in metadir.a_iterdir()}
+        except FileNotFoundError:
+            return
         backup_dir = self.retry_dir / str(self.trial_count)
         for name in self._TRIAL_FILES:
-            src = metadir / name
-            if not await src.a_exists():
+            if name not in present:
                 continue
+            src = metadir / name
             if retry:
                 await src.a_copy(backup_dir / name)
             await src.a_unlink(missing_ok=True)

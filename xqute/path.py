@@ -19,7 +19,6 @@ from typing import Any
 
 from panpath import AzurePath, CloudPath, GSPath, LocalPath, PanPath, S3Path
 
-from .defaults import DEFAULT_CLOUD_FSPATH
 
 __all__ = [
     "SpecPath",

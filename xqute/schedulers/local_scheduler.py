@@ -14,8 +14,11 @@ import os
 import signal
 from typing import Sequence
 
+from panpath import LocalPath
+
 from ..defaults import JOBCMD_WRAPPER_LANG, KILL_GRACE
 from ..job import Job
+from ..path import cloud_cache_path
 from ..scheduler import JobQuery, Scheduler, SubmissionError
 from ..utils import logger
 
@@ -121,12 +124,16 @@ class LocalScheduler(Scheduler):
     # ------------------------------------------------------------ the interface
     async def submit_job(self, job: Job) -> str:
         script = await self.wrapped_job_script(job)
+        # bash runs a local file: a wrapper in a bucket runs from its local copy
+        script_path = str(script.mounted)
+        if not isinstance(script.mounted, LocalPath):
+            script_path = await script.mounted.get_fspath()
         if self._devnull is None:
             self._devnull = os.open(os.devnull, os.O_RDWR)
         try:
             pid = os.posix_spawn(
                 JOBCMD_WRAPPER_LANG,
-                [JOBCMD_WRAPPER_LANG, str(script.mounted)],
+                [JOBCMD_WRAPPER_LANG, script_path],
                 os.environ,
                 file_actions=[
                     (os.POSIX_SPAWN_DUP2, self._devnull, 0),
@@ -171,8 +178,9 @@ class LocalScheduler(Scheduler):
                 argv = fh.read().split(b"\0")
         except OSError:
             return False
-        script = str((job.metadir / self.wrapped_script_name).mounted).encode()
-        return script in argv
+        script = (job.metadir / self.wrapped_script_name).mounted
+        path = str(script) if isinstance(script, LocalPath) else cloud_cache_path(script)
+        return path.encode() in argv
 
     async def kill_jobs(self, jobs: Sequence[Job]) -> None:
         """SIGTERM each wrapper (it passes the signal to its command's group and

@@ -1,0 +1,703 @@
+"""Run jobs on Google Cloud Batch through the ``gcloud`` CLI.
+
+Each job is one Batch job with one task. Its wrapper lives in the ``gs://``
+workdir, which Batch mounts into the VM (a GCS volume, at ``mounted_workdir``,
+``/mnt/disks/<workdir name>`` by default), so the wrapper writes its meta files
+there as plain files and the manager reads them from the bucket.
+
+Economy of calls, since a ``gcloud`` call costs one to three seconds of CPU:
+
+- A job's state comes first from its files: the base class lists the workdir
+  prefix once per round and reads only the files of jobs that ended.
+- Batch is asked about the jobs the files leave open in **one**
+  ``gcloud batch jobs list`` call per round, filtered by a label unique to the
+  workdir (``xqute-run``), at most once every ``query_interval`` seconds, less
+  often while nothing changes. Never a ``describe`` per job.
+- FAILED, CANCELLED and deleted jobs, and jobs Batch no longer knows, are
+  failed with rc -3 and the state (with Batch's last event) in their stderr
+  file; so is a job still not started after ``start_timeout`` seconds.
+- Quota and deadline errors on submit are retried with backoff by the base
+  class. A job name still in use by an old job is freed by deleting that job
+  and waiting for its deletion to finish.
+- Kill: ``gcloud batch jobs cancel`` of every job (a few at a time), falling
+  back to ``delete`` when a job cannot be cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import getpass
+import hashlib
+import json
+import re
+import shlex
+import shutil
+import time
+from pathlib import PurePosixPath
+from typing import Any, Sequence
+
+from panpath import GSPath
+
+from .. import defaults
+from ..job import Job
+from ..path import SpecPath, write_meta
+from ..scheduler import JobQuery, Scheduler, SubmissionError
+from ..utils import logger, run_command, sanitize_mounts, shell_quote
+
+# Batch job ids: 1-63 characters, lowercase letters, digits and hyphens, starting
+# with a letter and not ending with a hyphen.
+JOB_NAME_RE = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+# Room left for "-<8 hex>-<index up to 6 digits>" after the prefix.
+MAX_PREFIX_LENGTH = 63 - 16
+# Label keys and values (https://cloud.google.com/batch/docs/organize-resources-using-labels)
+_LABEL_VALUE_BAD_CHARS = re.compile(r"[^a-z0-9_-]")
+
+PENDING_STATES = frozenset({"STATE_UNSPECIFIED", "QUEUED", "SCHEDULED"})
+RUNNING_STATES = frozenset({"RUNNING"})
+ENDED_STATES = frozenset(
+    {"SUCCEEDED", "FAILED", "CANCELLED", "CANCELLATION_IN_PROGRESS", "DELETION_IN_PROGRESS"}
+)
+# Submit errors worth retrying: quotas and rate limits empty, deadlines and
+# unavailability pass.
+_TRANSIENT_SUBMIT_RE = re.compile(
+    r"RESOURCE_EXHAUSTED|DEADLINE_EXCEEDED|UNAVAILABLE|ABORTED|quota|rate limit"
+    r"|too many requests|timed out|\b429\b|\b503\b|\b504\b|connection reset|try again",
+    re.IGNORECASE,
+)
+# An attempt whose outcome is unknown: the job may have been created anyway.
+_AMBIGUOUS_SUBMIT_RE = re.compile(r"DEADLINE_EXCEEDED|timed out|\b504\b|connection reset", re.I)
+# Seconds between two checks while waiting for an old job's deletion.
+DELETION_CHECK_INTERVAL = 2.0
+# How many gcloud processes may run at once when killing many jobs.
+KILL_CONCURRENCY = 4
+
+
+def _one_line(text: str) -> str:
+    lines = [line.strip() for line in (text or "").strip().splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("ERROR:")]
+    return (errors[-1] if errors else lines[-1] if lines else "")[:500]
+
+
+def _label_value(text: str) -> str:
+    return _LABEL_VALUE_BAD_CHARS.sub("-", text.lower())[:63]
+
+
+def _merge_missing(target: dict, extra: dict) -> dict:
+    """Add ``extra``'s keys to ``target`` where it has none (recursively for
+    dicts): what the user put in the job JSON wins over what the options say."""
+    for key, value in extra.items():
+        if key not in target:
+            target[key] = copy.deepcopy(value)
+        elif isinstance(target[key], dict) and isinstance(value, dict):
+            _merge_missing(target[key], value)
+    return target
+
+
+class GbatchScheduler(Scheduler):
+    """Submit each job to Google Cloud Batch with ``gcloud batch jobs submit``.
+
+    Args:
+        project: the Google Cloud project (required).
+        location: the Batch location, a region such as ``us-central1`` (required).
+        gcloud: the ``gcloud`` binary (found on PATH by default).
+        volumes / mount: GCS folders to mount in the VM, one string or a list:
+            ``"gs://bucket/dir:/mnt/disks/dir"``, or ``"NAME=gs://bucket/dir"``
+            which mounts it under ``/mnt/disks`` and exports ``$NAME`` (its path
+            inside) to the job; a file is mounted by its folder and ``$NAME``
+            names the file.
+        mount_as_cwd / volume_as_cwd: a ``gs://`` folder mounted at
+            ``/mnt/disks/.cwd`` where the jobs run; a relative ``workdir`` is
+            then taken inside it.
+        service_account: email of the service account the VMs run as.
+        network, subnetwork, no_external_ip_address: the VMs' network interface.
+        machine_type, provisioning_model: the VMs' instance policy
+            (``e2-standard-4``, ``SPOT``, ...).
+        image_uri: run the wrapper in this container image.
+        entrypoint: the container's entrypoint (default: the wrapper's bash).
+        commands: the container's commands (or, without ``image_uri``, words put
+            before the wrapper call). ``{lang}`` and ``{script}`` stand for
+            bash and the wrapper's path in the VM; without ``{script}`` the
+            wrapper call is appended (as one ``bash script`` string when an
+            entrypoint is given, for ``-c`` style entrypoints).
+        runnables: more runnables (Batch's JSON), each with an optional
+            ``order``: negative ones run before the job's, others after it.
+        query_interval / query_interval_max: seconds between two
+            ``gcloud batch jobs list`` calls at least (5), growing by half while
+            nothing changes up to the maximum (60).
+        end_grace: seconds a job's files get to show its end after Batch says it
+            ended (10), since the bucket may show the last writes late.
+        start_timeout: seconds after which a job that Batch still has not
+            started is given up (killed, rc -3); None (default) waits.
+        deletion_timeout: seconds to wait for an old job's deletion when its
+            name is needed again (600).
+        command_timeout: seconds any one gcloud command may take (120).
+        **kwargs: the base scheduler's options; any other key is merged into the
+            job JSON: ``taskGroups``, ``allocationPolicy``, ``labels``,
+            ``logsPolicy``, ... (what is given there wins over the options).
+    """
+
+    name = "gbatch"
+    DEFAULT_MOUNTED_ROOT = "/mnt/disks"
+    # a round lists the bucket, cheap next to a gcloud call (paced separately)
+    default_poll_interval = 2.0
+
+    def __init__(
+        self,
+        *args: Any,
+        project: str | None = None,
+        location: str | None = None,
+        gcloud: str = "gcloud",
+        volumes: str | Sequence[str] | None = None,
+        mount: str | Sequence[str] | None = None,
+        volume_as_cwd: str | None = None,
+        mount_as_cwd: str | None = None,
+        service_account: str | None = None,
+        network: str | None = None,
+        subnetwork: str | None = None,
+        no_external_ip_address: bool | None = None,
+        machine_type: str | None = None,
+        provisioning_model: str | None = None,
+        image_uri: str | None = None,
+        entrypoint: str | None = None,
+        commands: str | Sequence[str] | None = None,
+        runnables: Sequence[dict] | None = None,
+        query_interval: float = 5.0,
+        query_interval_max: float = 60.0,
+        end_grace: float = 10.0,
+        start_timeout: float | None = None,
+        deletion_timeout: float = 600.0,
+        command_timeout: float = 120.0,
+        **kwargs: Any,
+    ) -> None:
+        if not project or not isinstance(project, str):
+            raise ValueError("The gbatch scheduler needs project= (a Google Cloud project id)")
+        if not location or not isinstance(location, str):
+            raise ValueError("The gbatch scheduler needs location= (a region, e.g. us-central1)")
+        if mount and volumes:
+            raise ValueError("Give either 'mount' or 'volumes' (they are the same option), not both")
+        if mount_as_cwd and volume_as_cwd:
+            raise ValueError(
+                "Give either 'mount_as_cwd' or 'volume_as_cwd' (the same option), not both"
+            )
+        if query_interval <= 0 or query_interval_max < query_interval:
+            raise ValueError("query_interval must be > 0 and <= query_interval_max")
+        if end_grace < 0 or command_timeout <= 0 or deletion_timeout <= 0:
+            raise ValueError("end_grace must be >= 0, command_timeout and deletion_timeout > 0")
+        if start_timeout is not None and start_timeout <= 0:
+            raise ValueError("start_timeout must be a number of seconds > 0, or None")
+        mount_as_cwd = mount_as_cwd or volume_as_cwd
+        root = self.DEFAULT_MOUNTED_ROOT
+        if mount_as_cwd:
+            if not str(mount_as_cwd).startswith("gs://"):
+                raise ValueError(f"mount_as_cwd must be a gs:// folder, got {mount_as_cwd!r}")
+            if kwargs.get("cwd"):
+                raise ValueError("Give either 'mount_as_cwd' or 'cwd', not both")
+            kwargs["cwd"] = f"{root}/.cwd"
+            args, kwargs = self._workdir_inside_cwd(args, kwargs, str(mount_as_cwd), root)
+        cwd = kwargs.get("cwd")
+        if cwd and "://" in str(cwd):
+            raise ValueError(
+                f"cwd must be a folder inside the Batch VM (like {root}/data), got {cwd!r}"
+            )
+        if not args and "workdir" not in kwargs:
+            kwargs["workdir"] = defaults.DEFAULT_WORKDIR_NAME
+        workdir = args[0] if args else kwargs["workdir"]
+        if not str(workdir).startswith("gs://"):
+            raise ValueError(
+                f"The gbatch scheduler needs a gs:// workdir (Batch VMs mount it), got {str(workdir)!r}"
+            )
+        kwargs.setdefault("mounted_workdir", f"{root}/{defaults.DEFAULT_WORKDIR_NAME}")
+        mounted_workdir = str(kwargs["mounted_workdir"])
+        super().__init__(*args, **kwargs)
+
+        prefix = self.jobname_prefix.lower()
+        if not JOB_NAME_RE.match(prefix) or len(prefix) > MAX_PREFIX_LENGTH:
+            raise ValueError(
+                f"jobname_prefix {self.jobname_prefix!r} cannot start a Batch job name: "
+                f"use up to {MAX_PREFIX_LENGTH} lowercase letters, digits and hyphens, "
+                "starting with a letter (Batch job ids match ^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$)"
+            )
+        self.project = project
+        self.location = location
+        self.gcloud = gcloud
+        self.image_uri = image_uri
+        self.entrypoint = entrypoint
+        self.commands = [commands] if isinstance(commands, str) else list(commands or [])
+        self.query_interval = float(query_interval)
+        self.query_interval_max = float(query_interval_max)
+        self.end_grace = float(end_grace)
+        self.start_timeout = None if start_timeout is None else float(start_timeout)
+        self.deletion_timeout = float(deletion_timeout)
+        self.command_timeout = float(command_timeout)
+        self.run_label = hashlib.sha256(str(self.workdir).encode()).hexdigest()[:16]
+
+        self._mounts = [mount_as_cwd + f":{root}/.cwd"] if mount_as_cwd else []
+        mounts = mount or volumes
+        self._mounts.extend([mounts] if isinstance(mounts, str) else list(mounts or []))
+        self._mount_as_cwd = mount_as_cwd
+        self._mounted_workdir = mounted_workdir
+        self._path_envs: dict[str, str] = {}
+        self._runnables_before: list[dict] = []
+        self._runnables_after: list[dict] = []
+        for runnable in runnables or []:
+            if not isinstance(runnable, dict):
+                raise ValueError(f"Each of runnables must be a dict (Batch's JSON), got {runnable!r}")
+            runnable = copy.deepcopy(runnable)
+            order = runnable.pop("order", 0)
+            (self._runnables_before if order < 0 else self._runnables_after).append(
+                (order, runnable)
+            )
+        self._runnables_before = [r for _, r in sorted(self._runnables_before, key=lambda x: x[0])]
+        self._runnables_after = [r for _, r in sorted(self._runnables_after, key=lambda x: x[0])]
+
+        self._template = self._job_template(
+            service_account=service_account,
+            network=network,
+            subnetwork=subnetwork,
+            no_external_ip_address=no_external_ip_address,
+            machine_type=machine_type,
+            provisioning_model=provisioning_model,
+        )
+        # name -> Batch's uid for the jobs this scheduler submitted
+        self._uids: dict[str, str] = {}
+        self._states: dict[str, str] = {}
+        self._submitted_at: dict[str, float] = {}
+        self._ended_since: dict[str, float] = {}
+        self._maybe_submitted: set[str] = set()
+        self._query_gap = self.query_interval
+        self._next_query_at = 0.0
+        # counters, for benchmarks and tests
+        self.gcloud_calls = 0
+        self.status_calls = 0
+
+    @staticmethod
+    def _workdir_inside_cwd(
+        args: tuple, kwargs: dict, mount_as_cwd: str, root: str
+    ) -> tuple[tuple, dict]:
+        """A relative workdir goes inside the folder mounted as the jobs' cwd."""
+        workdir = args[0] if args else kwargs.get("workdir", defaults.DEFAULT_WORKDIR_NAME)
+        text = str(workdir)
+        if "://" in text or text.startswith("/"):
+            return args, kwargs
+        relative = str(PurePosixPath(text))
+        if relative == ".":
+            relative = defaults.DEFAULT_WORKDIR_NAME
+        cloud = f"{mount_as_cwd.rstrip('/')}/{relative}"
+        kwargs.setdefault("mounted_workdir", f"{root}/.cwd/{relative}")
+        if args:
+            args = (cloud, *args[1:])
+        else:
+            kwargs["workdir"] = cloud
+        return args, kwargs
+
+    # ------------------------------------------------------------ the job JSON
+    def _job_template(self, **options: Any) -> dict:
+        """The job JSON common to all jobs: the user's keys, then the options."""
+        config = json.loads(json.dumps(dict(self.config)))
+        groups = config.setdefault("taskGroups", [])
+        if not isinstance(groups, list):
+            raise ValueError("taskGroups must be a list (Batch's job JSON)")
+        if not groups:
+            groups.append({})
+        spec = groups[0].setdefault("taskSpec", {})
+        if not isinstance(spec.setdefault("volumes", []), list):
+            raise ValueError("taskGroups[0].taskSpec.volumes must be a list")
+        user_runnables = spec.setdefault("runnables", [])
+        if not isinstance(user_runnables, list):
+            raise ValueError("taskGroups[0].taskSpec.runnables must be a list")
+        # the first runnable given there is the job's own, as a template
+        # (e.g. {"container": {...}}); the others run after it
+        self._job_runnable = copy.deepcopy(user_runnables[0]) if user_runnables else {}
+        self._runnables_after = [*self._runnables_after, *user_runnables[1:]]
+        spec["runnables"] = []
+
+        labels = config.setdefault("labels", {})
+        labels.setdefault("xqute", "true")
+        labels.setdefault("xqute-run", self.run_label)
+        labels.setdefault("user", _label_value(getpass.getuser()))
+        config.setdefault("logsPolicy", {}).setdefault("destination", "CLOUD_LOGGING")
+
+        policy: dict = {}
+        if options["service_account"]:
+            policy["serviceAccount"] = {"email": options["service_account"]}
+            labels.setdefault("sacct", _label_value(options["service_account"].split("@", 1)[0]))
+        interface = {
+            key: value
+            for key, value in (
+                ("network", options["network"]),
+                ("subnetwork", options["subnetwork"]),
+                ("noExternalIpAddress", options["no_external_ip_address"]),
+            )
+            if value is not None
+        }
+        if interface:
+            policy["network"] = {"networkInterfaces": [interface]}
+        instance_policy = {
+            key: value
+            for key, value in (
+                ("machineType", options["machine_type"]),
+                ("provisioningModel", options["provisioning_model"]),
+            )
+            if value
+        }
+        user_policy = config.setdefault("allocationPolicy", {})
+        if instance_policy:
+            instances = user_policy.setdefault("instances", [])
+            if not instances:
+                instances.append({})
+            _merge_missing(instances[0].setdefault("policy", {}), instance_policy)
+        _merge_missing(user_policy, policy)
+        if not user_policy:
+            del config["allocationPolicy"]
+        if self.image_uri or "container" in self._job_runnable:
+            container = self._job_runnable.setdefault("container", {})
+            if self.image_uri:
+                container.setdefault("imageUri", self.image_uri)
+            if self.entrypoint:
+                container.setdefault("entrypoint", self.entrypoint)
+            if not container.get("imageUri"):
+                raise ValueError("A container runnable needs an image: give image_uri=")
+        return config
+
+    async def post_init(self) -> None:
+        """Check gcloud, resolve the mounts and add the volumes to the job JSON."""
+        if shutil.which(self.gcloud) is None:
+            raise FileNotFoundError(
+                f"gcloud not found: {self.gcloud!r} (install the Google Cloud CLI, or set "
+                "the scheduler option gcloud= to its path)"
+            )
+        pairs, self._path_envs = await sanitize_mounts(self._mounts, self.DEFAULT_MOUNTED_ROOT)
+        volumes = self._template["taskGroups"][0]["taskSpec"]["volumes"]
+        inside_paths = []
+        for host, inside in pairs:
+            if not isinstance(host, GSPath):
+                raise ValueError(
+                    f"Batch mounts gs:// folders only; {str(host)!r} is not one "
+                    "(use gs://bucket/dir:/path/inside or NAME=gs://bucket/dir)"
+                )
+            volumes.append(self._gcs_volume(str(host), str(inside)))
+            inside_paths.append(PurePosixPath(str(inside)))
+        mounted = PurePosixPath(self._mounted_workdir)
+        if not any(mounted == p or p in mounted.parents for p in inside_paths):
+            # the workdir first: the wrapper lives there
+            volumes.insert(0, self._gcs_volume(str(self.workdir), self._mounted_workdir))
+
+    @staticmethod
+    def _gcs_volume(url: str, mount_path: str) -> dict:
+        return {"gcs": {"remotePath": url.split("://", 1)[1].rstrip("/")}, "mountPath": mount_path}
+
+    def jobcmd_init(self, job: Job) -> str:
+        """Export the named mounts' paths, then the base's init code."""
+        exports = [f"export {name}={shell_quote(path)}" for name, path in self._path_envs.items()]
+        return "\n".join([*exports, super().jobcmd_init(job)])
+
+    def job_json(self, job: Job, script: SpecPath) -> dict:
+        """The Batch job JSON for ``job`` whose wrapper is ``script``."""
+        config = copy.deepcopy(self._template)
+        spec = config["taskGroups"][0]["taskSpec"]
+        script_inside = str(script.mounted)
+        lang = defaults.JOBCMD_WRAPPER_LANG
+        runnable = copy.deepcopy(self._job_runnable)
+        commands = list(self.commands)
+        if "container" in runnable:
+            container = runnable["container"]
+            commands = [str(c) for c in (container.get("commands") or commands)]
+            if any("{script}" in c for c in commands):
+                commands = [c.replace("{lang}", lang).replace("{script}", script_inside) for c in commands]
+            elif container.get("entrypoint"):
+                # e.g. entrypoint "/bin/sh", commands ["-c"]: one command string
+                commands.append(shlex.join([*shlex.split(lang), script_inside]))
+            else:
+                container["entrypoint"] = lang
+                commands.append(script_inside)
+            container["commands"] = commands
+        else:
+            if any("{script}" in str(c) for c in commands):
+                words = [
+                    shlex.quote(str(c)).replace("{lang}", lang).replace("{script}", script_inside)
+                    for c in commands
+                ]
+            else:
+                words = [shlex.quote(str(c)) for c in commands]
+                words += [*map(shlex.quote, shlex.split(lang)), shlex.quote(script_inside)]
+            runnable.setdefault("script", {})["text"] = " ".join(words)
+        spec["runnables"] = [
+            *copy.deepcopy(self._runnables_before),
+            runnable,
+            *copy.deepcopy(self._runnables_after),
+        ]
+        return config
+
+    def batch_job_name(self, job: Job) -> str:
+        """The Batch job id of ``job``: the job name, lowercased, checked."""
+        name = self.job_name(job).lower()
+        if not JOB_NAME_RE.match(name):
+            raise SubmissionError(
+                f"{name!r} is not a valid Batch job id (1-63 lowercase letters, digits or "
+                "hyphens, starting with a letter, not ending with a hyphen); "
+                "choose a shorter or simpler jobname_prefix"
+            )
+        return name
+
+    # ------------------------------------------------------------ gcloud
+    async def _gcloud(self, *args: str, input: str | None = None, timeout: float | None = None):
+        self.gcloud_calls += 1
+        return await run_command(
+            self.gcloud,
+            *args,
+            "--project",
+            self.project,
+            "--location",
+            self.location,
+            input=input,
+            timeout=timeout or self.command_timeout,
+        )
+
+    async def submit_job(self, job: Job) -> str:
+        """Write the wrapper and the job JSON to the metadir, then submit it."""
+        name = self.batch_job_name(job)
+        script = await self.wrapped_job_script(job)
+        config_text = json.dumps(self.job_json(job, script), indent=2)
+        await write_meta(job.metadir / f"{self.wrapped_script_name}.json", config_text)
+        for attempt in (1, 2):
+            result = await self._gcloud(
+                "batch", "jobs", "submit", name, "--config", "-", "--format", "json",
+                input=config_text,
+            )
+            if result.ok:
+                break
+            message = _one_line(result.stderr or result.stdout) or f"gcloud exited {result.rc}"
+            if result.rc == 127:
+                raise SubmissionError(f"{message} (set the scheduler option gcloud= to its path)")
+            if "ALREADY_EXISTS" in message and attempt == 1:
+                if name in self._maybe_submitted and await self._is_ours(name):
+                    self._maybe_submitted.discard(name)
+                    logger.info("Job %s: an earlier submit of %s went through after all", job.index, name)
+                    self._record_submitted(name, "")
+                    return name
+                await self._free_name(job, name)
+                continue
+            if result.rc == -1 or _AMBIGUOUS_SUBMIT_RE.search(message):
+                self._maybe_submitted.add(name)
+            raise SubmissionError(
+                message, transient=result.rc == -1 or bool(_TRANSIENT_SUBMIT_RE.search(message))
+            )
+        self._maybe_submitted.discard(name)
+        uid = ""
+        try:
+            uid = str(json.loads(result.stdout).get("uid", ""))
+        except (ValueError, AttributeError):
+            logger.debug("Job %s: gcloud printed no JSON on submit: %r", job.index, result.stdout[:200])
+        self._record_submitted(name, uid)
+        return name
+
+    def _record_submitted(self, name: str, uid: str) -> None:
+        self._uids[name] = uid
+        self._states[name] = "QUEUED"
+        self._submitted_at[name] = time.monotonic()
+        self._ended_since.pop(name, None)
+
+    async def _describe_state(self, name: str) -> tuple[str | None, dict]:
+        """(state, resource) of job ``name``; state None when Batch has no such job."""
+        result = await self._gcloud("batch", "jobs", "describe", name, "--format", "json")
+        if not result.ok:
+            message = result.stderr + result.stdout
+            if "NOT_FOUND" in message or "not found" in message.lower():
+                return None, {}
+            raise SubmissionError(
+                f"cannot ask Batch about job {name}: {_one_line(message)}", transient=True
+            )
+        try:
+            resource = json.loads(result.stdout)
+        except ValueError:
+            resource = {}
+        return str(resource.get("status", {}).get("state", "STATE_UNSPECIFIED")), resource
+
+    async def _is_ours(self, name: str) -> bool:
+        """Whether the job holding ``name`` came from our own earlier attempt."""
+        state, resource = await self._describe_state(name)
+        labels = resource.get("labels") or {}
+        return state in PENDING_STATES | RUNNING_STATES and labels.get("xqute-run") == self.run_label
+
+    async def _free_name(self, job: Job, name: str) -> None:
+        """Delete the old Batch job holding ``name`` and wait until it is gone."""
+        logger.info("Job %s: Batch job %s exists from before; deleting it first", job.index, name)
+        result = await self._gcloud("batch", "jobs", "delete", name, "--quiet")
+        if not result.ok and "NOT_FOUND" not in result.stderr:
+            raise SubmissionError(
+                f"job name {name} is taken and the old job could not be deleted: "
+                f"{_one_line(result.stderr)}",
+                transient=True,
+            )
+        deadline = time.monotonic() + self.deletion_timeout
+        while True:
+            state, _ = await self._describe_state(name)
+            if state is None:
+                return
+            if time.monotonic() > deadline:
+                raise SubmissionError(
+                    f"the old Batch job {name} is still {state} after "
+                    f"{self.deletion_timeout:.0f} s; its name cannot be reused yet",
+                    transient=True,
+                )
+            if state != "DELETION_IN_PROGRESS":
+                # a finished job's delete may not have been taken yet: ask again
+                await self._gcloud("batch", "jobs", "delete", name, "--quiet")
+            await asyncio.sleep(DELETION_CHECK_INTERVAL)
+
+    # ------------------------------------------------------------ killing
+    async def kill_jobs(self, jobs: Sequence[Job]) -> None:
+        """Cancel every job (a few gcloud calls at a time); delete those that
+        cannot be cancelled."""
+        names = [str(job._jid) for job in jobs if job._jid]
+        limit = asyncio.Semaphore(KILL_CONCURRENCY)
+
+        async def kill(name: str) -> None:
+            async with limit:
+                result = await self._gcloud("batch", "jobs", "cancel", name, "--quiet")
+                message = result.stderr + result.stdout
+                if result.ok or "FAILED_PRECONDITION" in message or "NOT_FOUND" in message:
+                    self._states[name] = "CANCELLATION_IN_PROGRESS"
+                    return
+                logger.debug("gcloud batch jobs cancel %s: %s; deleting it", name, _one_line(message))
+                result = await self._gcloud("batch", "jobs", "delete", name, "--quiet")
+                if not result.ok:
+                    logger.warning(
+                        "Could not cancel or delete Batch job %s: %s", name, _one_line(result.stderr)
+                    )
+                self._states[name] = "DELETION_IN_PROGRESS"
+
+        await asyncio.gather(*(kill(name) for name in names))
+
+    # ------------------------------------------------------------ querying
+    async def query_jobs(self, jobs: Sequence[Job]) -> dict[Job, JobQuery]:
+        """What Batch says about ``jobs``: one ``gcloud batch jobs list`` for all
+        of them, at most once every ``query_interval`` seconds."""
+        answers: dict[Job, JobQuery] = {}
+        by_name: dict[str, Job] = {}
+        for job in jobs:
+            name = job._jid or await job.get_jid()
+            if not name:
+                answers[job] = JobQuery(JobQuery.ENDED, f"no Batch job name was recorded for job {job.index}")
+            else:
+                by_name[str(name)] = job
+        if not by_name:
+            return answers
+        now = time.monotonic()
+        # a job left by an earlier run (not submitted by us) is asked at once
+        if now < self._next_query_at and all(name in self._states for name in by_name):
+            return answers
+
+        found = await self._list_jobs()
+        if found is None:
+            self._pace(changed=False, now=now)
+            return answers
+        changed = False
+        for name, job in by_name.items():
+            entry = found.get(name)
+            uid = self._uids.get(name)
+            if entry is not None and uid and entry["uid"] and entry["uid"] != uid:
+                entry = None  # an older job of the same name
+            if entry is None:
+                query = self._missing(name, now)
+                if query is not None:
+                    answers[job] = query
+                continue
+            state, event = entry["state"], entry["event"]
+            if self._states.get(name) != state:
+                changed = True
+            self._states[name] = state
+            query = self._to_query(name, state, event, now)
+            if query.alive:
+                self._ended_since.pop(name, None)
+                answers[job] = query
+                continue
+            # ended for Batch: the bucket gets a moment to show the wrapper's files
+            since = self._ended_since.setdefault(name, now)
+            if query.state == JobQuery.ERROR or now - since >= self.end_grace:
+                answers[job] = query
+                self._forget(name)
+        self._pace(changed, now)
+        return answers
+
+    def _forget(self, name: str) -> None:
+        for table in (self._ended_since, self._states, self._submitted_at):
+            table.pop(name, None)
+
+    def _missing(self, name: str, now: float) -> JobQuery | None:
+        """A job the list did not show: just submitted (lists may lag), or gone."""
+        submitted = self._submitted_at.get(name)
+        if submitted is not None and now - submitted < self.end_grace + self.query_interval:
+            return None
+        self._forget(name)
+        return JobQuery(
+            JobQuery.ENDED,
+            f"Batch job {name} is gone from project {self.project}, location "
+            f"{self.location} (deleted outside xqute?) and left no return code",
+        )
+
+    def _to_query(self, name: str, state: str, event: str, now: float) -> JobQuery:
+        detail = f": {event}" if event else ""
+        if state in RUNNING_STATES:
+            return JobQuery(JobQuery.RUNNING)
+        if state in PENDING_STATES:
+            submitted = self._submitted_at.setdefault(name, now)
+            if self.start_timeout is not None and now - submitted > self.start_timeout:
+                return JobQuery(
+                    JobQuery.ERROR,
+                    f"Batch job {name} did not start within {self.start_timeout:.0f} s "
+                    f"(still {state}{detail})",
+                )
+            return JobQuery(JobQuery.PENDING)
+        if state == "SUCCEEDED":
+            return JobQuery(
+                JobQuery.ENDED,
+                f"Batch job {name} SUCCEEDED but its wrapper recorded no return code "
+                f"in {self.workdir}",
+            )
+        if state in ENDED_STATES:
+            return JobQuery(JobQuery.ENDED, f"Batch job {name} ended in state {state}{detail}")
+        logger.warning("Batch job %s is in state %s, unknown to xqute; taken as pending", name, state)
+        return JobQuery(JobQuery.PENDING)
+
+    async def _list_jobs(self) -> dict[str, dict[str, str]] | None:
+        """{name: {uid, state, event}} of this workdir's jobs; None on failure."""
+        self.status_calls += 1
+        result = await self._gcloud(
+            "batch", "jobs", "list",
+            "--filter", f"labels.xqute-run={self.run_label}",
+            "--format", "json(name,uid,status.state,status.statusEvents)",
+        )
+        if not result.ok:
+            logger.warning(
+                "gcloud batch jobs list failed (%s); asking again later", _one_line(result.stderr)
+            )
+            return None
+        try:
+            listed = json.loads(result.stdout or "[]")
+        except ValueError:
+            logger.warning("gcloud batch jobs list printed no JSON: %r", result.stdout[:200])
+            return None
+        found: dict[str, dict[str, str]] = {}
+        for item in listed if isinstance(listed, list) else []:
+            name = str(item.get("name", "")).rsplit("/", 1)[-1]
+            status = item.get("status") or {}
+            events = status.get("statusEvents") or []
+            event = str(events[-1].get("description", "")) if events else ""
+            found[name] = {
+                "uid": str(item.get("uid", "")),
+                "state": str(status.get("state", "STATE_UNSPECIFIED")),
+                "event": event,
+            }
+        return found
+
+    def _pace(self, changed: bool, now: float) -> None:
+        if changed:
+            self._query_gap = self.query_interval
+        else:
+            self._query_gap = min(self._query_gap * 1.5, self.query_interval_max)
+        self._next_query_at = now + self._query_gap
+        if self._ended_since:
+            due = min(self._ended_since.values()) + self.end_grace
+            self._next_query_at = min(self._next_query_at, max(due, now))
