@@ -45,7 +45,8 @@ class CliError(Exception):
 
 # ------------------------------------------------------------------ run record
 def _process_start_ticks(pid: int) -> int | None:
-    """When process ``pid`` started (clock ticks since boot), to tell a reused pid."""
+    """When process ``pid`` started (clock ticks since boot), to tell a reused
+    pid; None when there is no such process or it has exited (a zombie)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             stat = fh.read()
@@ -53,6 +54,8 @@ def _process_start_ticks(pid: int) -> int | None:
         return None
     fields = stat[stat.rfind(b")") + 2 :].split()
     try:
+        if fields[0] in (b"Z", b"X"):
+            return None
         return int(fields[19])
     except (IndexError, ValueError):
         return None
