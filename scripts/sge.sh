@@ -308,9 +308,18 @@ wait_queue() {
     die "queue all.q@$HOST is not usable (state: ${state:-missing})"
 }
 
+# Grid Engine needs this host's name to resolve; a machine whose name is in no
+# hosts file gets it on loopback.
+ensure_hostname_resolves() {
+    getent hosts "$HOST" >/dev/null && return 0
+    say "adding '127.0.0.1 $HOST' to /etc/hosts (the host name did not resolve)"
+    echo "127.0.0.1 $HOST" >>/etc/hosts
+}
+
 cmd_start() {
     [ "$(id -u)" = 0 ] || die "cannot start Grid Engine: needs root (to install packages and run daemons)"
     mkdir -p "$STATE"
+    ensure_hostname_resolves
     install_packages
     ensure_cell
     start_qmaster

@@ -38,7 +38,7 @@ _TRANSIENT_RE = re.compile(
     re.IGNORECASE,
 )
 # Letters of qstat's state column that mean the job has (or had) a slot.
-_RUNNING_LETTERS = set("rtRsST")
+_RUNNING_LETTERS = set("rtsST")  # not "R": "Rq" is a restarted job waiting
 # Directives the scheduler sets itself unless the user gives them.
 _OWN_DIRECTIVES = ("N", "S", "o", "e", "wd", "cwd")
 
@@ -230,10 +230,8 @@ class SgeScheduler(Scheduler):
     # ------------------------------------------------------------ submitting
     async def submit_job(self, job: Job) -> str:
         script = await self.wrapped_job_script(job)
-        result = await run_command(
-            self.qsub, "-terse", str(script), timeout=self.command_timeout,
-            cwd=str(self.cwd) if self.cwd else None,
-        )
+        # the job's folder is set by -wd/-cwd in the script, not by qsub's cwd
+        result = await run_command(self.qsub, "-terse", str(script), timeout=self.command_timeout)
         if result.ok:
             for token in result.stdout.split():
                 match = re.match(r"^(\d+)", token)
