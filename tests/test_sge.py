@@ -109,7 +109,8 @@ async def test_directives_reach_grid_engine(workdir, tmp_path):
             "l": ["h_rt=600", "h_vmem=2G"],
             "notify": True,
             "p": -10,
-            "v": "FLAVOUR=sweet and sour",
+            "v": 'FLAVOUR="sweet and sour"',  # qsub reads the quotes
+            "pe": "smp 2",  # two arguments, as a #$ line written by hand
             "hold_jid": None,  # None leaves the flag out
         },
     )
@@ -130,6 +131,7 @@ async def test_directives_reach_grid_engine(workdir, tmp_path):
     assert fields["notify"] == "TRUE"
     assert fields["priority"] == "-10"
     assert fields["cwd"] == str(cwd)
+    assert fields["parallel environment"] == "smp range: 2"
     assert "jid_predecessor_list" not in out  # hold_jid=None: no -hold_jid
     assert fields["job_name"] == xq.scheduler.job_name(job)
     assert fields["job_name"].startswith("my.run-") and fields["job_name"].endswith("-0")

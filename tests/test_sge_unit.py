@@ -49,7 +49,7 @@ async def test_directives_from_options(workdir):
         "#$ -l h_rt=60",
         "#$ -l h_vmem=1G",
         "#$ -notify",
-        '#$ -pe "smp 2"',
+        "#$ -pe smp 2",  # as written: qsub splits it into -pe smp 2
         "#$ -p -5",
     ]
     assert sched.job_name(job).startswith("sge-") and sched.job_name(job).endswith("-7")
@@ -72,13 +72,19 @@ async def test_cwd_and_user_overrides(workdir, tmp_path):
     [
         ({"N": "a:b"}, "Invalid Grid Engine job name"),
         ({"l": "h_rt=1\nrm -rf /"}, "line break"),
-        ({"v": 'A="b"'}, "double quote"),
         ({"bad key": 1}, "Invalid Grid Engine option"),
     ],
 )
 def test_bad_options_are_refused(workdir, options, message):
     with pytest.raises(ValueError, match=message):
         SgeScheduler(workdir, **options)
+
+
+async def test_path_qsub_cannot_take_is_refused(workdir, tmp_path):
+    sched = SgeScheduler(workdir, cwd=str(tmp_path / 'say "hi"'))
+    job = await sched.create_job(0, ["true"])
+    with pytest.raises(ValueError, match="double quote"):
+        sched.wrap_job_script(job)
 
 
 async def test_missing_qsub_is_a_clear_error(workdir):

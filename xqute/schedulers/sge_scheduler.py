@@ -47,19 +47,27 @@ _OWN_DIRECTIVES = ("N", "S", "o", "e", "wd", "cwd")
 _QDEL_FAILED = "100"
 
 
-def _quote_directive(value: Any, key: str) -> str:
-    """A directive value as qsub's script parser reads it (double quotes around
-    values with spaces). Values it cannot carry are refused."""
+def _directive_value(value: Any, key: str) -> str:
+    """A user's directive value, written as given: qsub splits a ``#$`` line
+    on white space like a command line, so ``pe="smp 4"`` is ``-pe smp 4`` and
+    ``v='A="x y"'`` keeps its quotes. Only a line break (it would end the
+    comment and start a script line) or NUL is refused."""
     text = str(value)
     if "\n" in text or "\r" in text or "\0" in text:
         raise ValueError(f"Grid Engine directive -{key}: a value cannot hold a line break: {text!r}")
-    if '"' in text:
-        raise ValueError(
-            f"Grid Engine directive -{key}: qsub cannot read a double quote inside a value: {text!r}"
-        )
-    if not text or re.search(r"\s|'|#", text):
-        return f'"{text}"'
     return text
+
+
+def _directive_path(path: Any, key: str) -> str:
+    """A path xqute puts in a directive (``-o``, ``-e``, ``-wd``): one argument,
+    so double-quoted when it has white space in it."""
+    text = str(path)
+    if "\n" in text or "\r" in text or "\0" in text or '"' in text:
+        raise ValueError(
+            f"Grid Engine directive -{key}: qsub cannot take a path with a line break "
+            f"or a double quote in it: {text!r}"
+        )
+    return f'"{text}"' if re.search(r"\s", text) else text
 
 
 def _parse_qacct(text: str) -> dict[str, dict[str, str]]:
@@ -198,9 +206,9 @@ class SgeScheduler(Scheduler):
                 lines.append(f"#$ {flag}")
             elif isinstance(value, (list, tuple)):
                 for item in value:
-                    lines.append(f"#$ {flag} {_quote_directive(item, flag[1:])}")
+                    lines.append(f"#$ {flag} {_directive_value(item, flag[1:])}")
             else:
-                lines.append(f"#$ {flag} {_quote_directive(value, flag[1:])}")
+                lines.append(f"#$ {flag} {_directive_value(value, flag[1:])}")
         return lines
 
     def _given(self, key: str) -> bool:
@@ -217,13 +225,13 @@ class SgeScheduler(Scheduler):
             lines.append(f"#$ -S {JOBCMD_WRAPPER_LANG}")
         if not (self._given("wd") or self._given("cwd")):
             if self.cwd:
-                lines.append(f"#$ -wd {_quote_directive(self.cwd, 'wd')}")
+                lines.append(f"#$ -wd {_directive_path(self.cwd, 'wd')}")
             else:
                 lines.append("#$ -cwd")
         if not self._given("o"):
-            lines.append(f"#$ -o {_quote_directive(meta / 'job.sge.stdout', 'o')}")
+            lines.append(f"#$ -o {_directive_path(meta / 'job.sge.stdout', 'o')}")
         if not self._given("e"):
-            lines.append(f"#$ -e {_quote_directive(meta / 'job.sge.stderr', 'e')}")
+            lines.append(f"#$ -e {_directive_path(meta / 'job.sge.stderr', 'e')}")
         lines.extend(self._user_directives)
         return "\n".join(lines)
 
