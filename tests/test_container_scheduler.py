@@ -246,7 +246,7 @@ async def test_docker_command_line_as_text(tmp_path, fake_runtime):
     ]
     # names are valid container names and fresh for each trial
     name = sched.container_name(job)
-    assert name.startswith(f"container-") and "-3-t0-" in name
+    assert name.startswith("container-") and "-3-t0-" in name
     assert name != sched.container_name(job)
 
 
@@ -473,9 +473,9 @@ def test_sigterm_to_the_manager_stops_the_running_containers(workdir, image, run
 
 async def test_a_new_manager_follows_a_container_left_by_a_killed_one(workdir, image):
     prefix = unique_prefix()
-    script = workdir / "flag"
+    flag = workdir / "flag"
     first = subprocess.Popen(
-        [sys.executable, "-c", MANAGER.replace("sleep 300", f"while [ ! -e /mnt/disks/.xqute/flag ]; do sleep 0.1; done"),
+        [sys.executable, "-c", MANAGER.replace("sleep 300", "while [ ! -e /mnt/disks/.xqute/flag ]; do sleep 0.1; done"),
          str(workdir), image, "podman", prefix, "1"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -493,7 +493,7 @@ async def test_a_new_manager_follows_a_container_left_by_a_killed_one(workdir, i
 
     async def release_later():
         await asyncio.sleep(0.5)
-        script.write_text("")
+        flag.write_text("")
 
     release = asyncio.ensure_future(release_later())
     await xq.run_until_complete()
@@ -503,4 +503,32 @@ async def test_a_new_manager_follows_a_container_left_by_a_killed_one(workdir, i
     assert read(job.jid_file).strip() == name
     assert read(job.stdout_file) == "started\n"
     assert await job.get_rc() == 0
+    assert containers(prefix) == []
+
+
+async def test_a_container_killed_from_outside_fails_its_job_with_the_reason(workdir, image):
+    prefix = unique_prefix()
+    xq = Xqute("container", workdir=workdir, jobname_prefix=prefix,
+               scheduler_opts=dict(image=image, bin="podman"))
+    await xq.feed(["bash", "-c", "echo started; sleep 300"])
+    await xq.run_until_complete(keep_feeding=True)
+    job = xq.jobs[0]
+
+    def started() -> bool:
+        return job.stdout_file.is_file() and read(job.stdout_file) == "started\n"
+
+    for _ in range(1200):  # up to 2 minutes on a very busy machine
+        if started():
+            break
+        await asyncio.sleep(0.1)
+    assert started(), read(Path(job.metadir) / CLIENT_LOG_NAME)
+    name = read(job.jid_file).strip()
+    # SIGKILL from outside: the wrapper gets no chance to record anything
+    killed = subprocess.run(["podman", "kill", "--signal", "KILL", name],
+                            capture_output=True, text=True, timeout=60)
+    assert killed.returncode == 0, killed.stderr
+    await xq.stop_feeding()
+    assert await job.get_rc() == -3
+    assert await job.get_status(refresh=True) == JobStatus.FAILED
+    assert "podman run exited with 137 before the job recorded its return code" in read(job.stderr_file)
     assert containers(prefix) == []
