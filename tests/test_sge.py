@@ -8,8 +8,10 @@ submission the way an unreachable qmaster does, then hands over to the real one.
 from __future__ import annotations
 
 import asyncio
+import getpass
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,7 +37,7 @@ def sge(monkeypatch):
 def our_jobs() -> dict[str, str]:
     """{job number: state} of this user's jobs that Grid Engine lists now."""
     out = subprocess.run(
-        ["qstat", "-xml", "-u", os.environ.get("USER") or "root"],
+        ["qstat", "-xml", "-u", getpass.getuser()],
         capture_output=True, text=True, check=True,
     ).stdout
     return {
@@ -46,7 +48,8 @@ def our_jobs() -> dict[str, str]:
 
 def counting_wrapper(folder: Path, command: str, log: Path) -> str:
     """A wrapper that logs each call of ``command`` and execs the real one."""
-    real = subprocess.run(["which", command], capture_output=True, text=True, check=True).stdout.strip()
+    real = shutil.which(command)
+    assert real, f"{command} is not on PATH"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"counting-{command}"
     path.write_text(
