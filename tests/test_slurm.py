@@ -370,6 +370,45 @@ def test_sigterm_to_the_manager_cancels_every_submitted_job(slurm, workdir):
         time.sleep(0.5)
 
 
+def test_a_rerun_follows_slurm_jobs_of_a_killed_manager(slurm, workdir):
+    """SIGKILL to the manager leaves its Slurm jobs queued and running; a rerun on
+    the same workdir follows them instead of submitting them again."""
+    program = textwrap.dedent(
+        """
+        import asyncio, sys
+        from xqute import Xqute
+        async def main():
+            xq = Xqute("slurm", workdir=sys.argv[1], forks=4)
+            for i in range(4):
+                await xq.feed(["bash", "-c", f"sleep 4; echo done {i}"])
+            await xq.run_until_complete()
+            print("rcs", [await j.get_rc() for j in xq.jobs])
+        asyncio.run(main())
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    first = subprocess.Popen([sys.executable, "-c", program, str(workdir)], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    jid_files = [workdir / str(i) / "job.jid" for i in range(4)]
+    start = time.monotonic()
+    while not all(f.exists() for f in jid_files):
+        assert first.poll() is None, first.communicate()
+        assert time.monotonic() - start < 60, "jobs were not all submitted"
+        time.sleep(0.1)
+    first.kill()
+    first.wait()
+    jids = [read(f).strip() for f in jid_files]
+    assert set(squeue_states(jids).values()) <= {"RUNNING", "PENDING"}
+    second = subprocess.run([sys.executable, "-c", program, str(workdir)], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    assert "rcs [0, 0, 0, 0]" in second.stdout
+    assert [read(f).strip() for f in jid_files] == jids  # the same Slurm jobs
+    for i in range(4):
+        assert read(workdir / str(i) / "job.stdout") == f"done {i}\n"
+    assert set(squeue_states(jids).values()) == {"COMPLETED"}
+
+
 # ------------------------------------------------------------------- retries
 async def test_error_strategy_retry_resubmits_to_slurm(slurm, workdir):
     cmd = ["bash", "-c", 'if [ -e "$XQUTE_JOB_METADIR/tried" ]; then echo second; '
@@ -395,6 +434,16 @@ async def test_submit_limit_refusals_are_retried(slurm, workdir, tmp_path):
         slurm_cli("sacctmgr", "-i", "modify", "user", "root", "set", "MaxSubmitJobs=-1")
     assert [await job.get_rc() for job in xq.jobs] == [0, 0, 0, 0]
     assert len(calls(log, "sbatch")) > 4  # some were refused, then retried
+
+
+async def test_submit_rate_caps_sbatch_calls(slurm, workdir, tmp_path):
+    opts, log = count_calls(tmp_path)
+    xq = await run(workdir, [["true"]] * 5, submit_rate=4, **opts)
+    assert [await job.get_rc() for job in xq.jobs] == [0] * 5
+    stamps = [stamp for stamp, _ in calls(log, "sbatch")]
+    assert len(stamps) == 5
+    # 4 a second at most: a quarter of a second between two calls at least
+    assert all(b - a >= 0.2 for a, b in zip(stamps, stamps[1:])), stamps
 
 
 # ---------------------------------------------------- being a good citizen

@@ -21,8 +21,10 @@ from __future__ import annotations
 import re
 import shutil
 import time
+from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
+from ..defaults import JobStatus
 from ..job import Job
 from ..scheduler import JobQuery, Scheduler, SubmissionError
 from ..utils import logger, run_command
@@ -187,10 +189,8 @@ class SlurmScheduler(Scheduler):
         # checked now, so a bad option fails here rather than in every job
         self._directives = directive_lines(dict(self.config))
 
-        # jid -> last Slurm state seen (jobs we submitted start as PENDING)
-        self._states: dict[str, str] = {}
-        # jid -> when Slurm was first seen saying the job ended
-        self._ended_since: dict[str, float] = {}
+        # the Slurm jobs still followed, by job id
+        self._tracked: dict[str, _Tracked] = {}
         self._query_gap = self.query_interval
         self._next_query_at = 0.0
         self._accounting: bool | None = None  # unknown until sacct is first needed
@@ -252,7 +252,7 @@ class SlurmScheduler(Scheduler):
             self._maybe_submitted.discard(job)
             if jid is not None:
                 logger.info("Job %s: an earlier sbatch went through after all (%s)", job.index, jid)
-                self._states[jid] = "PENDING"
+                self._tracked[jid] = _Tracked(job, "PENDING")
                 return jid
         script = await self.wrapped_job_script(job)
         result = await run_command(
@@ -275,7 +275,7 @@ class SlurmScheduler(Scheduler):
                 f"sbatch succeeded but printed no job id: {result.stdout.strip()[:200]!r}"
             )
         jid = match.group(1)
-        self._states[jid] = "PENDING"
+        self._tracked[jid] = _Tracked(job, "PENDING")
         return jid
 
     async def _find_by_name(self, job: Job) -> str | None:
@@ -299,7 +299,8 @@ class SlurmScheduler(Scheduler):
                 # jobs that already ended are refused; the others are cancelled
                 logger.debug("scancel %s: %s", " ".join(chunk), _one_line(result.stderr))
             for jid in chunk:
-                self._states[jid] = "CANCELLED"
+                if jid in self._tracked:
+                    self._tracked[jid].state = "CANCELLED"
 
     # -------------------------------------------------------------- querying
     async def query_jobs(self, jobs: Sequence[Job]) -> dict[Job, JobQuery]:
@@ -317,8 +318,9 @@ class SlurmScheduler(Scheduler):
         if not by_jid:
             return answers
         now = time.monotonic()
+        self._forget_finished()
         # a job this scheduler did not submit (left by an earlier run) is asked at once
-        if now < self._next_query_at and all(jid in self._states for jid in by_jid):
+        if now < self._next_query_at and all(jid in self._tracked for jid in by_jid):
             return answers
         self.query_rounds += 1
 
@@ -333,22 +335,31 @@ class SlurmScheduler(Scheduler):
         changed = False
         for jid, job in by_jid.items():
             state, reason = found.get(jid, ("", ""))
-            if self._states.get(jid) != state:
+            tracked = self._tracked.setdefault(jid, _Tracked(job, ""))
+            if tracked.state != state:
                 changed = True
-            self._states[jid] = state
+            tracked.state = state
             query = self._to_query(jid, state, reason)
             if query.alive:
-                self._ended_since.pop(jid, None)
+                tracked.ended_since = None
                 answers[job] = query
                 continue
             # ended in Slurm's eyes: give the files a moment to show the end
-            since = self._ended_since.setdefault(jid, now)
-            if now - since >= self.end_grace:
+            if tracked.ended_since is None:
+                tracked.ended_since = now
+            if now - tracked.ended_since >= self.end_grace:
                 answers[job] = query
-                self._ended_since.pop(jid, None)
-                self._states.pop(jid, None)
+                del self._tracked[jid]
         self._pace(changed, now)
         return answers
+
+    def _forget_finished(self) -> None:
+        """Stop following jobs that ended (through their files) or were requeued
+        under a new job id."""
+        for jid, tracked in list(self._tracked.items()):
+            job = tracked.job
+            if job._status not in _FOLLOWED_STATUSES or job._jid not in (None, jid):
+                del self._tracked[jid]
 
     def _pace(self, changed: bool, now: float) -> None:
         """Set when Slurm may next be asked: soon after a change, rarer while
@@ -358,9 +369,9 @@ class SlurmScheduler(Scheduler):
         else:
             self._query_gap = min(self._query_gap * 1.5, self.query_interval_max)
         self._next_query_at = now + self._query_gap
-        if self._ended_since:
-            due = min(self._ended_since.values()) + self.end_grace
-            self._next_query_at = min(self._next_query_at, max(due, now))
+        ending = [t.ended_since for t in self._tracked.values() if t.ended_since is not None]
+        if ending:
+            self._next_query_at = min(self._next_query_at, max(min(ending) + self.end_grace, now))
 
     async def _squeue(self, by_jid: dict[str, Job]) -> dict[str, tuple[str, str]] | None:
         """{jid: (state, reason)} for the jobs squeue still lists; None on failure."""
@@ -457,6 +468,20 @@ class SlurmScheduler(Scheduler):
                 "still pending", state, jid,
             )
         return JobQuery(JobQuery.PENDING, state)
+
+
+# Manager-side statuses of a job whose Slurm job is still followed.
+_FOLLOWED_STATUSES = (JobStatus.SUBMITTED, JobStatus.RUNNING, JobStatus.KILLING)
+
+
+@dataclass
+class _Tracked:
+    """A Slurm job being followed: its job, the last state Slurm gave, and since
+    when Slurm has said it ended (its files get ``end_grace`` to show it)."""
+
+    job: Job
+    state: str
+    ended_since: float | None = None
 
 
 def _one_line(text: str) -> str:
