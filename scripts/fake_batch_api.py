@@ -665,7 +665,13 @@ class Handler(BaseHTTPRequestHandler):
         query = parse_qs(url.query)
         try:
             if url.path == "/fake/stats" and method == "GET":
-                self._reply(200, self.service.stats.snapshot())
+                stats = self.service.stats.snapshot()
+                with self.service.lock:
+                    stats["create_attempts"] = {
+                        f"{parent}/jobs/{job_id}": n
+                        for (parent, job_id), n in self.service.create_attempts.items()
+                    }
+                self._reply(200, stats)
                 return
             match = JOBS_PATH_RE.match(url.path)
             if not match:

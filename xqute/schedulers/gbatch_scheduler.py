@@ -117,9 +117,11 @@ class GbatchScheduler(Scheduler):
         entrypoint: the container's entrypoint (default: the wrapper's bash).
         commands: the container's commands (or, without ``image_uri``, words put
             before the wrapper call). ``{lang}`` and ``{script}`` stand for
-            bash and the wrapper's path in the VM; without ``{script}`` the
-            wrapper call is appended (as one ``bash script`` string when an
-            entrypoint is given, for ``-c`` style entrypoints).
+            bash and the wrapper's path in the VM. Without ``{script}``: no
+            entrypoint runs ``bash <commands> <script>``; an entrypoint with
+            commands gets the wrapper call appended as one ``bash script``
+            string (for ``-c`` style entrypoints); an entrypoint alone gets the
+            wrapper's path.
         runnables: more runnables (Batch's JSON), each with an optional
             ``order``: negative ones run before the job's, others after it.
         query_interval / query_interval_max: seconds between two
@@ -405,9 +407,11 @@ class GbatchScheduler(Scheduler):
             commands = [str(c) for c in (container.get("commands") or commands)]
             if any("{script}" in c for c in commands):
                 commands = [c.replace("{lang}", lang).replace("{script}", script_inside) for c in commands]
-            elif container.get("entrypoint"):
+            elif container.get("entrypoint") and commands:
                 # e.g. entrypoint "/bin/sh", commands ["-c"]: one command string
                 commands.append(shlex.join([*shlex.split(lang), script_inside]))
+            elif container.get("entrypoint"):
+                commands = [script_inside]  # the entrypoint runs the wrapper
             else:
                 container["entrypoint"] = lang
                 commands.append(script_inside)

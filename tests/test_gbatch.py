@@ -1,0 +1,363 @@
+"""The Google Cloud Batch scheduler.
+
+The job JSON it builds is checked directly. End to end, jobs go through the real
+``gcloud`` CLI to a Batch API server on loopback (``scripts/fake_batch_api.py``,
+started by ``scripts/gbatch.sh``) that runs each job's wrapper on this machine
+with the ``gs://`` workdir mounted from the GCS emulator, so the files a job
+writes really land in the bucket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import urllib.request
+import uuid
+
+import pytest
+
+from tests.realparts import part_env, require
+from xqute import JobStatus, Xqute
+from xqute.scheduler import SubmissionError
+from xqute.schedulers.gbatch_scheduler import GbatchScheduler
+
+OPTS = {"project": "xqute-test", "location": "us-central1"}
+
+
+def make(workdir="gs://bucket/run/wd", **options) -> GbatchScheduler:
+    return GbatchScheduler(workdir, **{**OPTS, **options})
+
+
+# ------------------------------------------------------------------ options
+def test_required_options_and_workdir_are_checked():
+    with pytest.raises(ValueError, match="project="):
+        GbatchScheduler("gs://b/wd", location="us-central1")
+    with pytest.raises(ValueError, match="location="):
+        GbatchScheduler("gs://b/wd", project="p")
+    with pytest.raises(ValueError, match="gs:// workdir"):
+        make("/local/wd")
+    with pytest.raises(ValueError, match="not both"):
+        make(mount="gs://b/x:/x", volumes="gs://b/y:/y")
+    with pytest.raises(ValueError, match="mount_as_cwd must be a gs://"):
+        make(mount_as_cwd="/data")
+    with pytest.raises(ValueError, match="inside the Batch VM"):
+        make(cwd="gs://b/cwd")
+
+
+@pytest.mark.parametrize("prefix", ["Has_Underscore", "9starts-with-digit", "x" * 60])
+def test_job_names_follow_batch_rules(prefix):
+    with pytest.raises(ValueError, match="Batch job"):
+        make(jobname_prefix=prefix)
+
+
+def test_job_name_is_lowercased_and_checked():
+    scheduler = make(jobname_prefix="MyPipe")
+    job = scheduler.job_class(7, ["true"], scheduler.workdir)
+    name = scheduler.batch_job_name(job)
+    assert name.startswith("mypipe-") and name.endswith("-7")
+    scheduler.jobname_prefix = "ok-" + "x" * 60  # changed after the check
+    with pytest.raises(SubmissionError, match="not a valid Batch job id"):
+        scheduler.batch_job_name(job)
+
+
+async def test_job_json_has_the_script_volumes_labels_and_policies():
+    scheduler = make(
+        mount=["gs://data-bucket/ref:/mnt/disks/ref"],
+        service_account="runner@proj.iam.gserviceaccount.com",
+        network="default",
+        subnetwork="regions/us-central1/subnetworks/default",
+        no_external_ip_address=True,
+        machine_type="e2-standard-4",
+        provisioning_model="SPOT",
+        labels={"team": "genomics"},
+        taskGroups=[{"taskSpec": {"maxRunDuration": "3600s"}, "parallelism": "1"}],
+    )
+    scheduler.gcloud = "true"  # post_init checks that the binary exists
+    await scheduler.post_init()
+    job = scheduler.job_class(0, ["echo", "hi"], scheduler.workdir)
+    config = scheduler.job_json(job, job.metadir / scheduler.wrapped_script_name)
+    spec = config["taskGroups"][0]["taskSpec"]
+    assert spec["runnables"] == [
+        {"script": {"text": "/bin/bash /mnt/disks/.xqute/0/job.wrapped.gbatch"}}
+    ]
+    assert spec["volumes"] == [
+        {"gcs": {"remotePath": "bucket/run/wd"}, "mountPath": "/mnt/disks/.xqute"},
+        {"gcs": {"remotePath": "data-bucket/ref"}, "mountPath": "/mnt/disks/ref"},
+    ]
+    assert spec["maxRunDuration"] == "3600s"
+    policy = config["allocationPolicy"]
+    assert policy["serviceAccount"] == {"email": "runner@proj.iam.gserviceaccount.com"}
+    assert policy["network"]["networkInterfaces"] == [
+        {
+            "network": "default",
+            "subnetwork": "regions/us-central1/subnetworks/default",
+            "noExternalIpAddress": True,
+        }
+    ]
+    assert policy["instances"][0]["policy"] == {
+        "machineType": "e2-standard-4",
+        "provisioningModel": "SPOT",
+    }
+    labels = config["labels"]
+    assert labels["team"] == "genomics"
+    assert labels["xqute-run"] == scheduler.run_label
+    assert labels["sacct"] == "runner"
+    assert config["logsPolicy"] == {"destination": "CLOUD_LOGGING"}
+    # every job of the run shares the label the status query filters on
+    assert len(scheduler.run_label) == 16
+
+
+async def test_container_runnable_commands_and_extra_runnables_in_order():
+    scheduler = make(
+        image_uri="ubuntu:24.04",
+        runnables=[
+            {"script": {"text": "echo after"}},
+            {"script": {"text": "echo first"}, "order": -2},
+            {"script": {"text": "echo second"}, "order": -1},
+        ],
+    )
+    scheduler.gcloud = "true"
+    await scheduler.post_init()
+    job = scheduler.job_class(1, ["true"], scheduler.workdir)
+    script = job.metadir / scheduler.wrapped_script_name
+    runnables = scheduler.job_json(job, script)["taskGroups"][0]["taskSpec"]["runnables"]
+    assert [r.get("script", {}).get("text") for r in runnables] == [
+        "echo first", "echo second", None, "echo after"
+    ]
+    assert runnables[2]["container"] == {
+        "imageUri": "ubuntu:24.04",
+        "entrypoint": "/bin/bash",
+        "commands": ["/mnt/disks/.xqute/1/job.wrapped.gbatch"],
+    }
+    # an entrypoint of the "-c" kind gets one command string
+    scheduler = make(image_uri="img", entrypoint="/bin/sh", commands=["-c"])
+    scheduler.gcloud = "true"
+    await scheduler.post_init()
+    container = scheduler.job_json(job, script)["taskGroups"][0]["taskSpec"]["runnables"][0]["container"]
+    assert container["commands"] == ["-c", "/bin/bash /mnt/disks/.xqute/1/job.wrapped.gbatch"]
+    # placeholders
+    scheduler = make(image_uri="img", entrypoint="env", commands=["{lang}", "{script}"])
+    scheduler.gcloud = "true"
+    await scheduler.post_init()
+    container = scheduler.job_json(job, script)["taskGroups"][0]["taskSpec"]["runnables"][0]["container"]
+    assert container["commands"] == ["/bin/bash", "/mnt/disks/.xqute/1/job.wrapped.gbatch"]
+
+
+def test_mount_as_cwd_takes_a_relative_workdir_inside_it():
+    scheduler = GbatchScheduler(".pipeline", mount_as_cwd="gs://bucket/project", **OPTS)
+    assert str(scheduler.workdir) == "gs://bucket/project/.pipeline"
+    assert str(scheduler.workdir.mounted) == "/mnt/disks/.cwd/.pipeline"
+    assert scheduler.cwd == "/mnt/disks/.cwd"
+
+
+async def test_missing_gcloud_is_a_clear_error():
+    scheduler = make(gcloud="/no/such/gcloud")
+    with pytest.raises(FileNotFoundError, match="gcloud not found"):
+        await scheduler.post_init()
+
+
+async def test_mount_sources_must_be_gcs():
+    scheduler = make(mount="/local/data:/mnt/disks/data")
+    scheduler.gcloud = "true"
+    with pytest.raises(ValueError, match="gs:// folders only"):
+        await scheduler.post_init()
+
+
+# ------------------------------------------------ end to end: gcloud + the fake
+@pytest.fixture
+def batch(monkeypatch) -> dict:
+    require("gbatch")
+    env = part_env("gbatch")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+def fake_api(env: dict, path: str) -> dict:
+    with urllib.request.urlopen(env["FAKE_BATCH_API"] + path, timeout=30) as answer:
+        return json.loads(answer.read())
+
+
+def fake_state(env: dict, name: str) -> str | None:
+    path = (
+        f"/v1/projects/{env['CLOUDSDK_CORE_PROJECT']}/locations/"
+        f"{env['CLOUDSDK_BATCH_LOCATION']}/jobs/{name}"
+    )
+    try:
+        return fake_api(env, path)["status"]["state"]
+    except urllib.error.HTTPError as err:
+        if err.code == 404:
+            return None
+        raise
+
+
+def workdir_for(env: dict) -> str:
+    return f"gs://{env['XQUTE_TEST_BUCKET']}/tests/gbatch-{uuid.uuid4().hex[:10]}/wd"
+
+
+def batch_xqute(env: dict, workdir: str | None = None, **options) -> Xqute:
+    opts = {
+        "project": env["CLOUDSDK_CORE_PROJECT"],
+        "location": env["CLOUDSDK_BATCH_LOCATION"],
+        "poll_interval": 0.5,
+        "query_interval": 1,
+        "end_grace": 1,
+        **options,
+    }
+    forks = opts.pop("forks", 4)
+    strategy = opts.pop("error_strategy", "ignore")
+    return Xqute(
+        "gbatch",
+        workdir=workdir or workdir_for(env),
+        forks=forks,
+        error_strategy=strategy,
+        scheduler_opts=opts,
+    )
+
+
+async def read_text(path) -> str:
+    return await path.a_read_text()
+
+
+async def test_jobs_run_on_batch_and_leave_their_files_in_the_bucket(batch):
+    before = fake_api(batch, "/fake/stats")["api"]
+    xq = batch_xqute(batch)
+    await xq.feed(["bash", "-c", "echo hello from $XQUTE_JOB_INDEX; echo warn >&2"])
+    await xq.feed(["bash", "-c", "exit 4"])
+    await asyncio.wait_for(xq.run_until_complete(), 300)
+    ok, bad = xq.jobs
+    assert await ok.get_status(refresh=True) == JobStatus.FINISHED
+    assert await ok.get_rc() == 0
+    assert await read_text(ok.stdout_file) == "hello from 0\n"
+    assert await read_text(ok.stderr_file) == "warn\n"
+    assert await bad.get_rc() == 4
+    assert await bad.get_status(refresh=True) == JobStatus.FAILED
+    # the job JSON is kept in the metadir, and names the wrapper as the VM sees it
+    config = json.loads(await read_text(ok.metadir / "job.wrapped.gbatch.json"))
+    text = config["taskGroups"][0]["taskSpec"]["runnables"][0]["script"]["text"]
+    assert text == f"/bin/bash {ok.metadir.mounted}/job.wrapped.gbatch"
+    # status came from the files and `jobs list`: no `describe` per job
+    after = fake_api(batch, "/fake/stats")["api"]
+    assert after.get("get", 0) == before.get("get", 0)
+    assert after.get("create", 0) - before.get("create", 0) == 2
+    assert xq.scheduler.gcloud_calls == 2 + xq.scheduler.status_calls
+    assert fake_state(batch, await ok.get_jid()) == "SUCCEEDED"
+    assert fake_state(batch, await bad.get_jid()) == "FAILED"
+
+
+async def test_named_mount_and_container_runnable(batch):
+    from panpath import PanPath
+
+    data = f"gs://{batch['XQUTE_TEST_BUCKET']}/tests/data-{uuid.uuid4().hex[:8]}"
+    await PanPath(data + "/ref.txt").a_write_text("reference data\n")
+    # the fake runs a container's entrypoint and commands without the image
+    xq = batch_xqute(
+        batch, mount=[f"REF={data}/ref.txt"], image_uri="debian:12", entrypoint="/bin/bash"
+    )
+    await xq.feed(["bash", "-c", 'cat "$REF"; echo "$REF"'])
+    await asyncio.wait_for(xq.run_until_complete(), 300)
+    job = xq.jobs[0]
+    assert await job.get_rc() == 0, await read_text(job.stderr_file)
+    out = (await read_text(job.stdout_file)).splitlines()
+    assert out[0] == "reference data"
+    assert out[1].startswith("/mnt/disks/") and out[1].endswith("/ref.txt")
+
+
+async def test_job_that_fails_before_running_gets_rc_minus_3_with_the_state(batch):
+    xq = batch_xqute(batch, labels={"fake-batch-behaviour": "fail-before-run"})
+    await xq.feed("true")
+    await asyncio.wait_for(xq.run_until_complete(), 300)
+    job = xq.jobs[0]
+    assert await job.get_rc() == -3
+    assert await job.get_status(refresh=True) == JobStatus.FAILED
+    stderr = await read_text(job.stderr_file)
+    assert "FAILED" in stderr and "no VM could be allocated" in stderr
+
+
+async def test_job_that_never_starts_is_given_up_and_cancelled(batch):
+    xq = batch_xqute(batch, labels={"fake-batch-behaviour": "never-start"}, start_timeout=3)
+    await xq.feed("true")
+    await asyncio.wait_for(xq.run_until_complete(), 300)
+    job = xq.jobs[0]
+    assert await job.get_rc() == -3
+    assert "did not start within 3 s (still QUEUED" in await read_text(job.stderr_file)
+    for _ in range(50):
+        if fake_state(batch, await job.get_jid()) == "CANCELLED":
+            break
+        await asyncio.sleep(0.2)
+    assert fake_state(batch, await job.get_jid()) == "CANCELLED"
+
+
+async def test_quota_errors_on_submit_are_retried(batch):
+    xq = batch_xqute(batch, labels={"fake-batch-quota-errors": "2"})
+    await xq.feed(["echo", "in the end"])
+    await asyncio.wait_for(xq.run_until_complete(), 300)
+    job = xq.jobs[0]
+    assert await job.get_rc() == 0
+    assert await read_text(job.stdout_file) == "in the end\n"
+    attempts = fake_api(batch, "/fake/stats")["create_attempts"]
+    name = (
+        f"projects/{batch['CLOUDSDK_CORE_PROJECT']}/locations/"
+        f"{batch['CLOUDSDK_BATCH_LOCATION']}/jobs/{await job.get_jid()}"
+    )
+    assert attempts[name] == 3  # two refused, the third taken
+
+
+async def test_reusing_a_job_name_waits_for_the_old_jobs_deletion(batch):
+    workdir = workdir_for(batch)
+    first = batch_xqute(batch, workdir=workdir)
+    await first.feed(["echo", "first run"])
+    await asyncio.wait_for(first.run_until_complete(), 300)
+    name = await first.jobs[0].get_jid()
+    assert fake_state(batch, name) == "SUCCEEDED"
+    deletes = fake_api(batch, "/fake/stats")["api"].get("delete", 0)
+
+    second = batch_xqute(batch, workdir=workdir)
+    await second.feed(["echo", "second run"])
+    await asyncio.wait_for(second.run_until_complete(), 300)
+    job = second.jobs[0]
+    assert await job.get_jid() == name
+    assert await job.get_rc() == 0
+    assert await read_text(job.stdout_file) == "second run\n"
+    assert fake_api(batch, "/fake/stats")["api"]["delete"] > deletes
+
+
+async def test_kill_cancels_the_batch_jobs(batch):
+    xq = batch_xqute(batch, error_strategy="halt")
+    await xq.feed(["bash", "-c", "sleep 120"])
+    await xq.feed(["bash", "-c", "sleep 3; exit 2"])
+    await asyncio.wait_for(xq.run_until_complete(), 300)
+    sleeper, failing = xq.jobs
+    assert await failing.get_rc() == 2
+    assert await sleeper.get_status(refresh=True) == JobStatus.FAILED
+    name = await sleeper.get_jid()
+    for _ in range(50):
+        if fake_state(batch, name) == "CANCELLED":
+            break
+        await asyncio.sleep(0.2)
+    assert fake_state(batch, name) == "CANCELLED"
+
+
+async def test_job_deleted_outside_xqute_fails_with_rc_minus_3(batch):
+    xq = batch_xqute(batch)
+    await xq.feed(["bash", "-c", "sleep 120"])
+    runner = asyncio.ensure_future(xq.run_until_complete())
+    job = xq.jobs[0]
+    for _ in range(300):
+        if job._jid and fake_state(batch, job._jid) == "RUNNING":
+            break
+        await asyncio.sleep(0.2)
+    deleted = await asyncio.to_thread(
+        subprocess.run,
+        ["gcloud", "batch", "jobs", "delete", job._jid, "--quiet"],
+        capture_output=True,
+        text=True,
+    )
+    assert deleted.returncode == 0, deleted.stderr
+    await asyncio.wait_for(runner, 300)
+    assert await job.get_status(refresh=True) == JobStatus.FAILED
+    stderr = await read_text(job.stderr_file)
+    # the wrapper was killed with the VM (143), or xqute saw the job go (-3)
+    rc = await job.get_rc()
+    assert rc == -3 and ("DELETION_IN_PROGRESS" in stderr or "is gone" in stderr) or rc == 143
