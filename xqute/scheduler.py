@@ -130,6 +130,11 @@ class Scheduler(ABC):
     event_driven: bool = False
     # The first poll interval of this backend, in seconds.
     default_poll_interval: float = defaults.DEFAULT_POLL_INTERVAL
+    # Whether the wrapper runs the command in a process group of its own (so
+    # the wrapper can pass a kill on to all of it). False for a scheduler that
+    # kills jobs by their process group (Grid Engine's qdel SIGKILLs the
+    # wrapper's group only): the command must stay in it to be killed too.
+    wrapper_own_process_group: bool = True
 
     def __init__(
         self,
@@ -284,6 +289,12 @@ _xq_redirect() { exec >"$_xq_meta/job.stdout" 2>"$_xq_meta/job.stderr"; }"""
         """The text of the bash script that runs ``job``."""
         meta: MountedPath = job.metadir.mounted
         timeout = f"timeout {shell_quote(self.timeout)} " if self.timeout else ""
+        if self.wrapper_own_process_group:
+            job_control_on = "# own process group for the command, so a kill reaches all of it\nset -m"
+            job_control_off = "set +m"
+        else:
+            job_control_on = "# the command stays in the wrapper's process group, which the scheduler kills"
+            job_control_off = ""
         messages = "\n".join(
             f"        {rc}) echo \"xqute: exit code {rc}: {msg}\" >&2 ;;"
             for rc, msg in _RC_MESSAGES.items()
@@ -315,7 +326,8 @@ _xq_finish() {{
 }}
 _xq_signal() {{
     # pass a kill on to the command's own process group, then record how it ended
-    if [ -n "${{_xq_child:-}}" ]; then kill -s "$1" -- "-$_xq_child" 2>/dev/null
+    if [ -n "${{_xq_child:-}}" ]; then
+        kill -s "$1" -- "-$_xq_child" 2>/dev/null || kill -s "$1" "$_xq_child" 2>/dev/null
     else exit $(( 128 + $(kill -l "$1") )); fi
 }}
 trap _xq_finish EXIT
@@ -329,11 +341,10 @@ trap '_xq_signal HUP' HUP
 {self.prescript}
 # the command, on_jobcmd_prep
 {self.jobcmd_prep(job)}
-# own process group for the command, so a kill reaches all of it
-set -m
+{job_control_on}
 eval "{timeout}$cmd" &
 _xq_child=$!
-set +m
+{job_control_off}
 while :; do
     wait "$_xq_child"
     rc=$?
