@@ -16,11 +16,13 @@ import signal
 import subprocess
 import sys
 import textwrap
+import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import processes_with
 from tests.realparts import ROOT, part_env, require
 from xqute import Xqute
 from xqute.defaults import JobStatus
@@ -141,9 +143,24 @@ async def test_directives_reach_grid_engine(workdir, tmp_path):
     assert fields["stdout_path_list"].endswith(f"{job.metadir}/job.sge.stdout")
 
 
+def marked_sleep(seconds: int) -> tuple[list[str], str]:
+    """A command that sleeps in a child process, and a marker found in its
+    bash's command line (to check that nothing of it is left running)."""
+    marker = f"xqute-sge-test-{uuid.uuid4().hex[:12]}"
+    return ["bash", "-c", f"sleep {seconds}; : {marker}"], marker
+
+
+async def nothing_left_running(marker: str) -> None:
+    async def gone():
+        return not processes_with(marker)
+
+    await wait_for(gone, f"the processes of {marker} to end", limit=60)
+
+
 async def test_job_deleted_from_outside(workdir):
     xq = Xqute("sge", workdir=workdir)
-    job = await xq.feed(["sleep", "120"])
+    cmd, marker = marked_sleep(120)
+    job = await xq.feed(cmd)
     run = asyncio.ensure_future(xq.run_until_complete())
     await wait_for(lambda: _is_running(job), "the job to start")
     jid = await job.get_jid()
@@ -155,6 +172,8 @@ async def test_job_deleted_from_outside(workdir):
     assert f"Grid Engine job {jid}" in stderr
     assert "failed 100" in stderr and "qdel" in stderr
     assert jid not in our_jobs()
+    # the command went with its job, not only the wrapper
+    await nothing_left_running(marker)
 
 
 async def _is_running(job) -> bool:
@@ -180,12 +199,14 @@ async def test_job_deleted_from_outside_before_it_started(workdir):
 
 async def test_job_over_h_rt(workdir):
     xq = Xqute("sge", workdir=workdir, scheduler_opts={"l": "h_rt=2"})
-    job = await xq.feed(["sleep", "60"])
+    cmd, marker = marked_sleep(60)
+    job = await xq.feed(cmd)
     await xq.run_until_complete()
     assert await job.get_rc() == -3
     stderr = Path(job.stderr_file).read_text()
     assert "failed 37" in stderr and "h_rt" in stderr
     assert "exit_status 137" in stderr
+    await nothing_left_running(marker)
 
 
 async def test_error_state_is_reported_not_waited_on(workdir, tmp_path):
@@ -249,11 +270,13 @@ async def test_failed_job_is_retried(workdir, tmp_path):
 
 async def test_halt_deletes_the_other_jobs(workdir):
     xq = Xqute("sge", workdir=workdir, forks=2, error_strategy="halt")
-    sleeper = await xq.feed(["sleep", "300"])
+    cmd, marker = marked_sleep(300)
+    sleeper = await xq.feed(cmd)
     await xq.feed(["bash", "-c", "sleep 3; exit 1"])
     await asyncio.wait_for(xq.run_until_complete(), 180)
     assert await sleeper.get_status(refresh=True) == JobStatus.FAILED
     assert sleeper._jid not in our_jobs()
+    await nothing_left_running(marker)
 
 
 MANAGER = textwrap.dedent(
@@ -261,14 +284,14 @@ MANAGER = textwrap.dedent(
     import asyncio, sys
     from xqute import Xqute
 
-    async def main(workdir, njobs):
+    async def main(workdir, njobs, marker):
         xq = Xqute("sge", workdir=workdir, forks=njobs)
         for _ in range(njobs):
-            await xq.feed(["sleep", "300"])
+            await xq.feed(["bash", "-c", f"sleep 300; : {marker}"])
         await xq.run_until_complete()
         print("run ended", flush=True)
 
-    asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3]))
     """
 )
 
@@ -278,8 +301,9 @@ async def test_sigterm_to_the_manager_deletes_all_its_jobs(workdir, tmp_path):
     script = tmp_path / "manager.py"
     script.write_text(MANAGER)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "XQUTE_LOG_LEVEL": "INFO"}
+    marker = f"xqute-sge-test-{uuid.uuid4().hex[:12]}"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(script), str(workdir), str(njobs),
+        sys.executable, str(script), str(workdir), str(njobs), marker,
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     jid_files = [workdir / str(i) / "job.jid" for i in range(njobs)]
@@ -301,6 +325,7 @@ async def test_sigterm_to_the_manager_deletes_all_its_jobs(workdir, tmp_path):
     assert [jid for jid in jids if jid in listed] == []
     for i in range(njobs):
         assert (workdir / str(i) / "job.status").read_text().strip() == str(JobStatus.FAILED)
+    await nothing_left_running(marker)
 
 
 async def test_50_jobs_one_status_call_per_round(workdir, tmp_path):

@@ -58,13 +58,15 @@ async def test_directives_from_options(workdir):
 
 
 async def test_cwd_and_user_overrides(workdir, tmp_path):
-    sched = SgeScheduler(workdir, cwd=str(tmp_path / "a b"), N="mine", o="/tmp/o.txt")
+    sched = SgeScheduler(workdir, cwd=str(tmp_path / "a b"), N="mine", o="/tmp/o.txt",
+                         e="/tmp/my errors")
     job = await sched.create_job(0, ["true"])
     lines = directive_lines(sched.wrap_job_script(job))
     assert f'#$ -wd "{tmp_path}/a b"' in lines
     assert "#$ -cwd" not in lines
     assert "#$ -N mine" in lines and sum(line.startswith("#$ -N") for line in lines) == 1
     assert "#$ -o /tmp/o.txt" in lines and sum(line.startswith("#$ -o") for line in lines) == 1
+    assert '#$ -e "/tmp/my errors"' in lines
 
 
 @pytest.mark.parametrize(

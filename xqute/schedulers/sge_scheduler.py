@@ -39,6 +39,9 @@ _TRANSIENT_RE = re.compile(
 )
 # Letters of qstat's state column that mean the job has (or had) a slot.
 _RUNNING_LETTERS = set("rtsST")  # not "R": "Rq" is a restarted job waiting
+# Options whose value is one path: quoted like xqute's own paths, so a path
+# with spaces stays one argument.
+_PATH_OPTIONS = {"o", "e", "i", "wd", "S"}
 # Directives the scheduler sets itself unless the user gives them.
 _OWN_DIRECTIVES = ("N", "S", "o", "e", "wd", "cwd")
 
@@ -130,6 +133,9 @@ class SgeScheduler(Scheduler):
     """
 
     name = "sge"
+    # qdel SIGKILLs the job's process group (unless the cluster enables
+    # ENABLE_ADDGRP_KILL): the command must stay in the wrapper's group.
+    wrapper_own_process_group = False
 
     def __init__(
         self,
@@ -202,13 +208,14 @@ class SgeScheduler(Scheduler):
             flag = "-" + str(key).lstrip("-")
             if value is None or value is False:
                 continue
+            render = _directive_path if flag[1:] in _PATH_OPTIONS else _directive_value
             if value is True:
                 lines.append(f"#$ {flag}")
             elif isinstance(value, (list, tuple)):
                 for item in value:
-                    lines.append(f"#$ {flag} {_directive_value(item, flag[1:])}")
+                    lines.append(f"#$ {flag} {render(item, flag[1:])}")
             else:
-                lines.append(f"#$ {flag} {_directive_value(value, flag[1:])}")
+                lines.append(f"#$ {flag} {render(value, flag[1:])}")
         return lines
 
     def _given(self, key: str) -> bool:
