@@ -225,3 +225,12 @@ def test_parse_error_reasons():
     reasons = _parse_error_reasons(text)
     assert list(reasons) == ["6"]
     assert "can't open output file" in reasons["6"]
+
+
+async def test_config_changed_after_creation_is_used(workdir):
+    """2.x clients set ``scheduler.config`` keys after making the scheduler."""
+    sched = SgeScheduler(workdir)
+    job = await sched.create_job(0, ["true"])
+    assert not any(line.startswith("#$ -q") for line in directive_lines(sched.wrap_job_script(job)))
+    sched.config["q"] = "all.q"
+    assert "#$ -q all.q" in directive_lines(sched.wrap_job_script(job))

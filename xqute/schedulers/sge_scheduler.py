@@ -169,16 +169,20 @@ class SgeScheduler(Scheduler):
                         f"Invalid Grid Engine job name {value!r}: it may not contain "
                         "spaces or any of / : @ \\ * ?"
                     )
-        # the job name the user chose for all jobs (-N), if any
-        self._user_name = next(
+        # Render the directives once now, so a bad value is refused at set-up
+        # (they are rendered again per job: clients may change ``config``).
+        self._render_user_directives()
+        # job number -> when it was first missing from qstat without an rc file
+        self._missing_since: dict[str, float] = {}
+
+    @property
+    def _user_name(self) -> str | None:
+        """The job name the user chose for all jobs (``N``), if any."""
+        return next(
             (str(v) for k, v in self.config.items()
              if str(k).lstrip("-") == "N" and v not in (None, False, True)),
             None,
         )
-        # Render the directives once now, so a bad value is refused at set-up.
-        self._user_directives = self._render_user_directives()
-        # job number -> when it was first missing from qstat without an rc file
-        self._missing_since: dict[str, float] = {}
 
     # ------------------------------------------------------------ set-up
     async def post_init(self) -> None:
@@ -239,7 +243,7 @@ class SgeScheduler(Scheduler):
             lines.append(f"#$ -o {_directive_path(meta / 'job.sge.stdout', 'o')}")
         if not self._given("e"):
             lines.append(f"#$ -e {_directive_path(meta / 'job.sge.stderr', 'e')}")
-        lines.extend(self._user_directives)
+        lines.extend(self._render_user_directives())
         return "\n".join(lines)
 
     # ------------------------------------------------------------ submitting
