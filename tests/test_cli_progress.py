@@ -141,8 +141,17 @@ async def test_plugin_counts_and_summary(workdir: Path):
     assert summary.slowest[0][0] == 0 and summary.slowest[0][2] == "sleep 0.3"
     assert summary.slowest[0][1] >= summary.slowest[1][1]
     assert summary.failures == [(2, 6, "echo the reason >&2; exit 6", "the reason")]
+    # a retried job is one job: ranked once, by the time from its first submission
+    everyone = ProgressPlugin(display=False, slowest=10)
+    xq2 = Xqute(workdir=workdir / "again", forks=3, plugins=[everyone],
+                error_strategy="retry", num_retries=2)
+    for cmd in ("true", "false", "true"):
+        await xq2.feed(cmd)
+    await xq2.run_until_complete()
+    assert sorted(index for index, _, _ in everyone.summary.slowest) == [0, 1, 2]
+    assert everyone.summary.retried == 2
     text = sink.getvalue()
-    assert "xqute: 4 jobs in" in text and "3 succeeded, 1 failed, 1 retried" in text
+    assert "xqute: 4 jobs in" in text and "3 succeeded, 1 failed, 1 retry" in text
     assert "job 2      rc 6    echo the reason >&2; exit 6" in text
 
 

@@ -90,7 +90,7 @@ def test_retry_until_success(workdir: Path):
     proc = xqute("run", "jobs.txt", "--error-strategy", "retry", "--num-retries", "2", cwd=workdir)
     assert proc.returncode == 0, err(proc)
     assert (workdir / "tries").read_text() == "2\n"
-    assert "1 succeeded, 0 failed, 1 retried" in err(proc)
+    assert "1 succeeded, 0 failed, 1 retry" in err(proc)
     job = status_json(workdir / ".xqute", workdir)["jobs"][0]
     assert job["trials"] == 2
     assert job["status"] == "FINISHED"

@@ -89,7 +89,7 @@ class RunSummary:
     failed: int
     not_run: int
     killed: int
-    retried: int
+    retried: int  # trials that failed and were retried
     wall_time: float
     # (index, seconds, command), slowest first
     slowest: list[tuple[int, float, str]] = field(default_factory=list)
@@ -107,13 +107,13 @@ class RunSummary:
         if self.not_run:
             parts.append(f"{self.not_run} not run")
         if self.retried:
-            parts.append(f"{self.retried} retried")
+            parts.append(f"{self.retried} retr{'ies' if self.retried != 1 else 'y'}")
         lines = [
             f"xqute: {self.total} job{'s' if self.total != 1 else ''} in "
             f"{format_seconds(self.wall_time)} ({rate:.1f} jobs/s): {', '.join(parts)}"
         ]
         if self.slowest:
-            lines.append("Slowest jobs:")
+            lines.append("Slowest jobs (from submission to end):")
             for index, seconds, cmd in self.slowest:
                 lines.append(f"  job {index:<6} {format_seconds(seconds):>8}  {_clip(cmd)}")
         if self.failures:
@@ -175,9 +175,9 @@ class ProgressPlugin:
     def _reset(self) -> None:
         self._counts = [0, 0, 0, 0, 0]
         self._state: dict[int, int] = {}
-        self._started_at: dict[int, float] = {}
+        self._submitted_at: dict[int, float] = {}
         self._slowest: list[tuple[float, int]] = []  # min-heap of (seconds, index)
-        self._failed_jobs: dict[int, Job] = {}
+        self._failed_jobs: dict[int, tuple[Job, float | None]] = {}
         self._killed = 0
         self._retried = 0
         self._total = 0
@@ -206,17 +206,20 @@ class ProgressPlugin:
         self._state[job.index] = state
         return previous
 
-    def _ended(self, job: Job) -> float | None:
-        started = self._started_at.pop(job.index, None)
-        if started is None:
-            return None
-        seconds = time.monotonic() - started
-        item = (seconds, job.index)
+    def _took(self, job: Job) -> float | None:
+        """Seconds since the job's first submission (retries included)."""
+        submitted = self._submitted_at.get(job.index)
+        return None if submitted is None else time.monotonic() - submitted
+
+    def _rank(self, index: int, seconds: float | None) -> None:
+        """Offer a job that ended for good to the slowest-jobs heap."""
+        if seconds is None or not self.slowest_count:
+            return
+        item = (seconds, index)
         if len(self._slowest) < self.slowest_count:
             heapq.heappush(self._slowest, item)
-        elif self.slowest_count and item > self._slowest[0]:
+        elif item > self._slowest[0]:
             heapq.heapreplace(self._slowest, item)
-        return seconds
 
     # ---------------------------------------------------------------- hooks
     @plugin.impl
@@ -227,40 +230,41 @@ class ProgressPlugin:
             self._start_display()
 
     @plugin.impl
-    async def on_job_init(self, scheduler: Scheduler, job: Job) -> None:
-        self._total += 1
-
-    @plugin.impl
     async def on_job_queued(self, scheduler: Scheduler, job: Job) -> None:
-        if self._move(job, _QUEUED) == _FAILED:
+        previous = self._move(job, _QUEUED)
+        if previous is None:  # fed (every fed job is queued once; one hook less per job)
+            self._total += 1
+        elif previous == _FAILED:  # retried: that failure was not the job's end
             self._retried += 1
             self._failed_jobs.pop(job.index, None)
 
     @plugin.impl
     async def on_job_submitted(self, scheduler: Scheduler, job: Job) -> None:
         self._move(job, _SUBMITTED)
+        # durations run from the first submission: a polled scheduler may notice
+        # the start only with the end, and a cluster's queue wait is part of it
+        self._submitted_at.setdefault(job.index, time.monotonic())
 
     @plugin.impl
     async def on_job_started(self, scheduler: Scheduler, job: Job) -> None:
         self._move(job, _RUNNING)
-        self._started_at[job.index] = time.monotonic()
 
     @plugin.impl
     async def on_job_succeeded(self, scheduler: Scheduler, job: Job) -> None:
         self._move(job, _DONE)
-        self._ended(job)
+        self._rank(job.index, self._took(job))
+        self._submitted_at.pop(job.index, None)
 
     @plugin.impl
     async def on_job_failed(self, scheduler: Scheduler, job: Job) -> None:
+        # ranked at the end of the run: a retry may follow
         self._move(job, _FAILED)
-        self._ended(job)
-        self._failed_jobs[job.index] = job
+        self._failed_jobs[job.index] = (job, self._took(job))
 
     @plugin.impl
     async def on_job_killed(self, scheduler: Scheduler, job: Job) -> None:
         self._move(job, _FAILED)
-        self._ended(job)
-        self._failed_jobs[job.index] = job
+        self._failed_jobs[job.index] = (job, self._took(job))
         self._killed += 1
 
     @plugin.impl
@@ -273,6 +277,9 @@ class ProgressPlugin:
 
     # ------------------------------------------------------------- summary
     def _summarize(self, xqute: Xqute) -> RunSummary:
+        for index, (_, seconds) in self._failed_jobs.items():
+            self._rank(index, seconds)
+        self._submitted_at.clear()
         commands = {job.index: job for job in xqute.jobs}
         slowest = [
             (index, seconds, describe_command(commands[index].cmd) if index in commands else "")
@@ -280,7 +287,7 @@ class ProgressPlugin:
         ]
         failures = []
         for index in sorted(self._failed_jobs):
-            job = self._failed_jobs[index]
+            job = self._failed_jobs[index][0]
             rc = job._rc if job._rc is not None else -9
             last = _last_stderr_line(job)
             failures.append((index, rc, describe_command(job.cmd), last))
