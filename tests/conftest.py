@@ -90,3 +90,35 @@ def processes_with(marker: str) -> list[str]:
         if marker in cmdline and state != b"Z":
             found.append(f"{entry}: {cmdline}")
     return found
+
+
+class ActiveCounter:
+    """A plugin (build with :func:`make_active_counter`) that counts the jobs
+    between submission and their end, and the most there ever were at once."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.peak = 0
+
+
+def make_active_counter(name: str):
+    from xqute import plugin
+
+    counter = ActiveCounter()
+
+    class CounterPlugin:
+        @plugin.impl
+        async def on_job_submitted(scheduler, job):
+            counter.active += 1
+            counter.peak = max(counter.peak, counter.active)
+
+        @plugin.impl
+        async def on_job_failed(scheduler, job):
+            counter.active -= 1
+
+        @plugin.impl
+        async def on_job_succeeded(scheduler, job):
+            counter.active -= 1
+
+    CounterPlugin.name = name
+    return counter, CounterPlugin

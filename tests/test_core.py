@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, make_recorder, processes_with
-from xqute import Job, JobErrorStrategy, JobStatus, Xqute, plugin
-from xqute.scheduler import Scheduler
+from conftest import ROOT, make_active_counter, processes_with
+from xqute import Job, JobStatus, Xqute, plugin
 
 
 def read(path) -> str:
@@ -228,6 +227,7 @@ async def test_on_shutdown_false_keeps_the_run_going(workdir):
 async def test_plugin_context_is_left_when_the_run_completes(workdir, recorder):
     rec, plugin_cls = recorder
     xq = await run_jobs(workdir, ["true"], plugins=[plugin_cls])
+    assert xq.plugin_context is not None
     assert plugin_cls.name not in plugin.get_enabled_plugin_names()
     assert rec.events  # it was active during the run
 
@@ -297,32 +297,11 @@ async def test_retry_gives_up_after_num_retries(workdir):
 
 
 async def test_forks_hold_with_retries(workdir):
-    active = 0
-    peak = 0
-
-    class Count:
-        name = "count_plugin"
-
-        @plugin.impl
-        async def on_job_submitted(scheduler, job):
-            nonlocal active, peak
-            active += 1
-            peak = max(peak, active)
-
-        @plugin.impl
-        async def on_job_failed(scheduler, job):
-            nonlocal active
-            active -= 1
-
-        @plugin.impl
-        async def on_job_succeeded(scheduler, job):
-            nonlocal active
-            active -= 1
-
+    counter, plugin_cls = make_active_counter("count_plugin")
     cmds = [["bash", "-c", f"sleep 0.0{i % 5}; exit $(( $RANDOM % 3 == 0 ))"] for i in range(40)]
-    xq = await run_jobs(workdir, cmds, forks=3, error_strategy="retry", num_retries=2, plugins=[Count])
-    assert peak <= 3 and peak >= 2
-    assert active == 0
+    xq = await run_jobs(workdir, cmds, forks=3, error_strategy="retry", num_retries=2, plugins=[plugin_cls])
+    assert 2 <= counter.peak <= 3
+    assert counter.active == 0
     assert all(JobStatus.is_final(job.status) for job in xq.jobs)
 
 

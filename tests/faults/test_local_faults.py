@@ -10,13 +10,12 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import processes_with
+from conftest import make_active_counter, processes_with
 from xqute import JobStatus, Xqute, plugin
 from xqute.job import Job
 from xqute.scheduler import check_directive, check_jobname_prefix
@@ -113,26 +112,7 @@ def _fails(index: int, trial: int) -> bool:
 
 async def test_2000_jobs_with_10_percent_failures_under_retry(workdir):
     njobs, forks, retries = 2000, 8, 2
-    active = peak = 0
-
-    class Count:
-        name = "count_2000"
-
-        @plugin.impl
-        async def on_job_submitted(scheduler, job):
-            nonlocal active, peak
-            active += 1
-            peak = max(peak, active)
-
-        @plugin.impl
-        async def on_job_failed(scheduler, job):
-            nonlocal active
-            active -= 1
-
-        @plugin.impl
-        async def on_job_succeeded(scheduler, job):
-            nonlocal active
-            active -= 1
+    counter, plugin_cls = make_active_counter("count_2000")
 
     # the trial number is the number of backups in job.retry/; the formula is _fails()
     script = (
@@ -141,7 +121,7 @@ async def test_2000_jobs_with_10_percent_failures_under_retry(workdir):
         '[ $(( (XQUTE_JOB_INDEX * 2654435761 + t * 40503 + 17) % 10 )) -ne 0 ]; rc=$?; '
         'echo "$EPOCHREALTIME"; exit $rc'
     )
-    xq = Xqute(workdir=workdir, forks=forks, error_strategy="retry", num_retries=retries, plugins=[Count])
+    xq = Xqute(workdir=workdir, forks=forks, error_strategy="retry", num_retries=retries, plugins=[plugin_cls])
     for _ in range(njobs):
         await xq.feed(["bash", "-c", script])
     await asyncio.wait_for(xq.run_until_complete(), 900)
@@ -166,7 +146,7 @@ async def test_2000_jobs_with_10_percent_failures_under_retry(workdir):
             assert int((backups / t / "job.rc").read_text()) == 1
         start, end = map(float, job.stdout_file.read_text().split())
         intervals.append((start, end))
-    assert peak <= forks and active == 0
+    assert counter.peak <= forks and counter.active == 0
     # and as the jobs themselves saw it: never more than `forks` at once
     events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals], key=lambda x: (x[0], x[1]))
     running = most = 0
