@@ -384,6 +384,57 @@ async def test_sigterm_to_the_manager_kills_the_remote_jobs(env, shared_workdir,
         assert (shared_workdir / str(i) / "job.rc").read_text().strip() != "0"
 
 
+async def test_a_rerun_follows_jobs_a_killed_manager_left_running(env, shared_workdir, tmp_path):
+    ctrl_dir = tmp_path / "ctl"
+    runs_log = shared_workdir.parent / "runs.log"
+    cmd = ["sh", "-c", 'echo started >> "$1"; sleep 3; echo done', "sh", str(runs_log)]
+    opts = {
+        "servers": {
+            host: {**options, "ctrl_dir": str(ctrl_dir)} for host, options in servers(env).items()
+        },
+        "ssh_args": known_hosts_args(env),
+    }
+    driver = tmp_path / "manager.py"
+    driver.write_text(textwrap.dedent(f"""
+        import asyncio, json, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from xqute import Xqute
+        async def main():
+            xq = Xqute("ssh", workdir=sys.argv[1], scheduler_opts=json.loads(sys.argv[2]))
+            await xq.feed(json.loads(sys.argv[3]))
+            await xq.run_until_complete()
+        asyncio.run(main())
+    """))
+    proc = subprocess.Popen(
+        [sys.executable, str(driver), str(shared_workdir), json.dumps(opts), json.dumps(cmd)],
+        cwd=str(ROOT),
+    )
+    try:
+        status = shared_workdir / "0" / "job.status"
+        deadline = time.monotonic() + 60
+        while not (status.exists() and status.read_text().strip() == str(JobStatus.RUNNING)):
+            assert time.monotonic() < deadline, "the job did not start"
+            await asyncio.sleep(0.05)
+        proc.kill()  # no clean-up at all, as after a crash
+        proc.wait()
+        first_jid = read(shared_workdir / "0" / "job.jid").strip()
+
+        xq = Xqute("ssh", workdir=shared_workdir, scheduler_opts=opts)
+        await xq.feed(cmd)
+        await run(xq)
+        job = xq.jobs[0]
+        assert await job.get_rc() == 0
+        assert read(job.jid_file).strip() == first_jid  # followed, not started again
+        assert read(runs_log) == "started\n"
+        assert read(job.stdout_file) == "done\n"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        # the killed manager's masters linger (ControlPersist): end them
+        for line in processes_with(str(ctrl_dir)):
+            os.kill(int(line.split(":", 1)[0]), signal.SIGTERM)
+
+
 async def test_a_host_stopped_mid_run_loses_its_jobs_to_the_other(env, shared_workdir, host2_restored):
     # host 2 "crashes" while two jobs run there: those fail with a message naming
     # the host and ssh's error, are retried, and land on host 1
@@ -471,7 +522,7 @@ async def test_all_hosts_down_fails_the_jobs_with_the_hosts_error(env, shared_wo
 
 # ------------------------------------------------------------- bad input
 def test_missing_ssh_binary_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="no-such-ssh-xq.*not found"):
+    with pytest.raises(FileNotFoundError, match="no-such-ssh-xq.*not found"):
         SshScheduler(tmp_path, ssh="no-such-ssh-xq", servers=["h"])
 
 

@@ -128,6 +128,8 @@ class SshHost:
         self.last_error = ""
         self.last_attempt = 0.0
         self.permanent_error = False
+        # when its jobs' liveness was last asked (the scheduler rate-limits it)
+        self.last_liveness_at = float("-inf")
 
     # --------------------------------------------------------------- the socket
     @property

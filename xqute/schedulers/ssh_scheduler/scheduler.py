@@ -55,13 +55,18 @@ class SshScheduler(Scheduler):
         lost_after: seconds a host may fail to answer before the jobs on it that
             their files do not account for are failed as lost.
         retry_host_after: seconds before a host that failed is tried again.
+        liveness_interval: seconds between two checks of the same host for jobs
+            their files leave open (the files are read every round).
         **kwargs: the Scheduler's options. Host-key checking is left as the
             user's ssh configuration has it (on, by default).
     """
 
     name = "ssh"
-    # an ssh round costs ~10 ms per host over a multiplexed connection
-    default_poll_interval = 0.5
+    # A status round reads the jobs' meta files (one small read per running job)
+    # and only every ``liveness_interval`` asks the hosts, so rounds can be short:
+    # a job's end is seen at most half a second late.
+    default_poll_interval = 0.2
+    default_poll_interval_max = 0.5
 
     def __init__(
         self,
@@ -73,11 +78,13 @@ class SshScheduler(Scheduler):
         command_timeout: float = 60,
         lost_after: float = 60,
         retry_host_after: float = 10,
+        liveness_interval: float = 5,
         **kwargs: Any,
     ) -> None:
+        kwargs.setdefault("poll_interval_max", self.default_poll_interval_max)
         super().__init__(*args, **kwargs)
         if shutil.which(ssh) is None:
-            raise ValueError(
+            raise FileNotFoundError(
                 f"ssh client {ssh!r} not found: install OpenSSH's client or pass "
                 "the path of one as the scheduler's `ssh` option"
             )
@@ -90,6 +97,7 @@ class SshScheduler(Scheduler):
             ("command_timeout", command_timeout),
             ("lost_after", lost_after),
             ("retry_host_after", retry_host_after),
+            ("liveness_interval", liveness_interval),
         ):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"{option} must be a number of seconds > 0, got {value!r}")
@@ -102,6 +110,7 @@ class SshScheduler(Scheduler):
         self.ssh = ssh
         self.lost_after = float(lost_after)
         self.retry_host_after = float(retry_host_after)
+        self.liveness_interval = float(liveness_interval)
         self.servers: dict[str, SshHost] = {}
         for index, (label, options) in enumerate(_normalize_servers(servers).items()):
             self.servers[label] = SshHost(
@@ -256,6 +265,13 @@ class SshScheduler(Scheduler):
         now = time.monotonic()
         if host.failing and now - host.last_attempt < self.retry_host_after:
             return self._lost_or_unknown(host, entries)
+        # rate limit, for the jobs we placed ourselves; a job an earlier manager
+        # left running is asked about at once (it is being adopted or not)
+        if now - host.last_liveness_at < self.liveness_interval and all(
+            job in self._placed for job, _ in entries
+        ):
+            return {}
+        host.last_liveness_at = now
         try:
             result = await host.run(alive_command(pid for _, pid in entries))
         except HostUnavailable as exc:
@@ -275,6 +291,8 @@ class SshScheduler(Scheduler):
             args = alive.get(pid)
             if args is not None and self._runs_wrapper(job, args):
                 answers[job] = JobQuery(JobQuery.RUNNING)
+                # a job adopted from an earlier manager counts against its host too
+                self._placed.setdefault(job, host.label)
             elif args is not None and job._submitted_at and now - job._submitted_at < _LAUNCH_SETTLE:
                 continue  # not exec'd yet: ask again next round
             else:
