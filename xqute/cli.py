@@ -21,6 +21,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import sys
 import time
 from datetime import datetime, timezone
@@ -34,7 +35,11 @@ from .utils import log_to_file, logger
 
 RUN_RECORD_NAME = "xqute.run.json"
 # Scheduler options whose values are not written to the run record.
-SECRET_OPTION = re.compile(r"pass(word|wd|phrase)?|secret|token|credential|api_?key|private_?key", re.I)
+SECRET_OPTION = re.compile(
+    r"(?:^|[_-])(?:pass|password|passwd|passphrase|secret|token|credentials?|apikey|api_key"
+    r"|private_key)(?:$|[_-])",
+    re.I,
+)
 # Exit statuses of `xqute run`
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -124,14 +129,15 @@ class RunRecord:
 
     def __init__(self) -> None:
         self.signal: signal.Signals | None = None
-        self.completed = False
+        # set when the run has ended (made in on_init, inside the run's loop)
+        self.ended: asyncio.Event | None = None
         self._record: dict[str, Any] = {}
         self._path: Any = None
 
     @plugin.impl
     def on_init(self, xqute: Any) -> None:
         self.signal = None
-        self.completed = False
+        self.ended = asyncio.Event()
         scheduler = xqute.scheduler
         opts, omitted = {}, []
         for key, value in xqute.scheduler_opts.items():
@@ -168,7 +174,8 @@ class RunRecord:
 
     @plugin.impl
     def on_complete(self, xqute: Any) -> None:
-        self.completed = True
+        if self.ended is not None:
+            self.ended.set()
         counts: dict[str, int] = {}
         for job in xqute.jobs:
             name = JobStatus.get_name(job._status)
@@ -291,17 +298,17 @@ def collect_status(workdir: str, stderr_lines: int = 5) -> dict[str, Any]:
         raise CliError(f"xqute status reads local workdirs only, not {workdir}")
     if not os.path.isdir(workdir):
         raise CliError(f"No such workdir: {workdir}")
-    indexes = []
+    metadirs = []
     with os.scandir(workdir) as entries:
         for entry in entries:
             if entry.name.isdigit() and entry.is_dir():
-                indexes.append(int(entry.name))
-    indexes.sort()
+                metadirs.append((int(entry.name), entry.name))
+    metadirs.sort()
     workdir = os.path.abspath(workdir)
     now = time.time()
     jobs = [
-        read_job_state(os.path.join(workdir, str(index)), index, stderr_lines, now)
-        for index in indexes
+        read_job_state(os.path.join(workdir, name), index, stderr_lines, now)
+        for index, name in metadirs
     ]
     counts: dict[str, int] = {}
     for job in jobs:
@@ -403,23 +410,56 @@ def parse_opts(pairs: Sequence[str]) -> dict[str, Any]:
     return opts
 
 
-async def _read_lines(stream: IO[bytes]) -> AsyncIterator[tuple[int, bytes]]:
-    """(line number, line) from a file or pipe, read off the event loop."""
-    loop = asyncio.get_running_loop()
-    fd = stream.fileno()
-    buffer = b""
+async def _read_lines(
+    stream: IO[bytes], stop: asyncio.Event
+) -> AsyncIterator[tuple[int, bytes]]:
+    """(line number, line) from a file, pipe or terminal, as they come, until the
+    end of the input or until ``stop`` is set (the run ended: Ctrl-C, halt)."""
     number = 0
-    while True:
-        chunk = await loop.run_in_executor(None, os.read, fd, 1 << 16)
-        if not chunk:
-            break
+    buffer = b""
+    async for chunk in _read_chunks(stream.fileno(), stop):
         buffer += chunk
         *complete, buffer = buffer.split(b"\n")
         for line in complete:
             number += 1
             yield number, line
-    if buffer:
+    if buffer and not stop.is_set():
         yield number + 1, buffer
+
+
+async def _read_chunks(fd: int, stop: asyncio.Event) -> AsyncIterator[bytes]:
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        # a regular file never makes a read wait
+        while not stop.is_set():
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return
+            yield chunk
+        return
+    # a pipe or a terminal: wait for data without a thread, so a stopped run
+    # does not hang on a producer that has not written (or closed) yet
+    loop = asyncio.get_running_loop()
+    was_blocking = os.get_blocking(fd)
+    os.set_blocking(fd, False)
+    try:
+        while not stop.is_set():
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                readable = loop.create_future()
+                loop.add_reader(fd, lambda: readable.done() or readable.set_result(None))
+                stopped = asyncio.ensure_future(stop.wait())
+                try:
+                    await asyncio.wait({readable, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    loop.remove_reader(fd)
+                    stopped.cancel()
+                continue
+            if not chunk:
+                return
+            yield chunk
+    finally:
+        os.set_blocking(fd, was_blocking)
 
 
 def _command_of(raw: bytes, number: int) -> str | None:
@@ -498,9 +538,8 @@ async def run_commands(args: argparse.Namespace) -> int:
     bad_input: CliError | None = None
     await xqute.run_until_complete(keep_feeding=True)
     try:
-        async for number, raw in _read_lines(source):
-            if record.completed or record.signal is not None:
-                break  # halted or stopped: later lines would never run
+        # once the run has ended (halted, stopped), later lines would never run
+        async for number, raw in _read_lines(source, record.ended):
             try:
                 command = _command_of(raw, number)
             except CliError as exc:

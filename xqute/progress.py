@@ -271,7 +271,7 @@ class ProgressPlugin:
     def on_complete(self, xqute: Xqute) -> None:
         self.summary = self._summarize(xqute)
         self._stop_display()
-        if self.print_summary:
+        if self.print_summary and self.summary.total:
             out = self._file if self._file is not None else sys.stderr
             print(self.summary.format(), file=out, flush=True)
 
