@@ -606,7 +606,12 @@ async def kill_run(args: argparse.Namespace) -> int:
     if alive:
         pid = manager["pid"]
         print(f"Stopping the manager of the run (pid {pid})...", file=sys.stderr)
-        os.kill(pid, signal.SIGTERM)
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass  # it ended meanwhile
+        except PermissionError:
+            raise CliError(f"not allowed to stop the manager (pid {pid}): it runs as another user") from None
         if not _wait_gone(pid, manager.get("start_ticks"), args.wait):
             print(f"The manager (pid {pid}) did not stop in {args.wait:g} s: killing it", file=sys.stderr)
             try:
