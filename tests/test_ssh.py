@@ -556,36 +556,61 @@ def test_bad_options_are_refused(tmp_path, option, value):
 
 
 async def test_the_launcher_is_plain_posix_shell(tmp_path):
-    # the launch script runs under dash (Debian's /bin/sh, no bash-isms) and
-    # returns the pid of a detached wrapper in its own session
+    # the launch script runs under dash (Debian's /bin/sh, no bash-isms), starts
+    # every wrapper detached in a session of its own and reports each pid
     from xqute.schedulers.ssh_scheduler.launcher import launch_script, parse_launch_output
 
-    script = tmp_path / "job script.sh"
-    out = tmp_path / "out"
-    script.write_text(f'echo "$$ $(ps -o sid= -p $$)" > "{out}"\n')
     dash = shutil.which("dash")
     if dash is None:
         pytest.skip("no dash here to check POSIX-ness")
+    scripts, outs = [], []
+    for k in range(3):
+        script = tmp_path / f"job script {k}.sh"
+        out = tmp_path / f"out {k}"
+        script.write_text(f'echo "$$ $(ps -o sid= -p $$)" > "{out}"\n')
+        scripts.append(str(script))
+        outs.append(out)
     proc = subprocess.run(
-        [dash, "-s"], input=launch_script(str(script), "/bin/bash", str(tmp_path)),
+        [dash, "-s"], input=launch_script(scripts, "/bin/bash", str(tmp_path)),
         capture_output=True, text=True, timeout=30,
     )
     assert proc.returncode == 0, proc.stderr
-    pid = parse_launch_output(proc.stdout)
-    assert pid is not None
-    deadline = time.monotonic() + 10
-    while not (out.exists() and out.read_text().strip()) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    job_pid, sid = out.read_text().split()
-    assert int(job_pid) == pid == int(sid)  # the wrapper leads its own session
+    pids, errors = parse_launch_output(proc.stdout)
+    assert errors == {} and sorted(pids) == [0, 1, 2]
+    for k, out in enumerate(outs):
+        deadline = time.monotonic() + 10
+        while not (out.exists() and out.read_text().strip()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        job_pid, sid = out.read_text().split()
+        assert int(job_pid) == pids[k] == int(sid)  # the wrapper leads its own session
 
 
-async def test_the_launcher_says_when_the_script_is_not_on_a_shared_disk(tmp_path):
-    from xqute.schedulers.ssh_scheduler.launcher import LAUNCH_NO_SCRIPT, launch_script
+async def test_the_launcher_says_when_a_script_is_not_on_a_shared_disk(tmp_path):
+    from xqute.schedulers.ssh_scheduler.launcher import launch_script, parse_launch_output
 
+    there = tmp_path / "there.sh"
+    there.write_text("exit 0\n")
     proc = subprocess.run(
-        ["/bin/sh", "-s"], input=launch_script(str(tmp_path / "missing"), "/bin/bash", None),
+        ["/bin/sh", "-s"],
+        input=launch_script([str(tmp_path / "missing"), str(there)], "/bin/bash", None),
         capture_output=True, text=True, timeout=30,
     )
-    assert proc.returncode == LAUNCH_NO_SCRIPT
-    assert "shares" in proc.stderr and "missing" in proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    pids, errors = parse_launch_output(proc.stdout)
+    assert list(pids) == [1]  # the other job was still started
+    assert "shares" in errors[0] and "missing" in errors[0]
+
+
+async def test_a_job_whose_script_the_host_cannot_read_fails_with_the_reason(env, tmp_path):
+    # tmp_path is root's (mode 0700): the hosts' user cannot read the script there
+    xq = Xqute(
+        "ssh",
+        workdir=tmp_path / "work",
+        scheduler_opts={"servers": servers(env, which=(2,)), "ssh_args": known_hosts_args(env)},
+    )
+    await xq.feed(["true"])
+    await run(xq)
+    job = xq.jobs[0]
+    assert await job.get_rc() == -2
+    stderr = read(job.stderr_file)
+    assert "cannot read the job script" in stderr and env["XQUTE_SSH_HOSTNAME2"] in stderr

@@ -15,53 +15,64 @@ from typing import Iterable, Sequence
 # What the login shell is asked to run; the script comes on stdin.
 REMOTE_SHELL = "/bin/sh -s"
 
-# Exit codes of the launch script, besides 0 (started, pid printed).
-LAUNCH_NO_SCRIPT = 3
+# Exit code of the launch script when the wrapper's shell is missing on the host.
 LAUNCH_NO_SHELL = 4
-# Prefix of the launch script's answer line (login shells may print other lines).
+# Prefixes of the launch script's answer lines (login shells may print others).
 PID_MARK = "xqute-pid:"
+ERROR_MARK = "xqute-err:"
 
 
-def launch_script(script_path: str, wrapper_lang: str, cwd: str | None) -> str:
-    """Start the job's wrapper detached (own session, stdio on /dev/null), print
-    its pid and return at once, without waiting for the job.
+def launch_script(scripts: Sequence[str], wrapper_lang: str, cwd: str | None) -> str:
+    """Start each job's wrapper detached (own session, stdio on /dev/null) and
+    return at once, without waiting for the jobs.
 
-    ``setsid`` in a non-interactive shell's background job does not fork (the job
-    is not a group leader), so ``$!`` is the wrapper's pid, which is also its
-    session id and process group id.
+    Prints ``xqute-pid:<k>:<pid>`` for the k-th script started, or
+    ``xqute-err:<k>:<why>`` for one that could not be. ``setsid`` in a
+    non-interactive shell's background job does not fork (the job is not a group
+    leader), so ``$!`` is the wrapper's pid, which is also its session id and
+    process group id.
     """
     q = shlex.quote
     go_to = f"cd {q(cwd)} 2>/dev/null || cd" if cwd else "cd"
+    launches = "\n".join(f"_xq_launch {k} {q(path)}" for k, path in enumerate(scripts))
     return f"""{go_to}
-_xq_script={q(script_path)}
 _xq_lang={q(wrapper_lang)}
-if [ ! -r "$_xq_script" ]; then
-    echo "cannot read the job script $_xq_script on $(hostname): the workdir must be on a file system this host shares (see mounted_workdir)" >&2
-    exit {LAUNCH_NO_SCRIPT}
-fi
 if [ ! -x "$_xq_lang" ]; then
     echo "$_xq_lang is not installed on $(hostname)" >&2
     exit {LAUNCH_NO_SHELL}
 fi
-if command -v setsid >/dev/null 2>&1; then
-    setsid "$_xq_lang" "$_xq_script" </dev/null >/dev/null 2>&1 &
-else
-    # no setsid: at least a process group of its own, for kill
-    set -m
-    "$_xq_lang" "$_xq_script" </dev/null >/dev/null 2>&1 &
+if command -v setsid >/dev/null 2>&1; then _xq_setsid=setsid
+else _xq_setsid=; set -m  # no setsid: at least a process group of its own
 fi
-echo "{PID_MARK}$!"
+_xq_launch() {{
+    if [ ! -r "$2" ]; then
+        echo "{ERROR_MARK}$1:cannot read the job script $2 on $(hostname): the workdir must be on a file system this host shares (see mounted_workdir)"
+        return 0
+    fi
+    $_xq_setsid "$_xq_lang" "$2" </dev/null >/dev/null 2>&1 &
+    echo "{PID_MARK}$1:$!"
+}}
+{launches}
 """
 
 
-def parse_launch_output(stdout: str) -> int | None:
-    """The pid from the launch script's answer, or None."""
-    for line in reversed(stdout.splitlines()):
+def parse_launch_output(stdout: str) -> tuple[dict[int, int], dict[int, str]]:
+    """``({k: pid}, {k: why not started})`` from the launch script's answer."""
+    pids: dict[int, int] = {}
+    errors: dict[int, str] = {}
+    for line in stdout.splitlines():
         line = line.strip()
-        if line.startswith(PID_MARK):
-            value = line[len(PID_MARK):]
-            return int(value) if value.isdigit() else None
-    return None
+        for mark, into in ((PID_MARK, pids), (ERROR_MARK, errors)):
+            if line.startswith(mark):
+                key, _, value = line[len(mark):].partition(":")
+                if not key.isdigit():
+                    continue
+                if into is pids:
+                    if value.isdigit():
+                        pids[int(key)] = int(value)
+                else:
+                    errors[int(key)] = value
+    return pids, errors
 
 
 def alive_command(pids: Iterable[int]) -> str:

@@ -35,6 +35,9 @@ from .launcher import (
 # about: within this many seconds, a pid whose command line is not yet the
 # wrapper's is "unknown", not "ended".
 _LAUNCH_SETTLE = 5.0
+# Seconds the first launch of a submission batch waits for the others to join
+# its ssh call.
+_LAUNCH_WINDOW = 0.005
 # Statuses of a job that holds (or is about to hold) a slot on its host.
 _HOLDING = (JobStatus.INIT, JobStatus.SUBMITTED, JobStatus.RUNNING, JobStatus.KILLING)
 
@@ -125,6 +128,9 @@ class SshScheduler(Scheduler):
         self._socket_dir: str | None = None
         # job -> label of the host it was placed on (pruned as jobs end)
         self._placed: dict[Job, str] = {}
+        # host label -> launches waiting for the host's next launch call
+        self._collecting: dict[str, list[tuple[str, asyncio.Future]]] = {}
+        self._flushes: set[asyncio.Task] = set()
         self._turn = 0
 
     # ----------------------------------------------------------------- set-up
@@ -183,6 +189,58 @@ class SshScheduler(Scheduler):
             return [host for *_, host in sorted(ready, key=lambda item: item[:2])]
         return sorted(hosts, key=lambda host: host.last_attempt)[:1]
 
+    # ----------------------------------------------------------------- launching
+    async def _launch(self, host: SshHost, script: str) -> int:
+        """Start the wrapper ``script`` on ``host``; its pid.
+
+        Launches asked for together (a submission batch) share one ssh call per
+        host: the first opens a short window, the ones arriving in it join.
+        Raises HostUnavailable, or SubmissionError when the host ran the launcher
+        but could not start this job.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+        batch = self._collecting.get(host.label)
+        if batch is None:
+            batch = self._collecting[host.label] = []
+            task = loop.create_task(self._flush_launches(host, batch))
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+        batch.append((script, future))
+        return await future
+
+    async def _flush_launches(self, host: SshHost, batch: list) -> None:
+        await asyncio.sleep(_LAUNCH_WINDOW)
+        if self._collecting.get(host.label) is batch:
+            del self._collecting[host.label]
+        try:
+            here: str | None = os.getcwd()
+        except OSError:  # the manager's folder was removed under it
+            here = None
+        text = launch_script([script for script, _ in batch], defaults.JOBCMD_WRAPPER_LANG, here)
+        try:
+            result = await host.run(REMOTE_SHELL, input=text)
+        except asyncio.CancelledError:
+            for _, future in batch:
+                future.cancel()
+            raise
+        except Exception as exc:  # HostUnavailable, or a bug: the submitters hear of it
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        pids, errors = parse_launch_output(result.stdout)
+        for k, (_, future) in enumerate(batch):
+            if future.done():
+                continue
+            if k in pids:
+                future.set_result(pids[k])
+                continue
+            said = errors.get(k) or (result.stderr or result.stdout).strip() or "no output"
+            future.set_exception(SubmissionError(
+                f"host {host.label} could not start the job (launcher exit {result.rc}): {said}"
+            ))
+
     # ----------------------------------------------------------------- the interface
     async def submit_job(self, job: Job) -> str:
         """Start ``job`` detached on the least loaded host; returns ``pid@host``.
@@ -191,28 +249,23 @@ class SshScheduler(Scheduler):
         start the job, SubmissionError names each host and ssh's error.
         """
         self._prepare()
-        script = await self.wrapped_job_script(job)
-        text = launch_script(str(script.mounted), defaults.JOBCMD_WRAPPER_LANG, os.getcwd())
+        script = str((await self.wrapped_job_script(job)).mounted)
         errors: list[str] = []
         permanent = True
         for host in self._placement_order():
             self._placed[job] = host.label  # counts against the host from now on
             try:
-                result = await host.run(REMOTE_SHELL, input=text)
+                pid = await self._launch(host, script)
             except HostUnavailable as exc:
                 host.mark_failed(exc)
                 errors.append(str(exc))
                 permanent = permanent and exc.permanent
                 continue
-            host.mark_ok()
-            pid = parse_launch_output(result.stdout)
-            if result.rc != 0 or pid is None:
+            except SubmissionError:
+                host.mark_ok()
                 self._placed.pop(job, None)
-                said = (result.stderr or result.stdout).strip() or "no output"
-                raise SubmissionError(
-                    f"host {host.label} could not start job {job.index} "
-                    f"(launcher exit {result.rc}): {said}"
-                )
+                raise
+            host.mark_ok()
             logger.debug("Job %s started on %s as pid %s", job.index, host.label, pid)
             return f"{pid}@{host.label}"
         self._placed.pop(job, None)
