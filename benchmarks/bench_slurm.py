@@ -10,6 +10,9 @@ Needs the cluster: ``bash scripts/slurm.sh start``.  Run:
     python benchmarks/bench_slurm.py            # 100 jobs, both packages, once
     python benchmarks/bench_slurm.py -n 100 -r 3 --only this
 
+Each repeat also times the same number of plain ``sbatch --wrap true`` jobs with
+no manager at all (the cluster's own speed; ``--no-floor`` skips it), and the
+packages take turns, so a busy spell on a shared machine hits all of them.
 Prints a Markdown table (medians over the repeats).
 """
 
@@ -24,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,11 +110,35 @@ def run_once(python: str, njobs: int, label: str) -> dict:
         return result
 
 
+def run_floor(njobs: int) -> float:
+    """Seconds for ``njobs`` plain ``sbatch --wrap true`` jobs (8 submissions at a
+    time) to leave the queue: what the cluster itself takes, with no manager."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def submit(_: int) -> str:
+        return subprocess.run(
+            ["sbatch", "--parsable", "-o", "/dev/null", "--wrap", "true"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip().split(";")[0]
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        jids = list(pool.map(submit, range(njobs)))
+    while subprocess.run(
+        ["squeue", "-h", "-t", "PD,R,CG,CF", "--jobs=" + ",".join(jids), "-o", "%i"],
+        capture_output=True, text=True,
+    ).stdout.strip():
+        time.sleep(0.2)
+    return time.monotonic() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--jobs", type=int, default=100)
     parser.add_argument("-r", "--repeat", type=int, default=1)
     parser.add_argument("--only", choices=["this", "xqute2"], default=None)
+    parser.add_argument("--no-floor", action="store_true",
+                        help="skip the plain-sbatch run that shows the cluster's own speed")
     args = parser.parse_args()
 
     status = subprocess.run(
@@ -128,11 +156,23 @@ def main() -> None:
             capture_output=True, text=True, check=True,
         ).stdout.strip()
 
-    rows = []
-    for label, python in pythons.items():
-        runs = [run_once(python, args.jobs, label) for _ in range(args.repeat)]
-        for run in runs:
+    # Alternate the packages run by run, so a busy spell on a shared machine
+    # does not land on one package only.
+    runs_by_label: dict[str, list[dict]] = {label: [] for label in pythons}
+    floors = []
+    for _ in range(args.repeat):
+        if not args.no_floor:
+            floors.append(run_floor(args.jobs))
+            print(f"# floor (plain sbatch): {floors[-1]:.1f} s, load {os.getloadavg()[0]:.1f}",
+                  file=sys.stderr)
+        for label, python in pythons.items():
+            run = run_once(python, args.jobs, label)
+            run["load"] = os.getloadavg()[0]
             print(f"# {label}: {json.dumps(run)}", file=sys.stderr)
+            runs_by_label[label].append(run)
+
+    rows = []
+    for label, runs in runs_by_label.items():
         row = {"package": f"xqute {runs[0]['version']}" + (" (this)" if label == "this" else "")}
         row["wall"] = statistics.median(r["wall"] for r in runs)
         row["succeeded"] = min(r["succeeded"] for r in runs)
@@ -144,6 +184,9 @@ def main() -> None:
           f"median of {args.repeat} run(s):\n")
     print("| package | wall time (s) | jobs rc 0 | sbatch | squeue | sacct | scontrol | scancel |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    if floors:
+        print(f"| plain `sbatch --wrap true`, no manager | {statistics.median(floors):.1f} "
+              f"| - | {args.jobs} | - | - | - | - |")
     for row in rows:
         print(
             f"| {row['package']} | {row['wall']:.1f} | {row['succeeded']}/{args.jobs} | "

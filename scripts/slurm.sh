@@ -328,11 +328,13 @@ cmd_stop() {
         ids=$(SLURM_CONF=$SLURM_CONF_FILE squeue -h -o '%i' 2>/dev/null | tr '\n' ' ')
         [ -n "${ids// /}" ] && SLURM_CONF=$SLURM_CONF_FILE scancel $ids 2>/dev/null
     fi
-    stop_pidfile "$RUN/slurmd.pid" slurmd
-    stop_pidfile "$RUN/slurmctld.pid" slurmctld
-    stop_pidfile "$RUN/slurmdbd.pid" slurmdbd
-    stop_pidfile "$DB_RUN/mariadb.pid" mariadbd
-    stop_pidfile "$MUNGE_DIR/munged.pid" munged
+    # Everything goes, so all are told at once and waited for together.
+    stop_pidfile "$RUN/slurmd.pid" slurmd &
+    stop_pidfile "$RUN/slurmctld.pid" slurmctld &
+    stop_pidfile "$RUN/slurmdbd.pid" slurmdbd &
+    stop_pidfile "$DB_RUN/mariadb.pid" mariadbd &
+    stop_pidfile "$MUNGE_DIR/munged.pid" munged &
+    wait
     if [ -L "$ETC_LINK" ] && [ "$(readlink "$ETC_LINK")" = "$SLURM_CONF_FILE" ]; then
         rm -f "$ETC_LINK"
     fi

@@ -187,7 +187,7 @@ class SlurmScheduler(Scheduler):
         self.end_grace = float(end_grace)
         self.command_timeout = float(command_timeout)
         # checked now, so a bad option fails here rather than in every job
-        self._directives = directive_lines(dict(self.config))
+        directive_lines(dict(self.config))
 
         # the Slurm jobs still followed, by job id
         self._tracked: dict[str, _Tracked] = {}
@@ -232,7 +232,7 @@ class SlurmScheduler(Scheduler):
             for key, value in own.items()
             if key not in user_keys and _OWN_DIRECTIVES.get(key) not in user_keys
         }
-        lines = [super().jobcmd_shebang(job), *directive_lines(own), *self._directives]
+        lines = [super().jobcmd_shebang(job), *directive_lines(own), *directive_lines(dict(self.config))]
         return "\n".join(lines)
 
     def wrapper_meta_functions(self, job: Job) -> str:
@@ -362,8 +362,8 @@ class SlurmScheduler(Scheduler):
                 del self._tracked[jid]
 
     def _pace(self, changed: bool, now: float) -> None:
-        """Set when Slurm may next be asked: soon after a change, rarer while
-        nothing changes, and no later than when a grace period runs out."""
+        """Set when Slurm may next be asked: ``query_interval`` after a change,
+        rarer while nothing changes, and not long after a grace period runs out."""
         if changed:
             self._query_gap = self.query_interval
         else:
@@ -371,7 +371,8 @@ class SlurmScheduler(Scheduler):
         self._next_query_at = now + self._query_gap
         ending = [t.ended_since for t in self._tracked.values() if t.ended_since is not None]
         if ending:
-            self._next_query_at = min(self._next_query_at, max(min(ending) + self.end_grace, now))
+            due = min(ending) + self.end_grace
+            self._next_query_at = min(self._next_query_at, max(due, now + self.query_interval))
 
     async def _squeue(self, by_jid: dict[str, Job]) -> dict[str, tuple[str, str]] | None:
         """{jid: (state, reason)} for the jobs squeue still lists; None on failure."""
