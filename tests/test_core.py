@@ -563,3 +563,14 @@ def test_a_program_written_for_xqute_2_runs_unchanged(workdir):
     assert out.count("failed 5 1") == 2  # first trial and its one retry
     assert out[-1] == "statuses ['FINISHED', 'FINISHED', 'FINISHED', 'FINISHED', 'FINISHED', 'FAILED']"
     assert read(Path(workdir) / "3" / "job.stdout") == "hi 3\n"
+
+
+async def test_a_relative_workdir_works_with_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    xq = await run_jobs("rel wd", ["pwd"], scheduler_opts={"cwd": str(elsewhere)})
+    job = xq.jobs[0]
+    assert await job.get_rc() == 0
+    assert read(job.stdout_file) == f"{elsewhere}\n"
+    assert str(xq.scheduler.workdir) == str(tmp_path / "rel wd")

@@ -182,7 +182,13 @@ class Scheduler(ABC):
         if submit_rate is not None and float(submit_rate) <= 0:
             raise ValueError(f"submit_rate must be > 0 submissions per second, got {submit_rate!r}")
 
-        self.workdir = SpecPath(str(workdir), mounted=mounted_workdir)
+        workdir = str(workdir)
+        if "://" not in workdir:
+            # the wrapper may cd elsewhere (cwd): its paths to the metadir must not be relative
+            workdir = os.path.abspath(workdir)
+            if mounted_workdir is None:
+                mounted_workdir = workdir
+        self.workdir = SpecPath(workdir, mounted=mounted_workdir)
         self.forks = forks
         self.error_strategy = error_strategy
         self.num_retries = num_retries
