@@ -56,12 +56,13 @@ def log_to_file(path: str | os.PathLike, level: int | str = logging.DEBUG) -> lo
     return handler
 
 
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
 
 
 def check_env_name(name: str) -> str:
     """Refuse an environment variable name the shell cannot export."""
-    if not isinstance(name, str) or not _ENV_NAME_RE.match(name):
+    # fullmatch: "$" would let a trailing newline through
+    if not isinstance(name, str) or not _ENV_NAME_RE.fullmatch(name):
         raise ValueError(
             f"Invalid environment variable name {name!r}: it must match [A-Za-z_][A-Za-z0-9_]*"
         )

@@ -79,6 +79,39 @@ def _one_line(text: str) -> str:
     return (errors[-1] if errors else lines[-1] if lines else "")[:500]
 
 
+def _load_json(text: str) -> Any:
+    """gcloud's JSON output; None when it is not JSON, or nests deeper than the
+    parser can follow (RecursionError)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _jobs_from_list(listed: Any) -> dict[str, dict[str, str]] | None:
+    """``{name: {uid, state, event}}`` from ``gcloud batch jobs list``'s JSON;
+    None when it is not a list of jobs (then it says nothing about any job)."""
+    if not isinstance(listed, list):
+        return None
+    found: dict[str, dict[str, str]] = {}
+    for item in listed:
+        if not isinstance(item, dict) or not isinstance(item.get("name", ""), str):
+            return None
+        status = item.get("status") or {}
+        if not isinstance(status, dict):
+            return None
+        events = status.get("statusEvents") or []
+        if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
+            return None
+        name = item.get("name", "").rsplit("/", 1)[-1]
+        found[name] = {
+            "uid": str(item.get("uid", "")),
+            "state": str(status.get("state", "STATE_UNSPECIFIED")),
+            "event": str(events[-1].get("description", "")) if events else "",
+        }
+    return found
+
+
 def _label_value(text: str) -> str:
     return _LABEL_VALUE_BAD_CHARS.sub("-", text.lower())[:63]
 
@@ -488,10 +521,9 @@ class GbatchScheduler(Scheduler):
                 message, transient=result.rc == -1 or bool(_TRANSIENT_SUBMIT_RE.search(message))
             )
         self._maybe_submitted.discard(name)
-        uid = ""
-        try:
-            uid = str(json.loads(result.stdout).get("uid", ""))
-        except (ValueError, AttributeError):
+        resource = _load_json(result.stdout)
+        uid = str(resource.get("uid", "")) if isinstance(resource, dict) else ""
+        if not isinstance(resource, dict):
             logger.debug("Job %s: gcloud printed no JSON on submit: %r", job.index, result.stdout[:200])
         self._record_submitted(name, uid)
         return name
@@ -512,17 +544,22 @@ class GbatchScheduler(Scheduler):
             raise SubmissionError(
                 f"cannot ask Batch about job {name}: {_one_line(message)}", transient=True
             )
-        try:
-            resource = json.loads(result.stdout)
-        except ValueError:
+        resource = _load_json(result.stdout)
+        if not isinstance(resource, dict):
             resource = {}
-        return str(resource.get("status", {}).get("state", "STATE_UNSPECIFIED")), resource
+        status = resource.get("status")
+        state = status.get("state") if isinstance(status, dict) else None
+        return str(state if state is not None else "STATE_UNSPECIFIED"), resource
 
     async def _is_ours(self, name: str) -> bool:
         """Whether the job holding ``name`` came from our own earlier attempt."""
         state, resource = await self._describe_state(name)
-        labels = resource.get("labels") or {}
-        return state in PENDING_STATES | RUNNING_STATES and labels.get("xqute-run") == self.run_label
+        labels = resource.get("labels")
+        return (
+            state in PENDING_STATES | RUNNING_STATES
+            and isinstance(labels, dict)
+            and labels.get("xqute-run") == self.run_label
+        )
 
     async def _free_name(self, job: Job, name: str) -> None:
         """Delete the old Batch job holding ``name`` and wait until it is gone."""
@@ -678,22 +715,12 @@ class GbatchScheduler(Scheduler):
                 "gcloud batch jobs list failed (%s); asking again later", _one_line(result.stderr)
             )
             return None
-        try:
-            listed = json.loads(result.stdout or "[]")
-        except ValueError:
-            logger.warning("gcloud batch jobs list printed no JSON: %r", result.stdout[:200])
-            return None
-        found: dict[str, dict[str, str]] = {}
-        for item in listed if isinstance(listed, list) else []:
-            name = str(item.get("name", "")).rsplit("/", 1)[-1]
-            status = item.get("status") or {}
-            events = status.get("statusEvents") or []
-            event = str(events[-1].get("description", "")) if events else ""
-            found[name] = {
-                "uid": str(item.get("uid", "")),
-                "state": str(status.get("state", "STATE_UNSPECIFIED")),
-                "event": event,
-            }
+        found = _jobs_from_list(_load_json(result.stdout or "[]"))
+        if found is None:
+            logger.warning(
+                "gcloud batch jobs list printed no list of jobs; asking again later: %r",
+                result.stdout[:200],
+            )
         return found
 
     def _pace(self, changed: bool, now: float) -> None:

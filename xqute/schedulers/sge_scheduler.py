@@ -27,7 +27,11 @@ from ..utils import logger, run_command
 # Characters Grid Engine refuses in a job name (sge_types(1), "name").
 _BAD_NAME_CHARS = re.compile(r"[\n\t\r /:@\\*?]")
 # A directive key is a qsub option name without its dash (``l``, ``pe``, ``notify``).
-_KEY_RE = re.compile(r"^-?[A-Za-z][A-Za-z0-9_]*$")
+# (matched whole: "$" would let a trailing newline through, and with it a line
+# of shell code after the directive)
+_KEY_RE = re.compile(r"-?[A-Za-z][A-Za-z0-9_]*", re.ASCII)
+# A job number as qsub -terse prints it (``12`` or ``12.1-4:1`` for an array).
+_JOB_NUMBER_RE = re.compile(r"[0-9]+", re.ASCII)
 # qsub/qstat/qdel failures that go away by themselves: qmaster busy, restarting,
 # unreachable for a moment, or a per-user job limit reached.
 _TRANSIENT_RE = re.compile(
@@ -102,7 +106,7 @@ def _parse_error_reasons(text: str) -> dict[str, str]:
         if key == "job_number":
             jid = value.strip()
             reasons.setdefault(jid, [])
-        elif jid is not None and key.startswith("error reason"):
+        elif jid is not None and key.startswith("error reason") and value.strip():
             reasons[jid].append(value.strip())
     return {jid: "; ".join(lines) for jid, lines in reasons.items() if lines}
 
@@ -159,7 +163,7 @@ class SgeScheduler(Scheduler):
         self.command_timeout = float(command_timeout)
         self.user = getpass.getuser()
         for key, value in self.config.items():
-            if not _KEY_RE.match(str(key)):
+            if not _KEY_RE.fullmatch(str(key)):
                 raise ValueError(
                     f"Invalid Grid Engine option {key!r}: expected a qsub flag name such as 'l' or 'pe'"
                 )
@@ -253,9 +257,9 @@ class SgeScheduler(Scheduler):
         result = await run_command(self.qsub, "-terse", str(script), timeout=self.command_timeout)
         if result.ok:
             for token in result.stdout.split():
-                match = re.match(r"^(\d+)", token)
+                match = _JOB_NUMBER_RE.match(token)
                 if match:
-                    return match.group(1)
+                    return match.group(0)
             raise SubmissionError(
                 f"{self.qsub} printed no job id: {result.stdout.strip() or '(nothing)'}"
                 f"{' / ' + result.stderr.strip() if result.stderr.strip() else ''}"
@@ -299,6 +303,13 @@ class SgeScheduler(Scheduler):
             root = ET.fromstring(result.stdout)
         except ET.ParseError as exc:
             logger.warning("sge scheduler: cannot parse %s -xml output: %s", self.qstat, exc)
+            return None
+        if root.tag != "job_info":
+            # well-formed but not qstat's answer: it says nothing about our jobs
+            logger.warning(
+                "sge scheduler: %s -xml printed <%s>, not <job_info>: %r",
+                self.qstat, root.tag, result.stdout[:200],
+            )
             return None
         states: dict[str, tuple[str, str]] = {}
         for entry in root.iter("job_list"):

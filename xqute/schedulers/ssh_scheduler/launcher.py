@@ -56,6 +56,16 @@ _xq_launch() {{
 """
 
 
+def parse_number(text: str) -> int | None:
+    """A pid or launch index printed by a remote shell: 1-10 ASCII digits, else
+    None (callers refuse 0 as a pid). Not ``str.isdigit`` alone, which takes
+    digits (``²``) int() refuses, nor int() alone, which takes signs, spaces and
+    other scripts' digits."""
+    if 0 < len(text) <= 10 and text.isascii() and text.isdigit():
+        return int(text)
+    return None
+
+
 def parse_launch_output(stdout: str) -> tuple[dict[int, int], dict[int, str]]:
     """``({k: pid}, {k: why not started})`` from the launch script's answer."""
     pids: dict[int, int] = {}
@@ -64,14 +74,16 @@ def parse_launch_output(stdout: str) -> tuple[dict[int, int], dict[int, str]]:
         line = line.strip()
         for mark, into in ((PID_MARK, pids), (ERROR_MARK, errors)):
             if line.startswith(mark):
-                key, _, value = line[len(mark):].partition(":")
-                if not key.isdigit():
+                key_text, _, value = line[len(mark):].partition(":")
+                key = parse_number(key_text)
+                if key is None:
                     continue
                 if into is pids:
-                    if value.isdigit():
-                        pids[int(key)] = int(value)
+                    pid = parse_number(value)
+                    if pid:
+                        pids[key] = pid
                 else:
-                    errors[int(key)] = value
+                    errors[key] = value
     return pids, errors
 
 
@@ -86,9 +98,10 @@ def parse_alive_output(stdout: str) -> dict[int, str]:
     """``{pid: command line}`` from :func:`alive_command`'s output."""
     alive = {}
     for line in stdout.splitlines():
-        pid, _, args = line.strip().partition(" ")
-        if pid.isdigit():
-            alive[int(pid)] = args.strip()
+        pid_text, _, args = line.strip().partition(" ")
+        pid = parse_number(pid_text)
+        if pid:
+            alive[pid] = args.strip()
     return alive
 
 
