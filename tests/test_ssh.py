@@ -555,6 +555,13 @@ def test_bad_options_are_refused(tmp_path, option, value):
         SshScheduler(tmp_path, servers=["h"], **{option: value})
 
 
+def test_poll_options_are_the_users_to_set(tmp_path):
+    slow = SshScheduler(tmp_path, servers=["h"], poll_interval=3)
+    assert (slow.poll_interval, slow.poll_interval_max) == (3.0, 3.0)
+    default = SshScheduler(tmp_path, servers=["h"])
+    assert (default.poll_interval, default.poll_interval_max) == (0.2, 0.5)
+
+
 async def test_the_launcher_is_plain_posix_shell(tmp_path):
     # the launch script runs under dash (Debian's /bin/sh, no bash-isms), starts
     # every wrapper detached in a session of its own and reports each pid

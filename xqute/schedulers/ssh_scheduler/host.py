@@ -164,14 +164,6 @@ class SshHost:
         args += list(extra)
         return args
 
-    def describe(self) -> str:
-        parts = [self.label]
-        if self.user:
-            parts.insert(0, f"{self.user}@")
-        if self.port:
-            parts.append(f":{self.port}")
-        return "".join(parts)
-
     # --------------------------------------------------------------- health
     def mark_ok(self) -> None:
         if self.failing_since is not None:
@@ -268,12 +260,11 @@ class SshHost:
         """End the master connection and remove its socket."""
         if self.own_ctrl_dir is None and self.socket_dir is None:
             return
+        # (no socket: the master has already ended, and removed it)
         if os.path.exists(self.socket):
             result = await run_command(*self._args("-O", "exit", self.label), timeout=10)
             if result.rc != 0 and self._master_pid:
                 self._kill_master()
-        elif self._master_pid:
-            self._kill_master()
         self._master_pid = None
         try:
             os.unlink(self.socket)
@@ -281,9 +272,18 @@ class SshHost:
             pass
 
     def _kill_master(self) -> None:
-        # only the master we started: its pid came from `ssh -O check`
+        """SIGTERM the master we started (its pid came from ``ssh -O check``),
+        if that pid still runs ssh with our socket (pids are reused)."""
+        pid = self._master_pid
+        if os.path.isdir("/proc"):  # without /proc, the pid is all we know
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    if self.socket.encode() not in fh.read():
+                        return
+            except OSError:
+                return
         try:
-            os.kill(self._master_pid, signal.SIGTERM)  # type: ignore[arg-type]
+            os.kill(pid, signal.SIGTERM)  # type: ignore[arg-type]
         except (ProcessLookupError, PermissionError):
             pass
 

@@ -84,7 +84,10 @@ class SshScheduler(Scheduler):
         liveness_interval: float = 5,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("poll_interval_max", self.default_poll_interval_max)
+        kwargs.setdefault(
+            "poll_interval_max",
+            max(self.default_poll_interval_max, float(kwargs.get("poll_interval", 0))),
+        )
         super().__init__(*args, **kwargs)
         if shutil.which(ssh) is None:
             raise FileNotFoundError(
@@ -145,6 +148,7 @@ class SshScheduler(Scheduler):
             self._socket_dir = tempfile.mkdtemp(prefix="xqute-ssh-")
             for host in self.servers.values():
                 host.socket_dir = self._socket_dir
+                host._check_socket_path()  # a long $TMPDIR: say so, clearly
 
     async def post_init(self) -> None:
         self._prepare()
