@@ -121,12 +121,23 @@ install_packages() {
     [ ${#missing[@]} -eq 0 ] && return 0
     command -v apt-get >/dev/null 2>&1 || die "cannot install ${missing[*]}: no apt-get on this machine"
     say "installing ${missing[*]}"
+    # openssh-server's post-install script would start the system's own sshd on
+    # port 22 where no policy forbids it: forbid it for the time of the install
+    # (we start our own sshds by hand).
+    local policy=/usr/sbin/policy-rc.d own_policy=
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\n# written by xqute scripts/ssh.sh during an install\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        own_policy=1
+    fi
     # --no-install-recommends: xauth, ncurses-term etc. are not needed here.
-    local apt=(env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900)
+    local apt=(env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900) ok=1
     "${apt[@]}" install -y --no-install-recommends "${missing[@]}" >"$STATE/apt.log" 2>&1 || {
         "${apt[@]}" update >>"$STATE/apt.log" 2>&1
         "${apt[@]}" install -y --no-install-recommends "${missing[@]}" >>"$STATE/apt.log" 2>&1
-    } || die "apt-get install ${missing[*]} failed, see $STATE/apt.log"
+    } || ok=
+    [ -n "$own_policy" ] && rm -f "$policy"
+    [ -n "$ok" ] || die "apt-get install ${missing[*]} failed, see $STATE/apt.log"
 }
 
 # ------------------------------------------------------------- user, keys ---
