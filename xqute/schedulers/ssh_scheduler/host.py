@@ -8,7 +8,7 @@ import os
 import re
 import signal
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ...utils import CommandResult, logger, run_command
 
@@ -74,8 +74,8 @@ class SshHost:
             and ``ssh://user@host:port`` work.
         ssh: the ssh client binary.
         index: position in ``servers`` (keeps socket names unique).
-        socket_dir: the private directory for the control socket, unless the
-            host's ``ctrl_dir`` names another.
+        socket_dir: called, on the first connection, for the private directory
+            of the control socket (unless the host's ``ctrl_dir`` names another).
         ssh_args: extra arguments put before xqute's own options (ssh keeps the
             first value it sees for an option, so these win).
         connect_timeout: ssh's ConnectTimeout, in seconds.
@@ -89,7 +89,7 @@ class SshHost:
         *,
         ssh: str,
         index: int,
-        socket_dir: str | None = None,
+        socket_dir: Callable[[], str] | None = None,
         ssh_args: Sequence[str] = (),
         connect_timeout: float = 10,
         command_timeout: float = 60,
@@ -113,7 +113,9 @@ class SshHost:
         self.ctrl_persist = int(float(ctrl_persist)) if ctrl_persist else 600
         self.own_ctrl_dir = os.fspath(ctrl_dir) if ctrl_dir is not None else None
         self._socket_name = _socket_name(label, index)
-        self.socket_dir = socket_dir
+        self._make_socket_dir = socket_dir
+        # the folder of the socket, once one is needed
+        self.socket_dir: str | None = self.own_ctrl_dir
         if self.own_ctrl_dir:
             self._check_socket_path()
         self.ssh_args = [str(arg) for arg in ssh_args]
@@ -136,10 +138,9 @@ class SshHost:
     def socket(self) -> str:
         """The control socket: in the host's ``ctrl_dir`` if it has one, else in
         the scheduler's private directory."""
-        folder = self.own_ctrl_dir or self.socket_dir
-        if folder is None:
-            raise RuntimeError(f"no directory for the control socket of ssh host {self.label}")
-        return os.path.join(folder, self._socket_name)
+        if self.socket_dir is None:
+            raise RuntimeError(f"no directory for the control socket of ssh host {self.label} yet")
+        return os.path.join(self.socket_dir, self._socket_name)
 
     def _check_socket_path(self) -> None:
         if len(self.socket.encode()) > _MAX_SOCKET_PATH:
@@ -189,7 +190,7 @@ class SshHost:
     # --------------------------------------------------------------- connection
     @property
     def connected(self) -> bool:
-        return os.path.exists(self.socket)
+        return self.socket_dir is not None and os.path.exists(self.socket)
 
     async def connect(self) -> None:
         """Make sure the master connection is up; raise HostUnavailable if not."""
@@ -204,7 +205,12 @@ class SshHost:
                 # an attempt made while we waited has just failed: no second one
                 raise failure
             self.last_attempt = time.monotonic()
-            os.makedirs(os.path.dirname(self.socket), mode=0o700, exist_ok=True)
+            if self.socket_dir is None:
+                if self._make_socket_dir is None:
+                    raise RuntimeError(f"no directory for the control socket of ssh host {self.label}")
+                self.socket_dir = self._make_socket_dir()
+                self._check_socket_path()
+            os.makedirs(self.socket_dir, mode=0o700, exist_ok=True)
             # -f -N: the master goes to the background once authenticated (its
             # stdio on /dev/null) and stays ctrl_persist seconds after the last use
             result = await run_command(
@@ -254,12 +260,18 @@ class SshHost:
 
     async def _drop_master(self) -> None:
         """Forget a master that no longer works (its socket goes with it)."""
-        await self.close()
+        if self.socket_dir is not None:
+            await self._end_master()
 
     async def close(self) -> None:
         """End the master connection and remove its socket."""
-        if self.own_ctrl_dir is None and self.socket_dir is None:
+        if self.socket_dir is None:  # never connected
             return
+        await self._end_master()
+        if self.own_ctrl_dir is None:
+            self.socket_dir = None  # the scheduler removes its private folder
+
+    async def _end_master(self) -> None:
         # (no socket: the master has already ended, and removed it)
         if os.path.exists(self.socket):
             result = await run_command(*self._args("-O", "exit", self.label), timeout=10)

@@ -124,6 +124,7 @@ class SshScheduler(Scheduler):
                 ssh=ssh,
                 index=index,
                 ssh_args=ssh_args,
+                socket_dir=self._private_socket_dir,
                 connect_timeout=float(connect_timeout),
                 command_timeout=float(command_timeout),
                 **host_options(label, options),
@@ -142,16 +143,12 @@ class SshScheduler(Scheduler):
         """The private directory holding the control sockets (while running)."""
         return self._socket_dir
 
-    def _prepare(self) -> None:
+    def _private_socket_dir(self) -> str:
+        """The private folder for control sockets, made on the first connection."""
         if self._socket_dir is None:
             # mode 0700: nobody else may use our connections
             self._socket_dir = tempfile.mkdtemp(prefix="xqute-ssh-")
-            for host in self.servers.values():
-                host.socket_dir = self._socket_dir
-                host._check_socket_path()  # a long $TMPDIR: say so, clearly
-
-    async def post_init(self) -> None:
-        self._prepare()
+        return self._socket_dir
 
     async def close(self) -> None:
         """End every master connection and remove the private socket directory."""
@@ -161,8 +158,6 @@ class SshScheduler(Scheduler):
         if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
             self._socket_dir = None
-            for host in self.servers.values():
-                host.socket_dir = None
 
     # ----------------------------------------------------------------- placement
     def host_loads(self) -> dict[str, int]:
@@ -252,7 +247,6 @@ class SshScheduler(Scheduler):
         A host that cannot be reached is skipped for the next one; when none can
         start the job, SubmissionError names each host and ssh's error.
         """
-        self._prepare()
         script = str((await self.wrapped_job_script(job)).mounted)
         errors: list[str] = []
         permanent = True
@@ -303,7 +297,6 @@ class SshScheduler(Scheduler):
 
     async def query_jobs(self, jobs: Sequence[Job]) -> dict[Job, JobQuery]:
         """Which of ``jobs`` still run: one ``ps`` over ssh per host, all hosts at once."""
-        self._prepare()
         for job in jobs:
             if job._jid is None:
                 await job.get_jid()
@@ -383,7 +376,6 @@ class SshScheduler(Scheduler):
     async def kill_jobs(self, jobs: Sequence[Job]) -> None:
         """SIGTERM each job's process group on its host, SIGKILL what is left after
         the grace period: one ssh call per host, all hosts at once."""
-        self._prepare()
         answers: dict[Job, JobQuery] = {}
         groups = self._group_by_host(jobs, answers)
 
