@@ -512,6 +512,22 @@ def test_uvloop_by_default_and_opt_out():
     assert run_program(code, env={"XQUTE_LOOP": "asyncio"}).stdout.strip().startswith("asyncio")
 
 
+def test_importing_inside_a_running_loop_leaves_the_loop_policy_alone(tmp_path):
+    proc = run_program(
+        """
+        import asyncio, sys
+        async def main():
+            import xqute  # late import, inside the running (asyncio) loop
+            from xqute.utils import run_command
+            result = await run_command("echo", "works")
+            print(type(asyncio.get_event_loop_policy()).__module__, result.stdout.strip())
+        asyncio.run(main())
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["asyncio.unix_events", "works"]
+
+
 # ---------------------------------------------------------------- the 2.x contract
 XQUTE2_PROGRAM = """
 import asyncio, sys

@@ -7,13 +7,25 @@ and tells plugins about every step through simplug hooks.
 
 Importing xqute makes uvloop the event loop policy (as xqute 2.x did); set the
 environment variable ``XQUTE_LOOP=asyncio`` before the import to keep asyncio's
-own loop.
+own loop. Imported inside a running event loop, xqute leaves the policy alone.
 """
 
 import asyncio as _asyncio
 import os as _os
 
-if _os.environ.get("XQUTE_LOOP", "uvloop").lower() != "asyncio":
+
+
+def _loop_is_running() -> bool:
+    try:
+        _asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+# Not when imported inside a running loop: swapping the policy under a running
+# asyncio loop leaves it without a child watcher, and subprocesses then fail.
+if _os.environ.get("XQUTE_LOOP", "uvloop").lower() != "asyncio" and not _loop_is_running():
     try:
         import uvloop as _uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; be lenient
