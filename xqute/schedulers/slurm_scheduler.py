@@ -82,8 +82,17 @@ _TRANSIENT_SBATCH_RE = re.compile(
 # An sbatch attempt whose outcome is unknown: the job may exist all the same.
 _AMBIGUOUS_SBATCH_RE = re.compile(r"timed out|connection reset|zero bytes", re.IGNORECASE)
 
-_JOB_ID_RE = re.compile(r"^(\d+)(?:;\S+)?$")
-_DIRECTIVE_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+# Matched whole and ASCII-only: "$" would let a trailing newline through (a key
+# "p\n" ended its #SBATCH line), and \d takes other scripts' digits.
+_JOB_ID_RE = re.compile(r"([0-9]+)(?:;\S+)?", re.ASCII)
+_DIRECTIVE_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*", re.ASCII)
+# A line of `squeue -o %i|%T|%r` (ids of array and het jobs too: 12_3, 12_[1-4%2],
+# 12+0) and of `sacct -P -o JobIDRaw,State,ExitCode,Reason`: anything else means
+# the command printed something xqute cannot read, which says nothing of the jobs.
+_SQUEUE_LINE_RE = re.compile(r"[0-9]+(?:[_+][0-9\[\]%,-]+)?\|[A-Z_]+(?:\|.*)?", re.ASCII)
+_SACCT_LINE_RE = re.compile(r"[0-9][0-9_+.\[\]%,-]*\|[A-Z_]*(?: .*)?\|[^|]*\|.*", re.ASCII)
+# scancel's complaints about jobs that ended meanwhile (nothing left to cancel)
+_ALREADY_GONE_RE = re.compile(r"already complet|invalid job id|job has finished", re.IGNORECASE)
 # values that need no quoting in an #SBATCH line
 _PLAIN_VALUE_RE = re.compile(r"^[A-Za-z0-9_.,:/=@+%-]+$")
 
@@ -114,7 +123,7 @@ def directive_lines(options: dict[str, Any]) -> list[str]:
     lines = []
     for raw_key, value in options.items():
         key = str(raw_key).replace("_", "-")
-        if not _DIRECTIVE_KEY_RE.match(key):
+        if not _DIRECTIVE_KEY_RE.fullmatch(key):
             raise ValueError(f"Invalid Slurm option name {raw_key!r}")
         flag = f"-{key}" if len(key) == 1 else f"--{key}"
         values = value if isinstance(value, (list, tuple)) else [value]
@@ -269,7 +278,7 @@ class SlurmScheduler(Scheduler):
                 self._maybe_submitted.add(job)
             raise SubmissionError(message, transient=transient)
         output = result.stdout.strip().splitlines()
-        match = _JOB_ID_RE.match(output[-1].strip()) if output else None
+        match = _JOB_ID_RE.fullmatch(output[-1].strip()) if output else None
         if match is None:
             raise SubmissionError(
                 f"sbatch succeeded but printed no job id: {result.stdout.strip()[:200]!r}"
@@ -285,7 +294,7 @@ class SlurmScheduler(Scheduler):
             timeout=self.command_timeout,
         )
         self.status_calls += 1
-        ids = result.stdout.split() if result.ok else []
+        ids = [word for word in result.stdout.split() if _JOB_ID_RE.fullmatch(word)] if result.ok else []
         return ids[-1] if ids else None
 
     # --------------------------------------------------------------- killing
@@ -297,7 +306,12 @@ class SlurmScheduler(Scheduler):
             result = await run_command(self.scancel, *chunk, timeout=self.command_timeout)
             if not result.ok:
                 # jobs that already ended are refused; the others are cancelled
-                logger.debug("scancel %s: %s", " ".join(chunk), _one_line(result.stderr))
+                message = _one_line(result.stderr) or f"scancel exited {result.rc}"
+                if result.rc < 0 or result.rc == 127 or not _ALREADY_GONE_RE.search(message):
+                    # missing, hanging or refusing: the jobs may still run
+                    logger.warning("Slurm's scancel failed for %s: %s", " ".join(chunk), message)
+                else:
+                    logger.debug("scancel %s: %s", " ".join(chunk), message)
             for jid in chunk:
                 if jid in self._tracked:
                     self._tracked[jid].state = "CANCELLED"
@@ -390,6 +404,16 @@ class SlurmScheduler(Scheduler):
                 "Slurm's squeue failed (%s); asking again later", _one_line(result.stderr)
             )
             return None
+        unreadable = [
+            line for line in result.stdout.splitlines()
+            if line.strip() and not _SQUEUE_LINE_RE.fullmatch(line.strip())
+        ]
+        if unreadable:
+            logger.warning(
+                "Slurm's squeue printed what xqute cannot read (%r); asking again later",
+                unreadable[0][:200],
+            )
+            return None
         found = {}
         for line in result.stdout.splitlines():
             fields = line.strip().split("|")
@@ -422,6 +446,15 @@ class SlurmScheduler(Scheduler):
                     logger.warning("Slurm's sacct failed: %s", message)
                 for jid in chunk:
                     found[jid] = ("", f"sacct could not say how it ended: {message}")
+                continue
+            unreadable = [
+                line for line in result.stdout.splitlines()
+                if line.strip() and not _SACCT_LINE_RE.fullmatch(line.strip())
+            ]
+            if unreadable:
+                logger.warning("Slurm's sacct printed what xqute cannot read: %r", unreadable[0][:200])
+                for jid in chunk:
+                    found[jid] = ("", f"sacct could not say how it ended: it printed {unreadable[0][:80]!r}")
                 continue
             self._accounting = True
             for line in result.stdout.splitlines():
