@@ -132,7 +132,7 @@ async def run_command(
         )
     except FileNotFoundError:
         return CommandResult(127, "", f"command not found: {args[0]}")
-    except PermissionError as exc:
+    except OSError as exc:  # not permitted, a folder, a symlink loop, a name too long
         return CommandResult(126, "", f"cannot execute {args[0]}: {exc}")
     try:
         out, err = await asyncio.wait_for(

@@ -28,6 +28,7 @@ import pytest
 
 from tests.realparts import part_env, require
 from xqute import JobStatus, Xqute
+from xqute.utils import run_command
 
 FAKE_FLAKY = Path(__file__).parent / "fake_bin" / "fake-flaky"
 # generous: the runs below take seconds
@@ -152,6 +153,24 @@ async def test_a_gcloud_removed_mid_run_fails_each_job_with_its_name(batch, tmp_
     assert await job.get_rc() == -2
     message = await job.stderr_file.a_read_text()
     assert "submission to gbatch failed" in message and gcloud in message and "not found" in message
+
+
+@pytest.mark.parametrize("kind", ["folder", "symlink loop", "name too long"])
+async def test_a_scheduler_command_that_cannot_be_executed_is_a_clear_error(tmp_path, kind):
+    """Whatever stands at the command's path, a call returns an error naming
+    it, never an exception out of a status round."""
+    if kind == "folder":
+        path = tmp_path / "fake-folder-squeue"
+        path.mkdir()
+    elif kind == "symlink loop":
+        path = tmp_path / "fake-loop-squeue"
+        path.symlink_to(tmp_path / "fake-loop-other")
+        (tmp_path / "fake-loop-other").symlink_to(path)
+    else:
+        path = tmp_path / ("fake-" + "x" * 300)
+    result = await run_command(str(path), "-h")
+    assert result.rc in (126, 127)
+    assert str(path) in result.stderr
 
 
 # ------------------------------------------------------------------ Slurm

@@ -527,14 +527,17 @@ def test_ssh_error_output_becomes_one_line(stderr):
 
 
 @FAST
-@given(ps=results(lines(pid_line)))
-def test_ssh_liveness_output_parses_or_means_unknown(workdir_root, ps):
+@given(ps=results(lines(pid_line)), odd_jid=st.one_of(
+    st.tuples(number_text, st.sampled_from(["@host-a", "@other", "", "@"])).map("".join), any_text))
+def test_ssh_liveness_output_and_job_ids_parse_or_mean_unknown(workdir_root, ps, odd_jid):
+    """The ps answer, and the job ids read back from jid files (which may hold
+    anything after a crash)."""
     sched = SshScheduler(fresh_dir(workdir_root), ssh=sys.executable, servers=["host-a"])
     host = sched.servers["host-a"]
     jobs = []
-    for index, pid in enumerate((4242, 4343)):
+    for index, jid in enumerate(("4242@host-a", "4343@host-a", odd_jid)):
         job = Job(index, ["true"], sched.workdir)
-        job._jid = f"{pid}@host-a"
+        job._jid = jid
         jobs.append(job)
 
     async def fake_run(command, input=None, timeout=None):
@@ -546,7 +549,12 @@ def test_ssh_liveness_output_parses_or_means_unknown(workdir_root, ps):
         await sched.close()  # its private socket folder
         check_answers(answers, jobs)
         if ps.rc not in (0, 1):
-            assert answers == {}
+            assert set(answers) <= {jobs[2]}  # only a job whose id is unusable
+        pid_text, _, label = odd_jid.partition("@")
+        usable = re.fullmatch(r"[0-9]{1,10}", pid_text, re.ASCII) and int(pid_text) > 0
+        if not (usable and label == "host-a"):
+            assert answers[jobs[2]].state == JobQuery.ENDED
+            assert "ssh job id" in answers[jobs[2]].reason or "not among" in answers[jobs[2]].reason
 
     run(ask())
 

@@ -29,6 +29,7 @@ from .launcher import (
     launch_script,
     parse_alive_output,
     parse_launch_output,
+    parse_number,
 )
 
 # A freshly launched job may not have exec'd its wrapper yet when first asked
@@ -274,13 +275,16 @@ class SshScheduler(Scheduler):
     def _parse_jid(self, job: Job) -> tuple[int, SshHost] | str:
         """(pid, host) of a job, or why its id cannot be used."""
         jid = job._jid or ""
-        pid, sep, label = jid.strip().partition("@")
-        if not sep or not pid.isdigit():
+        pid_text, sep, label = jid.strip().partition("@")
+        # not str.isdigit(): "²@host" (a jid file holding anything) passed it,
+        # then int() raised out of the status round
+        pid = parse_number(pid_text)
+        if not sep or not pid:
             return f"job {job.index} has no usable ssh job id ({jid!r}; expected pid@host)"
         host = self.servers.get(label)
         if host is None:
             return f"job {job.index} ran on host {label!r}, which is not among this scheduler's servers"
-        return int(pid), host
+        return pid, host
 
     def _group_by_host(
         self, jobs: Sequence[Job], answers: dict[Job, JobQuery]
