@@ -193,11 +193,12 @@ def our_slurm_jobs(prefix: str) -> list[str]:
 
 
 async def test_slurm_commands_that_fail_hang_and_print_garbage_in_turn(slurm, workdir, flaky):
-    """One job; sbatch fails, then hangs, then works; squeue hangs, prints
-    garbage, fails, prints garbage again; sacct prints garbage. The job runs
-    once, ends as its command did, and nothing misbehaving is taken for its end."""
+    """One job; sbatch fails (a hanging one: test_slurm.py and the lost reply
+    below), then works; squeue hangs, prints garbage, fails, prints garbage
+    again; sacct prints garbage. The job runs once, ends as its command did,
+    and nothing misbehaving is taken for its end."""
     paths = flaky.wrap(*SLURM_COMMANDS)
-    flaky.script("sbatch", "fail", "hang")
+    flaky.script("sbatch", "fail")
     flaky.script("squeue", "hang", "garbage", "fail", "garbage", "hang", "garbage")
     flaky.script("sacct", "garbage", "garbage", "garbage", "garbage")
     xq = Xqute(
@@ -212,11 +213,8 @@ async def test_slurm_commands_that_fail_hang_and_print_garbage_in_turn(slurm, wo
     assert stdout_of(job).strip() == "done"
     assert "xqute:" not in stderr_of(job)
     sbatch = flaky.calls("sbatch")
-    # fail, hang, then the one that went through (after the hang, squeue was
-    # asked for the job by name first: it had not been submitted)
-    assert [outcome for _, _, outcome, _ in sbatch] == ["fail", "hang", "ok"]
-    gaps = backoff_gaps([stamp for stamp, *_ in sbatch])
-    assert gaps[0] >= 1.0 and gaps[1] >= 2.0  # backoff: 1 s, then 2 s
+    assert [outcome for _, _, outcome, _ in sbatch] == ["fail", "ok"]
+    assert backoff_gaps([stamp for stamp, *_ in sbatch])[0] >= 1.0  # backoff
     assert {"hang", "garbage", "fail"} <= set(flaky.outcomes("squeue"))
 
 
@@ -226,8 +224,8 @@ async def test_slurm_sbatch_whose_reply_is_lost_is_not_submitted_twice(slurm, wo
     paths = flaky.wrap(*SLURM_COMMANDS)
     flaky.script("sbatch", "lost")
     runs = tmp_path / "runs"
-    xq = Xqute("slurm", workdir=workdir, scheduler_opts={**paths, "command_timeout": 2, "query_interval": 0.3})
-    (job,) = await run_jobs(xq, [["bash", "-c", f"sleep 5; echo ran >> '{runs}'"]])
+    xq = Xqute("slurm", workdir=workdir, scheduler_opts={**paths, "command_timeout": 1.5, "query_interval": 0.3})
+    (job,) = await run_jobs(xq, [["bash", "-c", f"sleep 4; echo ran >> '{runs}'"]])
     assert await job.get_rc() == 0
     assert runs.read_text() == "ran\n"
     assert flaky.outcomes("sbatch") == ["lost"]  # the retry asked squeue, not sbatch
@@ -271,10 +269,9 @@ async def test_slurm_scancel_that_hangs_still_ends_the_run_and_says_so(slurm, wo
     prefix = f"nocancel{uuid.uuid4().hex[:6]}"
     xq = Xqute(
         "slurm", workdir=workdir, forks=2, jobname_prefix=prefix,
-        scheduler_opts={**paths, "command_timeout": 1, "query_interval": 0.3},
+        scheduler_opts={**paths, "command_timeout": 1, "query_interval": 0.3, "poll_interval": 0.2},
     )
-    for _ in range(2):
-        await xq.feed(["sleep", "60"])
+    await xq.feed(["sleep", "60"])
 
     async def cancel_once_running():
         while not all(job.status == JobStatus.RUNNING for job in xq.jobs):
@@ -388,7 +385,7 @@ async def test_gcloud_that_fails_hangs_and_prints_garbage_in_turn(batch, flaky):
         workdir=f"gs://{batch['XQUTE_TEST_BUCKET']}/tests/faults-{uuid.uuid4().hex[:8]}/wd",
         scheduler_opts={
             "project": batch["CLOUDSDK_CORE_PROJECT"], "location": batch["CLOUDSDK_BATCH_LOCATION"],
-            "gcloud": paths["gcloud"], "command_timeout": 5, "query_interval": 0.5,
+            "gcloud": paths["gcloud"], "command_timeout": 4, "query_interval": 0.5,
             "end_grace": 1, "poll_interval": 0.5,
         },
     )

@@ -42,7 +42,7 @@ from xqute.schedulers.ssh_scheduler.scheduler import SshScheduler
 from xqute.utils import CommandResult, check_env_name
 
 FAST = settings(
-    max_examples=150,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
