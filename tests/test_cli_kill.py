@@ -184,7 +184,8 @@ asyncio.run(main())
     jids = wait_for(lambda: len(running_jids(wd)) == 2 and running_jids(wd), "2 running jobs")
     sessions.extend(jids)
     record = json.loads((wd / "xqute.run.json").read_text())
-    assert record["workdir"] == "rel wd" and record["manager"]["cwd"] == str(workdir)
+    # the scheduler makes a relative workdir absolute, so the record names it fully
+    assert record["workdir"] == str(wd) and record["manager"]["cwd"] == str(workdir)
 
     killed = xqute("kill", str(wd), cwd=ROOT)
     assert killed.returncode == 0, killed.stderr
