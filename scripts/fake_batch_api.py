@@ -29,6 +29,8 @@ Test knobs, read from the job's labels (so tests pass them through the scheduler
 - ``fake-batch-quota-errors: N`` / ``fake-batch-deadline-errors: N``: the first N
   create requests for that job id fail with 429 RESOURCE_EXHAUSTED / 504
   DEADLINE_EXCEEDED.
+- ``fake-batch-queue-seconds: N``: the job stays QUEUED N seconds (default
+  ``--step-seconds``), as real jobs wait for a VM.
 
 ``GET /fake/stats`` returns request counts (API requests by method, storage
 requests the fake itself made), for benchmarks.
@@ -131,6 +133,11 @@ class BucketMirror:
 
             self._client = storage.Client(
                 project="fake-batch", credentials=AnonymousCredentials()
+            )
+            # every HTTP request the mirror makes, so benchmarks can tell the
+            # fake's own storage traffic from the manager's
+            self._client._http.hooks["response"].append(
+                lambda response, *args, **kwargs: self.stats.count_storage("http_requests")
             )
         return self._client.bucket(self.bucket_name)
 
@@ -324,7 +331,11 @@ class FakeJob:
     def _run(self) -> None:
         step = self.service.step_seconds
         behaviour = self.labels.get("fake-batch-behaviour", "")
-        if self._pause(step):
+        try:
+            queued = float(self.labels.get("fake-batch-queue-seconds", step))
+        except ValueError:
+            queued = step
+        if self._pause(queued):
             return
         if behaviour == "never-start":
             self.stop_requested.wait()

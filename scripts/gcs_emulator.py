@@ -13,6 +13,10 @@ here before it starts:
 Both come from the emulator's request-body reader; for media uploads it now
 returns the bytes as sent.
 
+Its single-threaded server also listens with Python's default backlog of 5
+connections, so twenty clients connecting at once see SYNs dropped and retried
+a second later; the backlog is raised (it still serves one request at a time).
+
 Usage: python scripts/gcs_emulator.py start --host=127.0.0.1 --port=9023 --in-memory
 (the arguments are the emulator's own).
 """
@@ -38,6 +42,11 @@ def _patch_media_upload_body() -> None:
     server._read_data = read_data_keeping_media_bytes
 
 
+def _raise_listen_backlog() -> None:
+    server.server.HTTPServer.request_queue_size = 128
+
+
 if __name__ == "__main__":
     _patch_media_upload_body()
+    _raise_listen_backlog()
     emulator_main.main(sys.argv[1:])

@@ -3,7 +3,8 @@
 A job whose metadir is in a bucket (``gs://``, ``s3://``, ``az://``) but which runs
 where that bucket is not mounted (the local or ssh scheduler with a cloud
 workdir) cannot write its meta files with shell redirections. Its wrapper calls
-this module instead, with the same Python and credentials as the manager::
+this module instead (as ``python <this file>``, which imports only panpath), with
+the same Python and credentials as the manager::
 
     python -m xqute.cloudmeta put URL TEXT
         write TEXT (plus a newline) to the object URL
@@ -27,7 +28,14 @@ import shlex
 import sys
 from typing import Awaitable, Callable
 
-from panpath import PanPath
+if __name__ == "__main__" and sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(
+    os.path.abspath(__file__)
+):
+    # run as a file: the package's own modules (path.py, utils.py, ...) must not
+    # shadow top-level modules of the same names
+    del sys.path[0]
+
+from panpath import PanPath  # noqa: E402
 
 USAGE = """usage: python -m xqute.cloudmeta put URL TEXT
        python -m xqute.cloudmeta finish METADIR LOCALDIR RC STATUS
@@ -136,14 +144,14 @@ def wrapper_meta_functions(python: str | None = None) -> str:
     is uploaded at the end with the rc and status, in one call of this module;
     RUNNING is written in the background so the command does not wait for it.
     ``XQUTE_PYTHON`` in the job's environment picks another Python on the
-    executing host (one that has xqute and panpath's cloud extras).
+    executing host (one that has panpath's cloud extras).
     """
     python = python or sys.executable or "python3"
-    # The folder holding this xqute package: the wrapper finds the same code
-    # even when xqute was imported from a source tree rather than installed.
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # This very file, run as a script: the same code as the manager's even when
+    # xqute was imported from a source tree, and without importing the whole
+    # package (it needs only panpath), which saves a fifth of each call.
     return f"""_xq_py="${{XQUTE_PYTHON:-{shlex.quote(python)}}}"
-_xq_cloudmeta() {{ PYTHONPATH={shlex.quote(package_root)}${{PYTHONPATH:+:$PYTHONPATH}} "$_xq_py" -m xqute.cloudmeta "$@"; }}
+_xq_cloudmeta() {{ "$_xq_py" {shlex.quote(os.path.abspath(__file__))} "$@"; }}
 _xq_local=$(mktemp -d "${{TMPDIR:-/tmp}}/xqute-job.XXXXXX") || exit 1
 _xq_put() {{ _xq_cloudmeta put "$_xq_meta/$1" "$2" & _xq_put_pid=$!; }}
 _xq_reserve() {{ :; }}
