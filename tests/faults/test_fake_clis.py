@@ -218,17 +218,23 @@ async def test_slurm_commands_that_fail_hang_and_print_garbage_in_turn(slurm, wo
     assert {"hang", "garbage", "fail"} <= set(flaky.outcomes("squeue"))
 
 
-async def test_slurm_sbatch_whose_reply_is_lost_is_not_submitted_twice(slurm, workdir, flaky, tmp_path):
+@pytest.mark.parametrize("still_running", [True, False])
+async def test_slurm_sbatch_whose_reply_is_lost_is_not_submitted_twice(
+    slurm, workdir, flaky, tmp_path, still_running
+):
     """sbatch reaches Slurm but its answer never comes back (it hangs after
-    submitting): the retry finds the job by name instead of submitting it again."""
+    submitting): the retry finds the job by name instead of submitting it again,
+    whether the job still runs or has already ended by then (before the fix,
+    an ended one was submitted again and ran a second time, after the run)."""
     paths = flaky.wrap(*SLURM_COMMANDS)
     flaky.script("sbatch", "lost")
     runs = tmp_path / "runs"
-    xq = Xqute("slurm", workdir=workdir, scheduler_opts={**paths, "command_timeout": 1.5, "query_interval": 0.3})
-    (job,) = await run_jobs(xq, [["bash", "-c", f"sleep 4; echo ran >> '{runs}'"]])
+    xq = Xqute("slurm", workdir=workdir, scheduler_opts={**paths, "command_timeout": 2, "query_interval": 0.3})
+    naptime = 4 if still_running else 0
+    (job,) = await run_jobs(xq, [["bash", "-c", f"sleep {naptime}; echo ran >> '{runs}'"]])
     assert await job.get_rc() == 0
-    assert runs.read_text() == "ran\n"
     assert flaky.outcomes("sbatch") == ["lost"]  # the retry asked squeue, not sbatch
+    assert runs.read_text() == "ran\n"
 
 
 async def test_slurm_commands_misbehaving_at_random_the_run_still_ends(slurm, workdir, flaky):

@@ -258,6 +258,11 @@ class SlurmScheduler(Scheduler):
         if job in self._maybe_submitted:
             # an earlier attempt timed out: it may have reached Slurm anyway
             jid = await self._find_by_name(job)
+            if jid is None and await job.read_status_file() not in (None, JobStatus.SUBMITTED):
+                # not queued, but its wrapper has run meanwhile (the status file
+                # said SUBMITTED before that attempt): the latest Slurm job of that
+                # name, ended or not, is the one whose reply was lost
+                jid = await self._find_by_name(job, any_state=True)
             self._maybe_submitted.discard(job)
             if jid is not None:
                 logger.info("Job %s: an earlier sbatch went through after all (%s)", job.index, jid)
@@ -287,15 +292,17 @@ class SlurmScheduler(Scheduler):
         self._tracked[jid] = _Tracked(job, "PENDING")
         return jid
 
-    async def _find_by_name(self, job: Job) -> str | None:
-        """The id of a live Slurm job carrying ``job``'s name, if any."""
+    async def _find_by_name(self, job: Job, any_state: bool = False) -> str | None:
+        """The id of the latest Slurm job carrying ``job``'s name that is queued
+        or running (or, with ``any_state``, still known to squeue at all)."""
+        states = ["-t", "all"] if any_state else []
         result = await run_command(
-            self.squeue, "--me", "-h", "--name", self.job_name(job), "-o", "%i",
+            self.squeue, "--me", "-h", *states, "--name", self.job_name(job), "-o", "%i",
             timeout=self.command_timeout,
         )
         self.status_calls += 1
         ids = [word for word in result.stdout.split() if _JOB_ID_RE.fullmatch(word)] if result.ok else []
-        return ids[-1] if ids else None
+        return max(ids, key=int) if ids else None
 
     # --------------------------------------------------------------- killing
     async def kill_jobs(self, jobs: Sequence[Job]) -> None:
