@@ -337,6 +337,28 @@ async def test_sge_commands_that_fail_hang_and_print_garbage_in_turn(sge, workdi
     assert {"hang", "garbage", "fail"} <= set(flaky.outcomes("qstat"))
 
 
+@pytest.mark.parametrize("still_running", [True, False])
+async def test_sge_qsub_whose_reply_is_lost_is_not_submitted_twice(
+    sge, workdir, flaky, tmp_path, still_running
+):
+    """qsub reaches Grid Engine but its answer never comes back: the retry finds
+    the job by name in qstat while it runs, or in qacct once it has ended (its
+    status file shows the wrapper ran), instead of submitting it again."""
+    paths = flaky.wrap(*SGE_COMMANDS)
+    flaky.script("qsub", "lost")
+    runs = tmp_path / "runs"
+    # ended case: qsub's timeout outlasts the job, so it is over when the retry looks
+    timeout, naptime = (2, 6) if still_running else (12, 0)
+    xq = Xqute(
+        "sge", workdir=workdir,
+        scheduler_opts={**paths, "command_timeout": timeout, "poll_interval": 0.3},
+    )
+    (job,) = await run_jobs(xq, [["bash", "-c", f"sleep {naptime}; echo ran >> '{runs}'"]])
+    assert await job.get_rc() == 0, stderr_of(job)
+    assert flaky.outcomes("qsub") == ["lost"]  # the retry looked the job up, no second qsub
+    assert runs.read_text() == "ran\n"
+
+
 async def test_sge_qdel_that_hangs_still_ends_the_run_and_says_so(sge, workdir, flaky, caplog):
     paths = flaky.wrap(*SGE_COMMANDS)
     flaky.randomly(100, "hang", command="qdel")

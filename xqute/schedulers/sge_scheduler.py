@@ -19,7 +19,7 @@ import time
 import xml.etree.ElementTree as ET
 from typing import Any, Iterable, Sequence
 
-from ..defaults import JOBCMD_WRAPPER_LANG
+from ..defaults import JOBCMD_WRAPPER_LANG, JobStatus
 from ..job import Job
 from ..scheduler import JobQuery, Scheduler, SubmissionError
 from ..utils import logger, run_command
@@ -271,11 +271,33 @@ class SgeScheduler(Scheduler):
         if result.rc == -1:
             # It may have reached qmaster before the timeout: look for the job by
             # name rather than submit it twice.
-            jid = await self._find_by_name(self.job_name(job))
+            name = self.job_name(job)
+            jid = await self._find_by_name(name)
             if jid:
                 return jid
+            # Not queued or running, but it may have run already: the wrapper's
+            # own status file says so. Then it must not run a second time.
+            if await job.read_status_file() not in (None, JobStatus.SUBMITTED):
+                jid = await self._find_in_accounting(name)
+                if jid:
+                    return jid
+                raise SubmissionError(
+                    f"{self.qsub} timed out, and the job has run already (its wrapper wrote "
+                    f"its status file) but Grid Engine has no record of it: not submitting "
+                    f"it again"
+                )
             raise SubmissionError(f"{self.qsub} {message}", transient=True)
         raise SubmissionError(f"{self.qsub}: {message}", transient=bool(_TRANSIENT_RE.search(message)))
+
+    async def _find_in_accounting(self, name: str) -> str | None:
+        """The latest finished job named ``name``, from qacct."""
+        if shutil.which(self.qacct) is None:
+            return None
+        result = await run_command(self.qacct, "-j", name, timeout=self.command_timeout)
+        if not result.ok:
+            return None
+        numbers = [jid for jid in _parse_qacct(result.stdout) if _JOB_NUMBER_RE.fullmatch(jid)]
+        return max(numbers, key=int) if numbers else None
 
     async def _find_by_name(self, name: str) -> str | None:
         states = await self._qstat_states()
