@@ -232,3 +232,36 @@ async def test_env_values_never_reach_the_log(workdir, caplog):
         logging.getLogger("XQUTE").propagate = False
     assert caplog.records  # something was logged at DEBUG
     assert secret not in caplog.text
+
+
+async def test_a_command_that_ignores_sigterm_is_killed_after_the_grace_period(workdir):
+    marker = f"xq-stubborn-{os.getpid()}"
+    xq = Xqute(workdir=workdir)
+    await xq.feed(["bash", "-c", f"trap '' TERM; sh -c 'trap \"\" TERM; sleep 60; true {marker}'"])
+    seen = []
+
+    def check_then_cancel():
+        seen.extend(processes_with(marker))
+        xq.cancel()
+
+    asyncio.get_running_loop().call_later(0.5, check_then_cancel)
+    await asyncio.wait_for(xq.run_until_complete(), 30)
+    assert seen
+    assert processes_with(marker) == []
+    assert xq.jobs[0].status == JobStatus.FAILED
+
+
+def test_the_session_sweep_spares_processes_started_outside_the_session_window():
+    """A session number can be reused once its leader is gone: the sweep kills
+    only processes that started while our wrapper led the session."""
+    from xqute.schedulers.local_scheduler import _proc_stat, _session_members
+
+    proc = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        start = int(_proc_stat(proc.pid)[19])
+        assert _session_members({proc.pid: (start, float("inf"))}) == [proc.pid]
+        assert _session_members({proc.pid: (start - 100, start - 1)}) == []  # began after the leader ended
+        assert _session_members({proc.pid: (start + 1, float("inf"))}) == []  # before the leader began
+    finally:
+        proc.kill()
+        proc.wait()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from typing import Sequence
 
 from panpath import LocalPath
@@ -23,8 +24,33 @@ from ..scheduler import JobQuery, Scheduler, SubmissionError
 from ..utils import logger
 
 
-def _session_members(sids: set[int]) -> list[int]:
-    """Pids of the processes in the given sessions (from /proc)."""
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _boot_ticks() -> int:
+    """Now, in the clock /proc gives process start times in (ticks since boot)."""
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * _CLOCK_TICKS)
+
+
+def _proc_stat(pid: int | str) -> list[bytes] | None:
+    """Fields of /proc/<pid>/stat from the state on (index k is field k+3)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces and parentheses
+    return stat[stat.rfind(b")") + 2 :].split()
+
+
+def _session_members(windows: dict[int, tuple[int, float]]) -> list[int]:
+    """Pids in the sessions ``windows`` names that started within the session's
+    window (its leader's start to its leader's exit, in boot ticks).
+
+    A session outlives its leader, and once it is empty its number can be reused
+    by an unrelated process that starts a session of its own: a process that
+    started after our wrapper was gone is never ours.
+    """
     pids = []
     try:
         entries = os.listdir("/proc")
@@ -33,14 +59,11 @@ def _session_members(sids: set[int]) -> list[int]:
     for entry in entries:
         if not entry.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                stat = fh.read()
-        except OSError:
+        fields = _proc_stat(entry)
+        if fields is None or len(fields) < 20:
             continue
-        # fields after the command name (which may hold spaces): state ppid pgrp session
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 3 and int(fields[3]) in sids:
+        window = windows.get(int(fields[3]))  # field 6: session
+        if window is not None and window[0] <= int(fields[19]) <= window[1]:  # field 22: start
             pids.append(int(entry))
     return pids
 
@@ -69,6 +92,8 @@ class LocalScheduler(Scheduler):
         self._ended: dict[int, int | None] = {}
         self._pidfds: dict[int, int] = {}
         self._exit_waiters: dict[int, asyncio.Future] = {}
+        # boot tick at which a wrapper being killed was seen to exit
+        self._exit_ticks: dict[int, int] = {}
         self._devnull: int | None = None
 
     # ------------------------------------------------------------ watching
@@ -106,6 +131,8 @@ class LocalScheduler(Scheduler):
     def _exited(self, pid: int, status: int | None) -> None:
         self._running.pop(pid, None)
         self._ended[pid] = status
+        if pid in self._exit_waiters:  # being killed: remember when it ended
+            self._exit_ticks[pid] = _boot_ticks()
         waiter = self._exit_waiters.pop(pid, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -186,6 +213,7 @@ class LocalScheduler(Scheduler):
         """SIGTERM each wrapper (it passes the signal to its command's group and
         records the end), SIGKILL whatever is left after a grace period."""
         pids = []
+        started: dict[int, int] = {}
         for job in jobs:
             try:
                 pid = int(job._jid or "")
@@ -193,7 +221,11 @@ class LocalScheduler(Scheduler):
                 continue
             if pid not in self._running:
                 continue
+            fields = _proc_stat(pid)
+            if fields is None or len(fields) < 20:
+                continue
             pids.append(pid)
+            started[pid] = int(fields[19])
             try:
                 os.killpg(pid, signal.SIGTERM)
             except ProcessLookupError:
@@ -209,7 +241,10 @@ class LocalScheduler(Scheduler):
             await asyncio.wait(waiters, timeout=KILL_GRACE)
         # the wrappers are their sessions' leaders: anything still in those
         # sessions (a command that ignored SIGTERM, its children) is killed now
-        for member in _session_members(set(pids)):
+        windows = {
+            pid: (started[pid], self._exit_ticks.pop(pid, float("inf"))) for pid in pids
+        }
+        for member in _session_members(windows):
             try:
                 os.kill(member, signal.SIGKILL)
             except ProcessLookupError:
