@@ -60,9 +60,8 @@ DEFAULT_ERROR_STRATEGY: str = JobErrorStrategy.IGNORE
 DEFAULT_NUM_RETRIES: int = 3
 DEFAULT_SCHEDULER_FORKS: int = 1
 DEFAULT_SUBMISSION_BATCH: int = 8
-# Polling rounds between two calls of the ``on_job_polling`` hook ticks that also
-# re-ask the scheduler about jobs whose files already answered (kept for 2.x
-# clients that pass it; see Scheduler for how it is used).
+# Accepted from 2.x clients, which pass it to schedulers; the pace of status
+# rounds is set by ``poll_interval`` / ``poll_interval_max`` instead.
 DEFAULT_RECHECK_INTERVAL: int = 60
 DEFAULT_CLOUD_FSPATH: str = os.path.join(
     os.environ.get("TMPDIR", "/tmp"),

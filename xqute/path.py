@@ -56,7 +56,6 @@ class _PairedPath:
 
     # filled in per kind: the class to build for a given kind
     _kinds: dict[str, type] = {}
-    _partner_kinds: dict[str, type] = {}
     _partner: str | None
 
     @classmethod

@@ -31,7 +31,7 @@ import secrets
 import shlex
 import shutil
 import signal
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any, Sequence
 
 from .. import defaults
