@@ -79,7 +79,9 @@ def check_no_nul(text: str, what: str) -> str:
 def normalize_cmd(cmd: CommandType) -> tuple[str, ...]:
     """A command as a tuple of arguments; a string is split as a shell would.
 
-    Raises ValueError for an empty command or one with NUL in it.
+    An empty command is allowed here (2.x clients create jobs with ``""`` and
+    set the command later); it is refused when the job is submitted.
+    Raises ValueError for a command with NUL in it.
     """
     if isinstance(cmd, str):
         args = tuple(shlex.split(cmd))
@@ -87,11 +89,16 @@ def normalize_cmd(cmd: CommandType) -> tuple[str, ...]:
         args = tuple(str(arg) for arg in cmd)
     else:
         raise TypeError(f"A command must be a string or a list of strings, not {type(cmd).__name__}")
-    if not args or not args[0].strip():
-        raise ValueError(f"Empty command: {cmd!r}")
     for arg in args:
         check_no_nul(arg, "Command")
     return args
+
+
+def empty_command_reason(cmd: Sequence[str]) -> str | None:
+    """Why ``cmd`` cannot run as a job (None when it can)."""
+    if not cmd or not cmd[0].strip():
+        return f"the job has an empty command ({tuple(cmd)!r}); set job.cmd before it is fed"
+    return None
 
 
 @dataclass(frozen=True)
