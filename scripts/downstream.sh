@@ -4,7 +4,9 @@
 # PyPI, installs this checkout over pipen's pinned xqute (editable), checks
 # that the xqute pipen imports is this checkout's, and runs pipen's tests from
 # its sdist. Only tests that need the internet are deselected (listed below,
-# each with its reason). Any failure fails this script.
+# each with its reason). Then runs tests/downstream: a real pipen pipeline on
+# every scheduler against the real parts. Any failure of either fails this
+# script. Extra arguments go to pipen's suite only.
 # Usage: bash scripts/downstream.sh [extra pytest args]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -69,4 +71,21 @@ printf '   %s\n' "${internet[@]}"
 
 # pipen's own addopts (coverage, -n auto) are kept except the worker count:
 # two workers on a 2-core machine.
-exec "$py" -m pytest -p no:cacheprovider -n 2 -q "${deselect[@]}" tests "$@"
+status=0
+"$py" -m pytest -p no:cacheprovider -n 2 -q "${deselect[@]}" tests "$@" || status=$?
+echo "== downstream: pipen $pipen_version's own suite exited $status"
+
+# Then a real pipen pipeline on every scheduler (tests/downstream), against the
+# real parts scripts/test.sh starts (scripts/<part>.sh start); a part that is
+# down skips its test with the reason (fails under CI=true).  Run from the
+# checkout with its own pytest settings, not pipen's (no -n, no coverage).
+# The terminal summary lists the pipeline's wall time per scheduler.
+cd "$root"
+echo "== downstream: pipen pipeline on every scheduler (tests/downstream)"
+ours=0
+"$py" -m pytest -p no:cacheprovider -q -rs -c "$root/pyproject.toml" --rootdir "$root" \
+    tests/downstream || ours=$?
+echo "== downstream: tests/downstream exited $ours"
+if [ "$status" -ne 0 ] || [ "$ours" -ne 0 ]; then
+    exit 1
+fi
