@@ -94,7 +94,7 @@ async def test_prescript_postscript_and_cwd(workdir, tmp_path):
 TRICKY = [
     "it's",
     'say "hi"',
-    "$HOME and ${PATH} and $(echo injected)",
+    "\\$HOME and \\${PATH} and $(echo injected) and $ and $1 and $$",
     "`echo injected`",
     "line one\nline two",
     "*.txt ?",
@@ -114,7 +114,8 @@ async def test_arguments_and_env_values_reach_the_job_exactly(workdir):
     import json
 
     args, env_value = json.loads(read(job.stdout_file))
-    assert args == TRICKY
+    # the documented escape: \\$ passes a literal $ (env values are never expanded)
+    assert args == [arg.replace("\\$", "$") for arg in TRICKY]
     assert env_value == "\n".join(TRICKY)
     assert not (Path(workdir) / "redirect").exists()
 
@@ -145,12 +146,7 @@ async def test_bad_input_is_refused_before_any_job_starts(workdir, tmp_path):
     blocker.write_text("")
     with pytest.raises(PermissionError, match="not writable"):
         Xqute(workdir=blocker / "sub")
-    xq = Xqute(workdir=workdir)
-    with pytest.raises(ValueError, match="Empty command"):
-        await xq.feed("   ")
-    with pytest.raises(ValueError, match="Empty command"):
-        await xq.feed([])
-    assert xq.jobs == []
+
 
 
 async def test_read_only_workdir_is_refused(tmp_path):
@@ -273,7 +269,8 @@ async def test_retry_backs_up_each_trial_and_requeues(workdir, recorder):
     rec, plugin_cls = recorder
     # fails on the first two trials, succeeds on the third
     counter = Path(workdir) / "count"
-    cmd = ["bash", "-c", f'n=$(cat "{counter}" 2>/dev/null || echo 0); echo $((n+1)) > "{counter}"; echo trial $n; [ $n -ge 2 ]']
+    script = f'n=$(cat "{counter}" 2>/dev/null || echo 0); echo $((n+1)) > "{counter}"; echo trial $n; [ $n -ge 2 ]'
+    cmd = ["bash", "-c", script.replace("$", "\\$")]  # \$: bash's variables, not xqute's
     xq = await run_jobs(
         workdir, [cmd, "true"], error_strategy="retry", num_retries=3, plugins=[plugin_cls]
     )
@@ -590,3 +587,58 @@ async def test_a_relative_workdir_works_with_cwd(tmp_path, monkeypatch):
     assert await job.get_rc() == 0
     assert read(job.stdout_file) == f"{elsewhere}\n"
     assert str(xq.scheduler.workdir) == str(tmp_path / "rel wd")
+
+
+# ------------------------------------------------- 2.x client compatibility
+async def test_list_arguments_expand_only_names_in_the_jobs_environment(workdir):
+    """``$NAME``/``${NAME}`` expand in the job's environment (2.x documents
+    ``feed(["process.sh", "$SLURM_ARRAY_TASK_ID"])``); nothing else does."""
+    cmd = [
+        sys.executable, "-c", "import json,sys; print(json.dumps(sys.argv[1:]))",
+        "$GREETING", "${GREETING}/x", "pre$GREETING.post", "$(echo no)", "`echo no`",
+        "*", "\\$GREETING", "$GREETING$GREETING", "${GREETING", "$",
+    ]
+    xq = Xqute(workdir=workdir)
+    await xq.feed(cmd, envs={"GREETING": "hi there; $(echo not-run) *"})
+    await xq.run_until_complete()
+    import json
+
+    value = "hi there; $(echo not-run) *"
+    assert json.loads(read(xq.jobs[0].stdout_file)) == [
+        value, f"{value}/x", f"pre{value}.post", "$(echo no)", "`echo no`",
+        "*", "$GREETING", value + value, "${GREETING", "$",
+    ]
+
+
+async def test_a_string_command_expands_names_too(workdir):
+    xq = Xqute(workdir=workdir)
+    await xq.feed("printf '%s|' $GREETING '\\$GREETING'", envs={"GREETING": "a b"})
+    await xq.run_until_complete()
+    assert read(xq.jobs[0].stdout_file) == "a b|$GREETING|"
+
+
+async def test_an_unset_name_fails_the_job_with_bash_saying_why(workdir):
+    xq = await run_jobs(workdir, [["echo", "$XQUTE_SURELY_UNSET_NAME"]])
+    assert xq.jobs[0].status == JobStatus.FAILED
+    assert "XQUTE_SURELY_UNSET_NAME" in read(xq.jobs[0].stderr_file)
+
+
+async def test_empty_command_is_allowed_until_the_job_is_submitted(workdir):
+    """pipen creates every job with create_job(i, "") and sets cmd later; a job
+    still empty at submission fails with a clear message and the run goes on."""
+    xq = Xqute(workdir=workdir)
+    later = await xq.scheduler.create_job(0, "")
+    assert later.cmd == ()
+    later.cmd = ["echo", "set later"]
+    await xq.feed(later)
+    empty = await xq.feed("   ")
+    listed = await xq.feed([])
+    fine = await xq.feed(["echo", "ok"])
+    await xq.run_until_complete()
+    assert read(later.stdout_file) == "set later\n"
+    for job in (empty, listed):
+        assert job.status == JobStatus.FAILED
+        assert await job.get_rc() == -2
+        assert "empty command" in read(job.stderr_file)
+    assert fine.status == JobStatus.FINISHED
+    assert Job(index=0, cmd=(), workdir=workdir).cmd == ()

@@ -13,7 +13,6 @@ import asyncio
 import hashlib
 import os
 import re
-import shlex
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from .defaults import JobErrorStrategy, JobStatus
 from .job import Job
 from .path import SpecPath, job_folders_with, keep_local_copy, write_meta
 from .plugin import plugin
-from .utils import check_env_name, logger, shell_quote
+from .utils import check_env_name, empty_command_reason, logger, shell_quote
 
 if TYPE_CHECKING:  # pragma: no cover
     from .path import MountedPath
@@ -65,18 +64,65 @@ class SubmissionError(Exception):
         self.transient = transient
 
 
-_JOBNAME_PREFIX_RE = re.compile(r"[A-Za-z0-9_.+-]{1,64}", re.ASCII)
+# Any name a pipen process may have: Unicode word characters, dots and dashes.
+_JOBNAME_PREFIX_RE = re.compile(r"[\w.+-]+")
+# What every scheduler accepts in a job name (Grid Engine refuses ":", Batch
+# wants lower-case ASCII, and so on): the prefix is reduced to these.
+_SAFE_NAME_RE = re.compile(r"[^A-Za-z0-9_.-]", re.ASCII)
+_SAFE_PREFIX_MAX = 40
 
 
 def check_jobname_prefix(prefix: str) -> str:
-    """Job names go into scheduler command lines and directives: letters,
-    digits and ``_.+-`` only (no ``:``, which Grid Engine refuses)."""
+    """Refuse a prefix that could break a command line or directive (spaces,
+    ``:``, ``/``, newlines); any word characters, ``.``, ``+`` and ``-`` are fine,
+    Unicode and any length included (see ``safe_jobname_prefix``)."""
     # fullmatch: "$" would let a trailing newline through
     if not isinstance(prefix, str) or not _JOBNAME_PREFIX_RE.fullmatch(prefix):
         raise ValueError(
-            f"Invalid jobname_prefix {prefix!r}: use 1-64 letters, digits or _.+- characters"
+            f"Invalid jobname_prefix {prefix!r}: use letters, digits or _.+- characters"
         )
     return prefix
+
+
+def safe_jobname_prefix(prefix: str) -> str:
+    """``prefix`` reduced to what every scheduler takes in a job name: ASCII
+    letters, digits and ``_.-``, at most 40 characters. A prefix that had to be
+    changed gets a short hash of the original, so two prefixes that reduce to
+    the same text still give different names."""
+    safe = _SAFE_NAME_RE.sub("_", prefix)
+    if safe == prefix and len(prefix) <= _SAFE_PREFIX_MAX:
+        return prefix
+    digest = hashlib.sha256(prefix.encode()).hexdigest()[:6]
+    return f"{safe[:_SAFE_PREFIX_MAX - 7]}_{digest}"
+
+
+_VAR_OR_ESCAPE_RE = re.compile(
+    r"\\\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)", re.ASCII
+)
+
+
+def shell_word(arg: str) -> str:
+    """One command argument as bash text: ``$NAME`` and ``${NAME}`` expand (as
+    one word, no globbing or splitting), ``\\$`` is a literal ``$``, and nothing
+    else is interpreted: every other character is single-quoted."""
+    parts: list[str] = []
+    literal = ""
+    pos = 0
+    for match in _VAR_OR_ESCAPE_RE.finditer(arg):
+        literal += arg[pos : match.start()]
+        pos = match.end()
+        name = match.group(1) or match.group(2)
+        if name is None:  # the escape
+            literal += "$"
+            continue
+        if literal:
+            parts.append(shell_quote(literal))
+            literal = ""
+        parts.append(f'"${{{name}}}"')
+    literal += arg[pos:]
+    if literal or not parts:
+        parts.append(shell_quote(literal))
+    return "".join(parts)
 
 
 def check_directive(key: str, value: Any) -> str:
@@ -196,6 +242,9 @@ class Scheduler(ABC):
         self.prescript = prescript or ""
         self.postscript = postscript or ""
         self.jobname_prefix = check_jobname_prefix(jobname_prefix or self.name)
+        # 2.x clients call post_init() themselves and then set this
+        self._post_init_called = False
+        self._post_init_task: asyncio.Future | None = None
         self.subm_batch = submission_batch or defaults.DEFAULT_SUBMISSION_BATCH
         self.recheck_interval = recheck_interval
         self.cwd = cwd
@@ -219,8 +268,23 @@ class Scheduler(ABC):
     async def close(self) -> None:
         """Runs once when the run ends, to release what the backend holds."""
 
+    async def ensure_post_init(self) -> None:
+        """Run ``post_init`` unless it ran already (or a client ran it and set
+        ``_post_init_called``); concurrent callers wait for the one run."""
+        if self._post_init_called:
+            return
+        if self._post_init_task is None:
+            self._post_init_task = asyncio.ensure_future(self.post_init())
+        await asyncio.shield(self._post_init_task)
+        self._post_init_called = True
+
     async def create_job(self, index: int, cmd: Any, envs: dict[str, Any] | None = None) -> Job:
-        """Make job ``index`` and its metadir."""
+        """Make job ``index`` and its metadir (running ``post_init`` first, once).
+
+        ``cmd`` may be empty: the command can be set later (``job.cmd = ...``);
+        a job still empty when submitted fails with a message saying so.
+        """
+        await self.ensure_post_init()
         job = self.job_class(
             index,
             cmd,
@@ -240,9 +304,13 @@ class Scheduler(ABC):
             await job.metadir.a_mkdir(parents=True, exist_ok=True)
 
     def job_name(self, job: Job) -> str:
-        """``<prefix>-<short hash of workdir>-<index>``: unique per run folder."""
+        """``<prefix>-<short hash of workdir>-<index>``: unique per run folder.
+
+        The prefix is ``safe_jobname_prefix(jobname_prefix)``: ASCII and short,
+        whatever the client's prefix was.
+        """
         digest = hashlib.sha256(str(self.workdir).encode()).hexdigest()[:8]
-        return f"{self.jobname_prefix}-{digest}-{job.index}"
+        return f"{safe_jobname_prefix(self.jobname_prefix)}-{digest}-{job.index}"
 
     # ------------------------------------------------------- the wrapper script
     def jobcmd_shebang(self, job: Job) -> str:
@@ -255,14 +323,25 @@ class Scheduler(ABC):
         for name, value in job.envs.items():
             check_env_name(name)
             lines.append(f"export {name}={shell_quote(value)}")
-        if self.cwd:
-            lines.append(f"cd {shell_quote(self.cwd)} || exit 1")
         lines.extend(plugin.hooks.on_jobcmd_init(self, job) or ())
         return "\n".join(lines)
 
+    @property
+    def jobcmd_wrapper_init(self) -> str:
+        """Shell code run first in the wrapper, once its exit trap is set: with
+        ``cwd``, it starts with ``cd <quoted cwd>`` (a failing cd ends the job
+        with rc 1 and bash's message in its stderr)."""
+        return f"cd {shell_quote(self.cwd)} || exit 1" if self.cwd else ""
+
+    def command_line(self, job: Job) -> str:
+        """The job's command as bash text: each argument is one word, where only
+        ``$NAME``/``${NAME}`` expand (``\\$`` is a literal ``$``)."""
+        return " ".join(shell_word(arg) for arg in job.cmd)
+
     def jobcmd_prep(self, job: Job) -> str:
-        """Set ``$cmd`` to the quoted command line, then the plugins' prep code."""
-        lines = [f"cmd={shell_quote(shlex.join(job.cmd))}"]
+        """Set ``$cmd`` to the command line (``command_line``), then the
+        plugins' prep code, which may rewrite ``$cmd``; the wrapper evals it."""
+        lines = [f"cmd={shell_quote(self.command_line(job))}"]
         lines.extend(plugin.hooks.on_jobcmd_prep(self, job) or ())
         return "\n".join(lines)
 
@@ -341,6 +420,7 @@ trap _xq_finish EXIT
 trap '_xq_signal TERM' TERM
 trap '_xq_signal INT' INT
 trap '_xq_signal HUP' HUP
+{self.jobcmd_wrapper_init}
 
 # environment, on_jobcmd_init
 {self.jobcmd_init(job)}
@@ -485,6 +565,19 @@ exit "$rc"
         await self._mark_ended(job, rc)
         return True
 
+    async def _failed_before_running(self, job: Job) -> bool:
+        """Ask a backend that overrides ``job_fails_before_running`` (2.x
+        backends do) about a job not started yet; end it if the answer is yes."""
+        if type(self).job_fails_before_running is Scheduler.job_fails_before_running:
+            return False
+        if not await self.job_fails_before_running(job):
+            return False
+        if not await self._end_from_files(job):
+            await self._mark_ended(
+                job, RC_VANISHED, "the job failed before its wrapper could run", write=True
+            )
+        return True
+
     async def _end_vanished(self, job: Job, query: JobQuery) -> None:
         """The scheduler no longer has ``job``; take its files' word, else fail it."""
         if await self._end_from_files(job):
@@ -509,6 +602,9 @@ exit "$rc"
         try:
             await self._ensure_metadir(job)
             await job.clean()
+            empty = empty_command_reason(job.cmd)
+            if empty:
+                raise SubmissionError(empty)
             # written before the job exists, so it can never overwrite RUNNING
             await job.set_status(JobStatus.SUBMITTED)
             jid = await self._submit_with_retries(job)
@@ -669,6 +765,9 @@ exit "$rc"
                 continue
             if status == JobStatus.RUNNING and not job._started:
                 await self._mark_started(job)
+            if not job._started and await self._failed_before_running(job):
+                ended.append(job)
+                continue
             open_jobs.append(job)
         changed = bool(ended)
         if open_jobs:

@@ -84,7 +84,8 @@ class Xqute:
         self._cancelled = False
         self._halted = False
         self._runner: asyncio.Task | None = None
-        self._post_inited = False
+        # whether on_shutdown fired for this run (a signal, cancel() or a halt)
+        self._shutdown_notified = False
         self._signal_handlers: dict[int, Any] = {}
         self._started_at: float | None = None
 
@@ -96,9 +97,7 @@ class Xqute:
     # ------------------------------------------------------------------ feeding
     async def feed(self, cmd: CommandType | Job, envs: Mapping[str, Any] | None = None) -> Job:
         """Add a job: a command (string or list of arguments) or a Job."""
-        if not self._post_inited:
-            self._post_inited = True
-            await self.scheduler.post_init()
+        await self.scheduler.ensure_post_init()
         if isinstance(cmd, Job):
             job = cmd
             job.update_envs(envs)
@@ -147,6 +146,7 @@ class Xqute:
             return
         if sig is not None:
             logger.warning("Got %s: killing the running jobs", signal.Signals(sig).name)
+        self._shutdown_notified = True
         self._cancel_signal = sig
         self._cancelled = True
         self._wake.set()
@@ -171,8 +171,10 @@ class Xqute:
     async def _run(self) -> None:
         self._started_at = time.monotonic()
         self._install_signal_handlers()
+        ended_normally = False
         try:
             await self._loop_rounds()
+            ended_normally = True
         finally:
             # whatever ended the loop (done, halt, a signal, an error such as a
             # plugin hook that raised), no job is left running behind us
@@ -186,6 +188,11 @@ class Xqute:
             finally:
                 self._remove_signal_handlers()
                 try:
+                    if ended_normally and not self._shutdown_notified:
+                        # 2.x clients (pipen) take on_shutdown(xqute, None) as
+                        # the natural end of a run, after the last job hook
+                        self._shutdown_notified = True
+                        plugin.hooks.on_shutdown(self, None)
                     plugin.hooks.on_complete(self)
                 finally:
                     self._leave_plugin_context()
@@ -270,6 +277,10 @@ class Xqute:
                 self._queue.append(job)
             elif scheduler.error_strategy == JobErrorStrategy.HALT:
                 logger.error("Job %s failed and the error strategy is halt: stopping", job.index)
+                if not self._shutdown_notified:
+                    self._shutdown_notified = True
+                    # the result is not a veto here: halting is the strategy asked for
+                    plugin.hooks.on_shutdown(self, signal.SIGTERM)
                 self._halted = True
                 self._queue.clear()
 

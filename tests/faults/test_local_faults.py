@@ -123,7 +123,8 @@ async def test_2000_jobs_with_10_percent_failures_under_retry(workdir):
     )
     xq = Xqute(workdir=workdir, forks=forks, error_strategy="retry", num_retries=retries, plugins=[plugin_cls])
     for _ in range(njobs):
-        await xq.feed(["bash", "-c", script])
+        # \$: the script's own variables, not expanded by xqute
+        await xq.feed(["bash", "-c", script.replace("$", "\\$")])
     await asyncio.wait_for(xq.run_until_complete(), 900)
 
     expected_trials = {}
@@ -189,7 +190,7 @@ def test_env_names_that_are_not_identifiers_are_refused(tmp_path, name):
         Job(0, "true", tmp_path, envs={name: "v"})
 
 
-@pytest.mark.parametrize("prefix", ["a:b", "a b", "a;b", "a\nb", "$(x)", "`x`", "", "x" * 65])
+@pytest.mark.parametrize("prefix", ["a:b", "a b", "a;b", "a\nb", "$(x)", "`x`", "", "a/b"])
 def test_job_name_prefixes_that_could_inject_are_refused(tmp_path, prefix):
     with pytest.raises(ValueError, match="jobname_prefix"):
         check_jobname_prefix(prefix)

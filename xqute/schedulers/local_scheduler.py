@@ -17,7 +17,7 @@ from typing import Sequence
 
 from panpath import LocalPath
 
-from ..defaults import JOBCMD_WRAPPER_LANG, KILL_GRACE
+from ..defaults import JOBCMD_WRAPPER_LANG, KILL_GRACE, JobStatus
 from ..job import Job
 from ..path import cloud_cache_path
 from ..scheduler import JobQuery, Scheduler, SubmissionError
@@ -149,7 +149,8 @@ class LocalScheduler(Scheduler):
         return True
 
     # ------------------------------------------------------------ the interface
-    async def submit_job(self, job: Job) -> str:
+    async def submit_job(self, job: Job) -> int:
+        """Start the job's wrapper; returns its pid (an int, as in 2.x)."""
         script = await self.wrapped_job_script(job)
         # bash runs a local file: a wrapper in a bucket runs from its local copy
         script_path = str(script.mounted)
@@ -172,7 +173,7 @@ class LocalScheduler(Scheduler):
         except OSError as exc:
             raise SubmissionError(f"cannot start {JOBCMD_WRAPPER_LANG}: {exc}") from exc
         self._watch(pid, job, child=True)
-        return str(pid)
+        return pid
 
     async def query_jobs(self, jobs: Sequence[Job]) -> dict[Job, JobQuery]:
         answers: dict[Job, JobQuery] = {}
@@ -197,6 +198,18 @@ class LocalScheduler(Scheduler):
             else:
                 answers[job] = JobQuery(JobQuery.ENDED, f"process {pid} of job {job.index} is gone")
         return answers
+
+    async def job_fails_before_running(self, job: Job) -> bool:
+        """True when the pid in the job's jid file is gone and its status file
+        is missing or below RUNNING (the wrapper died before it began)."""
+        try:
+            pid = int((await job.get_jid()) or "")
+        except ValueError:
+            return False
+        if pid in self._running or (pid not in self._ended and self._pid_alive(pid)):
+            return False
+        status = await job.read_status_file()
+        return status is None or status < JobStatus.RUNNING
 
     def _is_our_wrapper(self, pid: int, job: Job) -> bool:
         """Whether ``pid`` runs this job's wrapper (pids are reused)."""

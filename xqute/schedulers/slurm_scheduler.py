@@ -282,8 +282,10 @@ class SlurmScheduler(Scheduler):
             if result.rc == -1 or _AMBIGUOUS_SBATCH_RE.search(message):
                 self._maybe_submitted.add(job)
             raise SubmissionError(message, transient=transient)
-        output = result.stdout.strip().splitlines()
-        match = _JOB_ID_RE.fullmatch(output[-1].strip()) if output else None
+        # "123" or "123;cluster" (--parsable), or "Submitted batch job 123" from
+        # an sbatch wrapper that drops --parsable: the id is the last word
+        words = result.stdout.split()
+        match = _JOB_ID_RE.fullmatch(words[-1]) if words else None
         if match is None:
             raise SubmissionError(
                 f"sbatch succeeded but printed no job id: {result.stdout.strip()[:200]!r}"
