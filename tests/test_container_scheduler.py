@@ -135,26 +135,41 @@ def test_module_imports_without_any_runtime_and_construction_says_why(tmp_path):
 def test_bad_options_are_refused_with_clear_errors(tmp_path, fake_runtime):
     docker = fake_runtime("docker")
     wd = str(tmp_path / "wd")
+    # one option alone that cannot work: refused at once
     with pytest.raises(ValueError, match="needs an image"):
         ContainerScheduler(wd, bin=docker)
-    with pytest.raises(ValueError, match="not both"):
-        ContainerScheduler(wd, image="i", bin=docker, volumes=["/a:/b"], mount=["/c:/d"])
-    with pytest.raises(ValueError, match="not both"):
-        ContainerScheduler(wd, image="i", bin=docker, volume_as_cwd="/a", mount_as_cwd="/b")
-    with pytest.raises(ValueError, match="do not pass 'cwd'"):
-        ContainerScheduler(wd, image="i", bin=docker, volume_as_cwd="/a", cwd="/x")
-    with pytest.raises(ValueError, match="Invalid mount"):
-        ContainerScheduler(wd, image="i", bin=docker, volumes="no-colon-here")
-    with pytest.raises(ValueError, match="must be absolute"):
-        ContainerScheduler(wd, image="i", bin=docker, volumes="/host:relative")
-    with pytest.raises(ValueError, match="no volume mounts"):
-        ContainerScheduler("rel-workdir", image="i", bin=docker, cwd="/not/mounted")
-    with pytest.raises(ValueError, match="needs a local workdir"):
-        ContainerScheduler("gs://bucket/wd", image="i", bin=docker)
-    with pytest.raises(ValueError, match="apptainer runs jobs as the calling user"):
-        ContainerScheduler(wd, image="i", bin=fake_runtime("apptainer"), user="1:1")
-    with pytest.raises(ValueError, match="contains"):
-        ContainerScheduler(wd, image="i", bin=fake_runtime("apptainer"), volumes="/a,b:/c")
+
+
+@pytest.mark.parametrize(
+    "args, opts, message",
+    [
+        ((), dict(volumes=["/a:/b"], mount=["/c:/d"]), "not both"),
+        ((), dict(volume_as_cwd="/a", mount_as_cwd="/b"), "not both"),
+        ((), dict(volume_as_cwd="/a", cwd="/x"), "do not pass 'cwd'"),
+        ((), dict(volumes="no-colon-here"), "Invalid mount"),
+        ((), dict(volumes="/host:relative"), "must be absolute"),
+        (("rel-workdir",), dict(cwd="/not/mounted"), "no volume mounts"),
+        (("rel-workdir",), dict(cwd="/mnt/x/y", volumes="/h:/mnt/other"), "no volume mounts"),
+        (("gs://bucket/wd",), {}, "needs a local workdir"),
+        ((), dict(mounted_workdir="relative/inside"), "absolute path inside"),
+        ((), dict(volumes=["/h1:/same", "/h2:/same"]), "Two volumes at '/same'"),
+        ((), dict(volumes="/other:/mnt/disks/.xqute"), "Two volumes at '/mnt/disks/.xqute'"),
+        ((), dict(bin="apptainer", user="1:1"), "apptainer runs jobs as the calling user"),
+        ((), dict(bin="apptainer", volumes="/a,b:/c"), "contains"),
+    ],
+)
+async def test_any_option_combination_constructs_and_post_init_refuses_a_bad_one(
+    tmp_path, fake_runtime, args, opts, message
+):
+    opts = dict(opts)
+    opts["bin"] = fake_runtime(opts.get("bin", "docker"))
+    if not args:
+        args = (str(tmp_path / "wd"),)
+    sched = ContainerScheduler(*args, image="i", **opts)  # 2.x clients build it first
+    assert sched.volumes == []
+    with pytest.raises(ValueError, match=message):
+        await sched.post_init()
+    assert sched.volumes == []  # nothing half-done
 
 
 def test_runtime_kind_comes_from_the_binary_name():
@@ -223,11 +238,22 @@ async def test_apptainer_command_line_as_text(tmp_path, fake_runtime):
     )
     job2 = await sing.create_job(1, "true")
     argv2 = sing.container_command(job2)
-    # the workdir is under a mounted folder: no extra bind for it
+    # an absolute workdir gets its own mount at /mnt/disks/<DEFAULT_WORKDIR_NAME>,
+    # even under a mounted folder (as 2.x clients expect)
     assert argv2 == [
         sing.bin, "exec", "--pwd", "/data", "--bind", f"{tmp_path}:/data",
-        "tool.sif", "/usr/bin/env", "bash", "/data/wd2/1/job.wrapped.container",
+        "--bind", f"{tmp_path / 'wd2'}:/mnt/disks/.xqute",
+        "tool.sif", "/usr/bin/env", "bash", "/mnt/disks/.xqute/1/job.wrapped.container",
     ]
+    # a relative workdir is taken inside cwd, through the volume that holds it
+    rel = ContainerScheduler(
+        "wd3", image="tool.sif", bin=fake_runtime("singularity"),
+        volumes=f"{tmp_path}:/data", cwd="/data/sub",
+    )
+    await rel.post_init()
+    assert str(rel.workdir) == str(tmp_path / "sub" / "wd3")
+    assert str(rel.workdir.mounted) == "/data/sub/wd3"
+    assert rel.volumes == [f"{tmp_path}:/data"]
 
 
 async def test_docker_command_line_as_text(tmp_path, fake_runtime):
@@ -256,13 +282,146 @@ async def test_volume_as_cwd_places_a_relative_workdir_inside_it(tmp_path, fake_
     sched = ContainerScheduler(
         "xq", image="i", bin=fake_runtime("podman"), mount_as_cwd=str(project)
     )
+    # already on the host side before post_init: the manager creates the workdir
+    assert str(sched.workdir) == str(project / "xq")
+    await sched.post_init()
     assert str(sched.workdir) == str(project / "xq")
     assert str(sched.workdir.mounted) == "/mnt/disks/.cwd/xq"
     assert sched.cwd == "/mnt/disks/.cwd"
+    assert sched.volumes == [f"{project}:/mnt/disks/.cwd"]
     job = await sched.create_job(0, "true")
     argv = sched.container_command(job, "n")
     # only the cwd volume: the workdir is inside it
     assert argv.count("-v") == 1 and f"{project}:/mnt/disks/.cwd" in argv
+
+
+# ------------------------------------------- what 2.x clients (pipen) rely on
+async def test_volumes_are_host_inside_strings_filled_by_post_init(tmp_path, fake_runtime):
+    data = tmp_path / "data"
+    data.mkdir()
+    sched = ContainerScheduler(
+        str(tmp_path / "wd"), image="i", bin=fake_runtime("docker"),
+        mount=["/ref:/mnt/ref:ro", f"DATA={data}", "/ref:/mnt/ref:ro"],
+        mount_as_cwd=str(tmp_path / "proj"),
+    )
+    assert sched.volumes == []
+    await sched.post_init()
+    # the cwd folder first, then the volumes (once each), then the workdir
+    assert sched.volumes == [
+        f"{tmp_path / 'proj'}:/mnt/disks/.cwd",
+        "/ref:/mnt/ref:ro",
+        f"{data}:/mnt/disks/NAMED_MOUNTS/DATA/data",
+        f"{tmp_path / 'wd'}:/mnt/disks/.xqute",
+    ]
+    assert all(isinstance(v, str) for v in sched.volumes)
+
+
+async def test_kwargs_hold_the_container_options_as_given(tmp_path, fake_runtime):
+    sched = ContainerScheduler(
+        workdir="rel", image="i", bin=fake_runtime("docker"),
+        mount=["/a:/b"], mount_as_cwd=str(tmp_path), mounted_workdir="/in/wd", other_opt=1,
+    )
+    # the 2.x names, whichever alias was used
+    assert sched._kwargs["volumes"] == ["/a:/b"]
+    assert sched._kwargs["volume_as_cwd"] == str(tmp_path)
+    assert sched._kwargs["workdir"] == "rel"
+    assert sched._kwargs["mounted_workdir"] == "/in/wd"
+    assert sched._kwargs["other_opt"] == 1
+    # they are not scheduler directives
+    assert "volumes" not in sched.config and sched.config.other_opt == 1
+    plain = ContainerScheduler(str(tmp_path / "wd"), image="i", bin=fake_runtime("docker"))
+    assert {k: plain._kwargs[k] for k in ("volumes", "volume_as_cwd", "mounted_workdir")} == {
+        "volumes": None, "volume_as_cwd": None, "mounted_workdir": None,
+    }
+    assert plain._kwargs["workdir"] == str(tmp_path / "wd")
+
+
+async def test_absolute_workdir_goes_to_the_workdir_name_read_at_post_init(
+    tmp_path, fake_runtime, monkeypatch
+):
+    from xqute import defaults
+
+    sched = ContainerScheduler(
+        str(tmp_path / "wd"), image="i", bin=fake_runtime("docker"),
+        volumes=f"{tmp_path}:/data",  # holds the workdir: it is mounted on its own still
+    )
+    monkeypatch.setattr(defaults, "DEFAULT_WORKDIR_NAME", ".pipen")  # as pipen does
+    await sched.post_init()
+    assert str(sched.workdir.mounted) == "/mnt/disks/.pipen"
+    assert sched.volumes == [f"{tmp_path}:/data", f"{tmp_path / 'wd'}:/mnt/disks/.pipen"]
+    # mounted_workdir wins
+    given = ContainerScheduler(
+        str(tmp_path / "wd"), image="i", bin=fake_runtime("docker"), mounted_workdir="/w"
+    )
+    await given.post_init()
+    assert str(given.workdir.mounted) == "/w"
+    assert given.volumes == [f"{tmp_path / 'wd'}:/w"]
+
+
+async def test_default_mounted_root_is_a_class_attribute_read_through_self(tmp_path, fake_runtime):
+    assert ContainerScheduler.DEFAULT_MOUNTED_ROOT == "/mnt/disks"
+
+    class Elsewhere(ContainerScheduler):
+        DEFAULT_MOUNTED_ROOT = "/elsewhere"
+
+    sched = Elsewhere(
+        "rel", image="i", bin=fake_runtime("docker"),
+        volume_as_cwd=str(tmp_path), volumes=f"DATA={tmp_path}",
+    )
+    await sched.post_init()
+    assert sched.cwd == "/elsewhere/.cwd"
+    assert str(sched.workdir.mounted) == "/elsewhere/.cwd/rel"
+    assert f"{tmp_path}:/elsewhere/NAMED_MOUNTS/DATA/{tmp_path.name}" in sched.volumes
+
+
+async def test_post_init_runs_once_and_keeps_what_the_client_changed(tmp_path, fake_runtime):
+    extra = tmp_path / "extra"
+    sched = ContainerScheduler(
+        str(tmp_path / "wd"), image="i", bin=fake_runtime("docker"), volumes="/a:/b"
+    )
+    # what pipen does: post_init, set the flag, move the workdir, add a volume
+    await sched.post_init()
+    sched._post_init_called = True
+    sched.workdir = sched.workdir / "proc"
+    sched.volumes.append(f"{extra}:/mnt/disks/out")
+    before = list(sched.volumes)
+    await sched.post_init()  # a second call changes nothing
+    assert sched.volumes == before
+    assert len(sched.volumes) == len(set(sched.volumes)) == 3
+    job = await sched.create_job(0, "true")
+    assert str(job.metadir) == str(tmp_path / "wd" / "proc" / "0")
+    assert str(job.metadir.mounted) == "/mnt/disks/.xqute/proc/0"
+    assert sched.volumes == before
+
+
+async def test_volumes_appended_after_post_init_are_on_the_next_command_line(tmp_path, fake_runtime):
+    data = tmp_path / "data"
+    data.mkdir()
+    sched = ContainerScheduler(str(tmp_path / "wd"), image="i", bin=fake_runtime("docker"))
+    job = await sched.create_job(0, "true")
+    first = sched.container_command(job, "n")
+    assert first.count("-v") == 1
+    sched.volumes.append(f"{tmp_path}/out:/mnt/disks/out")
+    sched.volumes.append(f"{tmp_path}/out:/mnt/disks/out")  # the same twice: once
+    sched.volumes.append(f"LATE={data}")  # a named one: mounted, and $LATE exported
+    argv = sched.container_command(job, "n")
+    assert argv.count("-v") == 3
+    assert f"{tmp_path}/out:/mnt/disks/out" in argv
+    assert f"{data}:/mnt/disks/NAMED_MOUNTS/LATE/data" in argv
+    assert "export LATE=/mnt/disks/NAMED_MOUNTS/LATE/data" in sched.wrap_job_script(job)
+
+
+async def test_a_bad_volume_appended_later_fails_the_submission_clearly(tmp_path, fake_runtime):
+    from xqute.scheduler import SubmissionError
+
+    sched = ContainerScheduler(str(tmp_path / "wd"), image="i", bin=fake_runtime("docker"))
+    job = await sched.create_job(0, "true")
+    sched.volumes.append("/x:/mnt/disks/.xqute")  # over the workdir's mount
+    with pytest.raises(SubmissionError, match="Two volumes at '/mnt/disks/.xqute'"):
+        await sched.submit_job(job)
+    sched.volumes[-1] = "not-a-volume"
+    with pytest.raises(SubmissionError, match="Invalid mount"):
+        await sched.submit_job(job)
 
 
 # ------------------------------------------------------------ real podman
@@ -298,7 +457,10 @@ async def test_output_and_rc_through_a_real_runtime(workdir, image, runtime):
 async def test_environment_variables_reach_the_job_inside(workdir, image):
     xq = await run_jobs(
         workdir,
-        [["bash", "-c", 'printf "%s|%s|%s|%s\\n" "$GREETING" "$QUOTED" "$XQUTE_JOB_INDEX" "$XQUTE_JOB_METADIR"']],
+        # a string command is a shell line: the shell reads the variables, and
+        # their values arrive as given (a list argument would get $NAME expanded
+        # into its text before bash -c parses it)
+        ['printf "%s|%s|%s|%s\\n" "$GREETING" "$QUOTED" "$XQUTE_JOB_INDEX" "$XQUTE_JOB_METADIR"'],
         envs={"GREETING": "hello world", "QUOTED": "it's \"quoted\" $HOME"},
         image=image,
         bin="podman",
@@ -328,6 +490,38 @@ async def test_named_mounts_and_plain_volumes(workdir, image, tmp_path):
     assert await job.get_rc() == 0, read(job.stderr_file)
     assert read(job.stdout_file) == "3\nanswer=42\n/mnt/disks/NAMED_MOUNTS/DATA/in data\n"
     assert (out / "made.txt").read_text() == "made\n"
+
+
+async def test_a_volume_appended_after_post_init_is_mounted_in_the_container(
+    workdir, image, tmp_path, monkeypatch
+):
+    from xqute import defaults
+
+    monkeypatch.setattr(defaults, "DEFAULT_WORKDIR_NAME", ".pipen")  # set by the client
+    out = tmp_path / "pipeline output"
+    out.mkdir()
+    (out / "from-host.txt").write_text("seen inside\n")
+    xq = Xqute(
+        "container", workdir=workdir, jobname_prefix=unique_prefix(),
+        scheduler_opts=dict(image=image, bin="podman"),
+    )
+    sched = xq.scheduler
+    # what pipen's init_proc does: post_init, the flag, then its output folder
+    await sched.post_init()
+    sched._post_init_called = True
+    sched.volumes.append(f"{out}:/mnt/disks/.pipen-output")
+    await xq.feed([
+        "bash", "-c",
+        'cat /mnt/disks/.pipen-output/from-host.txt; echo "$XQUTE_JOB_METADIR"; '
+        "echo written > /mnt/disks/.pipen-output/from-job.txt",
+    ])
+    await xq.run_until_complete()
+    job = xq.jobs[0]
+    assert await job.get_rc() == 0, read(job.stderr_file)
+    assert read(job.stdout_file) == "seen inside\n/mnt/disks/.pipen/0\n"
+    assert (out / "from-job.txt").read_text() == "written\n"
+    # mounted once: post_init did not run again and add the workdir twice
+    assert sched.volumes == [f"{workdir}:/mnt/disks/.pipen", f"{out}:/mnt/disks/.pipen-output"]
 
 
 async def test_mount_as_cwd_runs_jobs_in_the_mounted_folder(image, tmp_path, monkeypatch):

@@ -32,11 +32,12 @@ import shlex
 import shutil
 import signal
 from pathlib import PurePosixPath
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 from .. import defaults
 from ..defaults import JobStatus
 from ..job import Job
+from ..path import SpecPath
 from ..scheduler import JobQuery, SubmissionError
 from ..utils import logger, run_command, shell_quote
 from .local_scheduler import LocalScheduler, _exit_reason, _session_members
@@ -115,6 +116,13 @@ class _Mount:
         return None if rel is None else _join(self.host, rel)
 
 
+def _deepest_mount(mounts: Sequence[_Mount], inside_path: str) -> _Mount | None:
+    """The mount that shows ``inside_path`` in the container: of those holding
+    it, the one mounted deepest (it hides the others there)."""
+    holding = [m for m in mounts if m.host_of(inside_path) is not None]
+    return max(holding, key=lambda m: len(PurePosixPath(m.inside).parts), default=None)
+
+
 def _relative_to(path: str, base: str) -> str | None:
     try:
         rel = PurePosixPath(path).relative_to(PurePosixPath(base))
@@ -173,6 +181,16 @@ def parse_mounts(specs: Sequence[str], mount_root: str) -> tuple[list[_Mount], d
     return mounts, named
 
 
+class _Plan(NamedTuple):
+    """Where things go in the container, worked out from the options."""
+
+    mounts: list[_Mount]  # the volume_as_cwd folder, the volumes, the workdir's if needed
+    named: dict[str, str]  # NAME -> path inside, for NAME=host volumes
+    host_workdir: str
+    mounted_workdir: str
+    cwd: str | None  # the jobs' working folder inside (None: the mounted workdir)
+
+
 class ContainerScheduler(LocalScheduler):
     """Run each job in a container of ``image``, ``forks`` at a time.
 
@@ -197,12 +215,22 @@ class ContainerScheduler(LocalScheduler):
         **kwargs: the options every scheduler takes (``workdir``, ``forks``,
             ``cwd``, ``mounted_workdir``, ...).
 
-    The workdir is mounted at ``mounted_workdir`` when given, else where a
-    volume already brings it into the container, else at
-    ``DEFAULT_MOUNTED_ROOT/<DEFAULT_WORKDIR_NAME>``.
+    The constructor only looks the runtime up (and refuses a missing image or
+    an entrypoint it cannot split); how the options go together (mounts, workdir,
+    cwd, user) is checked by ``post_init()``, which raises ``ValueError`` for a
+    bad combination and then fills ``volumes``: the list of ``host:inside[:opts]``
+    strings that every job's container gets, read when each job is submitted, so
+    entries a client appends afterwards are mounted too.
+
+    The workdir is mounted at ``mounted_workdir`` when given; else a relative
+    workdir taken inside the jobs' working folder (``volume_as_cwd``, or ``cwd``
+    under a volume) stays where that folder's volume puts it; else (an absolute
+    workdir) it is mounted at ``DEFAULT_MOUNTED_ROOT/<DEFAULT_WORKDIR_NAME>``.
     """
 
     name = "container"
+    # Read through ``self`` (clients and subclasses may override it): where the
+    # workdir, the volume_as_cwd folder and named mounts go inside the container.
     DEFAULT_MOUNTED_ROOT = "/mnt/disks"
 
     def __init__(
@@ -222,17 +250,6 @@ class ContainerScheduler(LocalScheduler):
     ) -> None:
         if not image or not isinstance(image, str):
             raise ValueError("The container scheduler needs an image: pass image='name:tag'")
-        if mount is not None and volumes is not None:
-            raise ValueError("Pass extra mounts as 'volumes' or as 'mount', not both")
-        if mount_as_cwd is not None and volume_as_cwd is not None:
-            raise ValueError("Pass 'volume_as_cwd' or 'mount_as_cwd', not both")
-        volume_as_cwd = volume_as_cwd if volume_as_cwd is not None else mount_as_cwd
-        if volume_as_cwd and kwargs.get("cwd"):
-            raise ValueError(
-                "'volume_as_cwd' (or 'mount_as_cwd') sets the jobs' working folder; "
-                "do not pass 'cwd' with it"
-            )
-
         found = shutil.which(bin) if bin else None
         if not found:
             raise FileNotFoundError(
@@ -241,11 +258,6 @@ class ContainerScheduler(LocalScheduler):
             )
         self.bin = found
         self.kind = runtime_kind(found)
-        if user is not None and self.kind == APPTAINER:
-            raise ValueError(
-                f"'user' is not supported by {os.path.basename(found)}: apptainer runs "
-                "jobs as the calling user"
-            )
         self.image = image[len("docker://"):] if self.kind != APPTAINER and image.startswith("docker://") else image
         self.entrypoint = (
             shlex.split(entrypoint) if isinstance(entrypoint, str) else [str(a) for a in entrypoint]
@@ -256,75 +268,147 @@ class ContainerScheduler(LocalScheduler):
         self.user = user if user is not None else f"{os.getuid()}:{os.getgid()}"
         self.bin_args = shlex.split(bin_args) if isinstance(bin_args, str) else [str(a) for a in bin_args or ()]
 
-        if not args and "workdir" not in kwargs:
-            kwargs["workdir"] = defaults.DEFAULT_WORKDIR_NAME
-        workdir_arg = args[0] if args else kwargs["workdir"]
-        if "://" in str(workdir_arg):
-            raise ValueError(
-                f"The container scheduler needs a local workdir to mount, not {str(workdir_arg)!r}"
+        # Option combinations are refused by post_init, not here (2.x clients build
+        # the scheduler first and expect the error from post_init).
+        self._option_errors: list[str] = []
+        if mount is not None and volumes is not None:
+            self._option_errors.append("Pass extra mounts as 'volumes' or as 'mount', not both")
+        if mount_as_cwd is not None and volume_as_cwd is not None:
+            self._option_errors.append("Pass 'volume_as_cwd' or 'mount_as_cwd', not both")
+        if user is not None and self.kind == APPTAINER:
+            self._option_errors.append(
+                f"'user' is not supported by {os.path.basename(found)}: apptainer runs "
+                "jobs as the calling user"
             )
-        mounts, self.path_envs = parse_mounts(
-            _as_list(volumes if volumes is not None else mount, "volumes"), self.DEFAULT_MOUNTED_ROOT
-        )
-        cwd = kwargs.get("cwd")
-        if volume_as_cwd:
-            cwd_mount = _Mount(os.path.abspath(os.fspath(volume_as_cwd)), f"{self.DEFAULT_MOUNTED_ROOT}/.cwd")
-            mounts.insert(0, cwd_mount)
-            cwd = kwargs["cwd"] = cwd_mount.inside
 
-        host_workdir, mounted_workdir, extra = self._place_workdir(
-            os.fspath(workdir_arg), kwargs.pop("mounted_workdir", None), cwd, mounts
-        )
-        if extra is not None:
-            mounts.append(extra)
-        if args:
-            args = (host_workdir, *args[1:])
+        workdir_arg = args[0] if args else kwargs.pop("workdir", None)
+        # What post_init works from (2.x clients read these keys, pipen notably
+        # ``_kwargs["volume_as_cwd"]``); the options as given, not resolved.
+        options = {
+            "volumes": volumes if volumes is not None else mount,
+            "volume_as_cwd": volume_as_cwd if volume_as_cwd is not None else mount_as_cwd,
+            "workdir": workdir_arg,
+            "mounted_workdir": kwargs.pop("mounted_workdir", None),
+        }
+        # The base class needs a workdir now, and the manager creates it at once:
+        # put it where post_init will, when the options allow (a relative workdir
+        # in a volume_as_cwd folder must not land in the manager's folder).
+        try:
+            plan = self._plan(options, kwargs.get("cwd"))
+        except (ValueError, TypeError):  # post_init says what is wrong
+            host_workdir = os.fspath(workdir_arg or defaults.DEFAULT_WORKDIR_NAME)
+            mounted_workdir = options["mounted_workdir"]
         else:
-            kwargs["workdir"] = host_workdir
-        kwargs["mounted_workdir"] = mounted_workdir
-        super().__init__(*args, **kwargs)
+            host_workdir, mounted_workdir = plan.host_workdir, plan.mounted_workdir
+        super().__init__(host_workdir, *args[1:], mounted_workdir=mounted_workdir, **kwargs)
+        self._kwargs.update(options)
 
-        self.mounts = mounts
-        for m in mounts:
-            self._check_mount_path(m.host, "host")
-            self._check_mount_path(m.inside, "container")
+        # host:inside[:opts] strings, filled by post_init; clients may append more
+        self.volumes: list[str] = []
+        # NAME -> path inside, for the named volumes post_init mounted
+        self.path_envs: dict[str, str] = {}
+        self._volumes_set = False
+        self._mounts_cache: tuple[tuple[str, ...], list[_Mount], dict[str, str]] | None = None
         # container name -> pid of the client (or of ``<bin> wait``) attached to it
         self._clients: dict[str, int] = {}
 
     # ------------------------------------------------------------ set-up
-    def _place_workdir(
-        self, workdir: str, mounted: str | None, cwd: str | None, mounts: list[_Mount]
-    ) -> tuple[str, str, _Mount | None]:
-        """(host workdir, workdir inside, the mount it needs or None).
+    async def post_init(self) -> None:
+        """Check the options together, place the workdir, and fill ``volumes``.
 
-        A relative workdir is taken relative to the jobs' working folder (``cwd``,
-        a path inside the container, found on the host through a mount), else to
-        the manager's current folder.
+        Raises ValueError for options that do not go together (``volumes`` and
+        ``mount``, ``volume_as_cwd`` and ``cwd``, a relative workdir in a ``cwd``
+        that no volume mounts, a non-local workdir, a bad mount, ...).
+        Reads ``DEFAULT_WORKDIR_NAME`` now: clients set it after importing xqute.
+        Runs once: a second call changes nothing (clients move ``workdir`` after
+        the first one, and ``volumes`` must not get the same mounts twice).
         """
+        await super().post_init()
+        if self._volumes_set:
+            return
+        if self._option_errors:
+            raise ValueError(self._option_errors[0])
+        plan = self._plan(self._kwargs, self.cwd)
+        self.workdir = SpecPath(plan.host_workdir, mounted=plan.mounted_workdir)
+        if plan.cwd is not None:
+            self.cwd = plan.cwd
+        for spec in (m.spec() for m in plan.mounts):
+            if spec not in self.volumes:
+                self.volumes.append(spec)
+        self.path_envs = plan.named
+        self._volumes_set = True
+
+    def _plan(self, options: dict[str, Any], cwd: Any) -> _Plan:
+        """Mounts, workdir and cwd from the options; ValueError if they clash."""
+        volume_as_cwd = options.get("volume_as_cwd")
+        if volume_as_cwd and cwd:
+            raise ValueError(
+                "'volume_as_cwd' (or 'mount_as_cwd') sets the jobs' working folder; "
+                "do not pass 'cwd' with it"
+            )
+        workdir = os.fspath(options.get("workdir") or defaults.DEFAULT_WORKDIR_NAME)
+        if "://" in workdir:
+            raise ValueError(f"The container scheduler needs a local workdir to mount, not {workdir!r}")
+        mounted = options.get("mounted_workdir")
+        if mounted is not None:
+            mounted = os.fspath(mounted)
+            if not mounted.startswith("/"):
+                raise ValueError(f"'mounted_workdir' must be an absolute path inside the container, not {mounted!r}")
+
+        specs = _as_list(options.get("volumes"), "volumes")
+        if volume_as_cwd:
+            cwd = f"{self.DEFAULT_MOUNTED_ROOT}/.cwd"
+            specs.insert(0, f"{os.fspath(volume_as_cwd)}:{cwd}")
+        mounts, named = self._parse_volumes(specs)
+
+        workdir = os.path.expanduser(workdir)
         if not os.path.isabs(workdir) and cwd:
-            for m in mounts:
-                host_cwd = m.host_of(str(cwd))
-                if host_cwd is not None:
-                    host = os.path.normpath(os.path.join(host_cwd, workdir))
-                    break
-            else:
+            # taken inside the jobs' working folder, found on the host through its volume
+            found = _deepest_mount(mounts, str(cwd))
+            if found is None:
                 raise ValueError(
                     f"The relative workdir {workdir!r} is taken inside the jobs' working "
-                    f"folder {cwd!r}, which no volume mounts; give an absolute workdir or "
+                    f"folder {str(cwd)!r}, which no volume mounts; give an absolute workdir or "
                     "mount the folder that holds cwd"
                 )
+            host = os.path.normpath(os.path.join(found.host_of(str(cwd)) or "", workdir))
+            inside = mounted or os.path.normpath(os.path.join(str(cwd), workdir))
         else:
-            host = os.path.abspath(os.path.expanduser(workdir))
-        if mounted is not None:
-            mounted = str(mounted)
-            covered = any(m.inside_of(host) == mounted for m in mounts)
-            return host, mounted, None if covered else _Mount(host, mounted)
-        for m in mounts:
-            inside = m.inside_of(host)
-            if inside is not None and not m.options.startswith("ro"):
-                return host, inside, None
-        inside = f"{self.DEFAULT_MOUNTED_ROOT}/{defaults.DEFAULT_WORKDIR_NAME}"
-        return host, inside, _Mount(host, inside)
+            host = os.path.abspath(workdir)
+            inside = mounted or f"{self.DEFAULT_MOUNTED_ROOT}/{defaults.DEFAULT_WORKDIR_NAME}"
+        # the workdir needs a mount of its own unless a writable volume already
+        # shows this very folder at that place
+        shown = _deepest_mount(mounts, inside)
+        if shown is None or shown.host_of(inside) != host or shown.options.startswith("ro"):
+            workdir_mount = _Mount(host, inside)
+            mounts, _ = self._parse_volumes([*(m.spec() for m in mounts), workdir_mount.spec()])
+        return _Plan(mounts, named, host, inside, None if cwd is None else str(cwd))
+
+    def _parse_volumes(self, specs: Sequence[str]) -> tuple[list[_Mount], dict[str, str]]:
+        """Mounts from volume specs, identical ones once; ValueError for a spec
+        the runtime would misread or two different folders at one place."""
+        parsed, named = parse_mounts(specs, self.DEFAULT_MOUNTED_ROOT)
+        mounts: dict[str, _Mount] = {}
+        for m in parsed:
+            self._check_mount_path(m.host, "host")
+            self._check_mount_path(m.inside, "container")
+            inside = os.path.normpath(m.inside)
+            other = mounts.get(inside)
+            if other is None:
+                mounts[inside] = m
+            elif (other.host, other.options) != (m.host, m.options):
+                raise ValueError(
+                    f"Two volumes at {m.inside!r} in the container: {other.spec()!r} and {m.spec()!r}"
+                )
+        return list(mounts.values()), named
+
+    def _current_mounts(self) -> tuple[list[_Mount], dict[str, str]]:
+        """The mounts ``volumes`` holds now, and the named ones' paths inside."""
+        key = tuple(self.volumes)
+        if self._mounts_cache is None or self._mounts_cache[0] != key:
+            mounts, named = self._parse_volumes(key)
+            self._mounts_cache = (key, mounts, {**self.path_envs, **named})
+        return self._mounts_cache[1], self._mounts_cache[2]
 
     def _check_mount_path(self, path: str, side: str) -> None:
         # -v and --bind separate fields with ':' (and --bind mounts with ',')
@@ -343,12 +427,16 @@ class ContainerScheduler(LocalScheduler):
         return f"{base}-t{job.trial_count}-{secrets.token_hex(3)}"
 
     def container_command(self, job: Job, container_name: str | None = None) -> list[str]:
-        """The argv that runs ``job``'s wrapper in a container."""
+        """The argv that runs ``job``'s wrapper in a container.
+
+        The mounts are those ``volumes`` holds now (ValueError for a bad entry).
+        """
+        mounts, _ = self._current_mounts()
         wrapper = str((job.metadir / self.wrapped_script_name).mounted)
         workdir_inside = str(self.cwd) if self.cwd else str(self.workdir.mounted)
         if self.kind == APPTAINER:
             cmd = [self.bin, "exec", "--pwd", workdir_inside]
-            for m in self.mounts:
+            for m in mounts:
                 cmd += ["--bind", m.spec()]
         else:
             cmd = [self.bin, "run"]
@@ -357,7 +445,7 @@ class ContainerScheduler(LocalScheduler):
             if self.remove:
                 cmd.append("--rm")
             cmd += ["--user", self.user, "--workdir", workdir_inside]
-            for m in self.mounts:
+            for m in mounts:
                 cmd += ["-v", m.spec()]
         return [*cmd, *self.bin_args, self.image, *self.entrypoint, wrapper]
 
@@ -371,15 +459,22 @@ class ContainerScheduler(LocalScheduler):
 
     def jobcmd_init(self, job: Job) -> str:
         """Export the named mounts' paths (inside the container), then the usual."""
-        lines = [f"export {name}={shell_quote(path)}" for name, path in self.path_envs.items()]
+        _, named = self._current_mounts()
+        lines = [f"export {name}={shell_quote(path)}" for name, path in named.items()]
         lines.append(super().jobcmd_init(job))
         return "\n".join(lines)
 
     # ------------------------------------------------------------ the interface
     async def submit_job(self, job: Job) -> str:
-        await self.wrapped_job_script(job)
+        if not self._volumes_set:  # a client that submits without creating jobs first
+            await self.post_init()
         name = None if self.kind == APPTAINER else self.container_name(job)
-        argv = self.container_command(job, name)
+        try:
+            # volumes is read now: entries appended after post_init are mounted
+            argv = self.container_command(job, name)
+        except ValueError as exc:
+            raise SubmissionError(f"cannot mount the volumes: {exc}") from exc
+        await self.wrapped_job_script(job)
         log_path = os.path.join(str(job.metadir), CLIENT_LOG_NAME)
         try:
             log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
