@@ -424,6 +424,20 @@ async def test_a_bad_volume_appended_later_fails_the_submission_clearly(tmp_path
         await sched.submit_job(job)
 
 
+async def test_a_bad_volume_fails_the_jobs_after_it_with_the_reason_in_stderr(tmp_path, fake_runtime):
+    # the runtime is never reached: the command line cannot be built
+    xq = Xqute("container", workdir=tmp_path / "wd",
+               scheduler_opts=dict(image="i", bin=fake_runtime("docker")))
+    await xq.scheduler.post_init()
+    xq.scheduler._post_init_called = True
+    xq.scheduler.volumes.append("/x:/mnt/disks/.xqute")
+    await xq.feed(["true"])
+    await xq.run_until_complete()
+    job = xq.jobs[0]
+    assert await job.get_rc() == -2
+    assert "Two volumes at '/mnt/disks/.xqute'" in read(job.stderr_file)
+
+
 # ------------------------------------------------------------ real podman
 @pytest.mark.parametrize("runtime", runtime_bins())
 async def test_output_and_rc_through_a_real_runtime(workdir, image, runtime):

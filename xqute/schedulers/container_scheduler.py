@@ -11,7 +11,10 @@ client's exit code, say how the job ended.
 The workdir (and any extra volumes) are mounted; the wrapper uses the paths as
 the container sees them (``SpecPath.mounted``). Named mounts ``NAME=host_path``
 are mounted under ``<DEFAULT_MOUNTED_ROOT>/NAMED_MOUNTS/NAME/`` and ``$NAME``
-holds their path inside the container.
+holds their path inside the container. ``post_init`` works the mounts out into
+``scheduler.volumes`` (``host:inside`` strings); each job's command line is
+built from that list when the job is submitted, so clients (pipen) can add
+mounts of their own after ``post_init``.
 
 Killing a docker/podman job stops the container itself through the runtime
 (``kill --signal TERM``, then ``KILL`` after a grace period), not only the
@@ -466,14 +469,14 @@ class ContainerScheduler(LocalScheduler):
 
     # ------------------------------------------------------------ the interface
     async def submit_job(self, job: Job) -> str:
-        if not self._volumes_set:  # a client that submits without creating jobs first
-            await self.post_init()
         name = None if self.kind == APPTAINER else self.container_name(job)
         try:
+            if not self._volumes_set:  # a client that submits without creating jobs first
+                await self.post_init()
             # volumes is read now: entries appended after post_init are mounted
             argv = self.container_command(job, name)
-        except ValueError as exc:
-            raise SubmissionError(f"cannot mount the volumes: {exc}") from exc
+        except ValueError as exc:  # bad options, or a bad entry a client added to volumes
+            raise SubmissionError(str(exc)) from exc
         await self.wrapped_job_script(job)
         log_path = os.path.join(str(job.metadir), CLIENT_LOG_NAME)
         try:
