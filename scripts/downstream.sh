@@ -56,23 +56,29 @@ if [ ! -d "$src/pipen-$pipen_version/tests" ]; then
 fi
 cd "$src/pipen-$pipen_version"
 
-# Tests that read or write a real Google Cloud Storage bucket on the internet
-# (tests/helpers.py BUCKET = gs://handy-buffer-287000.appspot.com, or gs://test-bucket
-# through google-cloud-storage); this machine and CI have no internet access.
+# Tests that read or write pipen's real Google Cloud Storage bucket on the
+# internet (tests/helpers.py: BUCKET = gs://handy-buffer-287000.appspot.com);
+# this machine and CI have no internet access. They fail the same way on xqute
+# 2.2.1 here. (test_job.py::test_cloudpath_input_files names the bucket but
+# only uses the path, so it runs.)
 internet=(
-    "tests/test_channel.py::test_from_glob_cloudpath"
-    "tests/test_job.py::test_cloudpath_input_files"
-    "tests/test_pipen.py::test_cloud_workdir_outdir"
+    "tests/test_channel.py::test_from_glob_cloudpath"   # globs the bucket
+    "tests/test_pipen.py::test_cloud_workdir_outdir"    # workdir and outdir in the bucket
+    "tests/test_utils.py::test_get_mtime_cloud_file"    # stats an object in the bucket
+    "tests/test_utils.py::test_get_mtime_symlink_to_cloud_dir"        # stats a bucket folder
+    "tests/test_utils.py::test_get_mtime_cloud_symlink_to_cloud_dir"  # writes a link object
 )
 deselect=()
 for t in "${internet[@]}"; do deselect+=(--deselect "$t"); done
 echo "== downstream: pipen $pipen_version tests, ${#internet[@]} deselected (need the internet):"
 printf '   %s\n' "${internet[@]}"
 
-# pipen's own addopts (coverage, -n auto) are kept except the worker count:
-# two workers on a 2-core machine.
+# pipen's own addopts are kept except the worker count (two workers on a
+# 2-core machine) and coverage: pipen's coverage is not what is tested here,
+# and its data file races between forked workers ("no such table: context",
+# seen on xqute 2.2.1 too).
 status=0
-"$py" -m pytest -p no:cacheprovider -n 2 -q "${deselect[@]}" tests "$@" || status=$?
+"$py" -m pytest -p no:cacheprovider -n 2 --no-cov -q "${deselect[@]}" tests "$@" || status=$?
 echo "== downstream: pipen $pipen_version's own suite exited $status"
 
 # Then a real pipen pipeline on every scheduler (tests/downstream), against the
