@@ -20,7 +20,8 @@ import pytest
 from tests.realparts import part_env, require
 from xqute import JobStatus, Xqute
 from xqute.scheduler import SubmissionError
-from xqute.schedulers.gbatch_scheduler import GbatchScheduler
+from xqute.schedulers import gbatch_scheduler
+from xqute.schedulers.gbatch_scheduler import JOB_NAME_RE, GbatchScheduler
 
 OPTS = {"project": "xqute-test", "location": "us-central1"}
 
@@ -29,38 +30,103 @@ def make(workdir="gs://bucket/run/wd", **options) -> GbatchScheduler:
     return GbatchScheduler(workdir, **{**OPTS, **options})
 
 
+def spec_of(config) -> dict:
+    return config["taskGroups"][0]["taskSpec"]
+
+
+def job_json_of(scheduler: GbatchScheduler, index: int = 0) -> dict:
+    job = scheduler.job_class(index, ["true"], scheduler.workdir)
+    return scheduler.job_json(job, job.metadir / scheduler.wrapped_script_name)
+
+
 # ------------------------------------------------------------------ options
-def test_required_options_and_workdir_are_checked():
-    with pytest.raises(ValueError, match="project="):
-        GbatchScheduler("gs://b/wd", location="us-central1")
-    with pytest.raises(ValueError, match="location="):
-        GbatchScheduler("gs://b/wd", project="p")
-    with pytest.raises(ValueError, match="gs:// workdir"):
-        make("/local/wd")
-    with pytest.raises(ValueError, match="not both"):
-        make(mount="gs://b/x:/x", volumes="gs://b/y:/y")
-    with pytest.raises(ValueError, match="mount_as_cwd must be a gs://"):
-        make(mount_as_cwd="/data")
-    with pytest.raises(ValueError, match="inside the Batch VM"):
-        make(cwd="gs://b/cwd")
+def test_default_mounted_root():
+    assert GbatchScheduler.DEFAULT_MOUNTED_ROOT == "/mnt/disks"
 
 
-@pytest.mark.parametrize("prefix", ["Has_Underscore", "9starts-with-digit", "x" * 60])
-def test_job_names_follow_batch_rules(prefix):
-    with pytest.raises(ValueError, match="Batch job"):
-        make(jobname_prefix=prefix)
+@pytest.mark.parametrize(
+    "workdir, options, message",
+    [
+        ("gs://b/wd", {"project": None}, "project="),
+        ("gs://b/wd", {"location": None}, "location="),
+        ("/local/wd", {}, "gs:// workdir"),
+        ("s3://b/wd", {}, "gs:// workdir"),
+        ("rel/wd", {}, "a relative one needs mount_as_cwd"),
+        ("../wd", {"mount_as_cwd": "gs://b/cwd"}, "must not leave"),
+        ("gs://b/wd", {"mount": "gs://b/x:/x", "volumes": "gs://b/y:/y"}, "not both"),
+        ("gs://b/wd", {"mount_as_cwd": "gs://b/c", "volume_as_cwd": "gs://b/d"}, "not both"),
+        ("gs://b/wd", {"mount_as_cwd": "/data"}, "mount_as_cwd must be a gs://"),
+        ("gs://b/wd", {"mount_as_cwd": "gs://b/c", "cwd": "/elsewhere"}, "not both"),
+        ("gs://b/wd", {"cwd": "gs://b/cwd"}, "inside the Batch VM"),
+        ("gs://b/wd", {"mount": "/local/data:/mnt/disks/data"}, "gs:// folders only"),
+        ("gs://b/wd", {"mount": "test"}, "Invalid mount"),
+        ("gs://b/wd", {"query_interval": 0}, "query_interval"),
+        ("gs://b/wd", {"runnables": ["echo"]}, "must be a dict"),
+        (".pipen", {"mount": "gs://b/a:/mnt/disks/some", "cwd": "/mnt/disks/other/d"},
+         "under none of the mounted folders"),
+    ],
+)
+async def test_any_options_construct_and_post_init_refuses_bad_ones(workdir, options, message):
+    scheduler = GbatchScheduler(workdir, **{**OPTS, **options})  # never raises
+    with pytest.raises(ValueError, match=message):
+        await scheduler.post_init()
 
 
-def test_job_name_is_lowercased_and_checked():
+def test_a_non_list_task_groups_is_a_type_error():
+    with pytest.raises(TypeError, match="taskGroups must be a list"):
+        make(taskGroups=1)
+    with pytest.raises(TypeError, match="taskGroups\\[0\\] must be a dict"):
+        make(taskGroups=[1])
+    with pytest.raises(TypeError, match="volumes must be a list"):
+        make(taskGroups=[{"taskSpec": {"volumes": {}}}])
+
+
+async def test_no_gcloud_is_needed_to_construct_or_post_init(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no gcloud anywhere
+    scheduler = make(mount="gs://data/ref:/mnt/disks/ref")
+    await scheduler.post_init()
+    assert len(spec_of(scheduler.config)["volumes"]) == 2
+
+
+async def test_a_missing_gcloud_fails_the_submission_clearly(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    scheduler = make()
+    await scheduler.post_init()
+    job = scheduler.job_class(0, ["true"], scheduler.workdir)
+
+    async def no_write(*_args, **_kwargs):
+        return None
+
+    async def script(_job):
+        return job.metadir / scheduler.wrapped_script_name
+
+    monkeypatch.setattr(gbatch_scheduler, "write_meta", no_write)
+    monkeypatch.setattr(scheduler, "wrapped_job_script", script)
+    with pytest.raises(SubmissionError, match="not found: gcloud.*gcloud=") as raised:
+        await scheduler.submit_job(job)
+    assert not raised.value.transient  # not retried: the job fails at once
+
+
+@pytest.mark.parametrize(
+    "prefix", ["Has_Underscore", "9starts-with-digit", "x" * 80, "处理", "My.Proc-2"]
+)
+def test_any_prefix_gives_a_valid_batch_job_name(prefix):
+    scheduler = make(jobname_prefix=prefix)
+    for index in (0, 7, 123456789):
+        name = scheduler.batch_job_name(scheduler.job_class(index, ["true"], scheduler.workdir))
+        assert JOB_NAME_RE.match(name), name
+    other = make("gs://bucket/run/other", jobname_prefix=prefix)
+    job = scheduler.job_class(3, ["true"], scheduler.workdir)
+    assert scheduler.batch_job_name(job) != other.batch_job_name(job)
+
+
+def test_job_name_is_lowercased():
     scheduler = make(jobname_prefix="MyPipe")
-    job = scheduler.job_class(7, ["true"], scheduler.workdir)
-    name = scheduler.batch_job_name(job)
+    name = scheduler.batch_job_name(scheduler.job_class(7, ["true"], scheduler.workdir))
     assert name.startswith("mypipe-") and name.endswith("-7")
-    scheduler.jobname_prefix = "ok-" + "x" * 60  # changed after the check
-    with pytest.raises(SubmissionError, match="not a valid Batch job id"):
-        scheduler.batch_job_name(job)
 
 
+# ------------------------------------------------------------------ the job JSON
 async def test_job_json_has_the_script_volumes_labels_and_policies():
     scheduler = make(
         mount=["gs://data-bucket/ref:/mnt/disks/ref"],
@@ -73,11 +139,9 @@ async def test_job_json_has_the_script_volumes_labels_and_policies():
         labels={"team": "genomics"},
         taskGroups=[{"taskSpec": {"maxRunDuration": "3600s"}, "parallelism": "1"}],
     )
-    scheduler.gcloud = "true"  # post_init checks that the binary exists
     await scheduler.post_init()
-    job = scheduler.job_class(0, ["echo", "hi"], scheduler.workdir)
-    config = scheduler.job_json(job, job.metadir / scheduler.wrapped_script_name)
-    spec = config["taskGroups"][0]["taskSpec"]
+    config = job_json_of(scheduler)
+    spec = spec_of(config)
     assert spec["runnables"] == [
         {"script": {"text": "/bin/bash /mnt/disks/.xqute/0/job.wrapped.gbatch"}}
     ]
@@ -108,6 +172,144 @@ async def test_job_json_has_the_script_volumes_labels_and_policies():
     assert len(scheduler.run_label) == 16
 
 
+async def test_config_is_the_live_job_json_clients_read_and_edit():
+    scheduler = make(
+        mount="gs://test-bucket/path:/mnt/disks/path",
+        image_uri="some-image",
+        entrypoint="/bin/bashx",
+        commands=["-c"],
+    )
+    spec = spec_of(scheduler.config)
+    container = spec["runnables"][0]["container"]
+    assert container["image_uri"] == "some-image"
+    assert container["entrypoint"] == "/bin/bashx"
+    assert container["commands"] == ["-c"]
+    assert spec["volumes"] == []
+    await scheduler.post_init()
+    assert spec_of(scheduler.config)["volumes"][-1] == {
+        "gcs": {"remotePath": "test-bucket/path"}, "mountPath": "/mnt/disks/path"
+    }
+    # what pipen does after post_init: more volumes, labels, another image
+    spec_of(scheduler.config)["volumes"].append(
+        {"gcs": {"remotePath": "test-bucket/out"}, "mountPath": "/mnt/disks/out"}
+    )
+    scheduler.config["labels"]["pipeline"] = "mypipeline"
+    spec_of(scheduler.config)["runnables"][0]["container"]["image_uri"] = "other-image"
+    submitted = job_json_of(scheduler)
+    assert spec_of(submitted)["volumes"][-1]["mountPath"] == "/mnt/disks/out"
+    assert submitted["labels"]["pipeline"] == "mypipeline"
+    container = spec_of(submitted)["runnables"][0]["container"]
+    # Batch's own field name, and the wrapper call added to a copy only
+    assert container == {
+        "imageUri": "other-image",
+        "entrypoint": "/bin/bashx",
+        "commands": ["-c", "/bin/bash /mnt/disks/.xqute/0/job.wrapped.gbatch"],
+    }
+    assert spec_of(scheduler.config)["runnables"][0]["container"]["commands"] == ["-c"]
+
+
+async def test_post_init_runs_once_and_never_doubles_the_volumes():
+    scheduler = make(mount="gs://b/ref:/mnt/disks/ref")
+    await scheduler.post_init()
+    scheduler.workdir = scheduler.workdir / "proc"  # as pipen does
+    await scheduler.post_init()
+    assert len(spec_of(scheduler.config)["volumes"]) == 2
+    assert str(scheduler.workdir) == "gs://bucket/run/wd/proc"
+    assert str(scheduler.workdir.mounted) == "/mnt/disks/.xqute/proc"
+
+
+async def test_kwargs_say_what_the_mounts_and_workdir_are():
+    scheduler = make(mount="gs://b/ref:/mnt/disks/ref", mount_as_cwd="gs://b/cwd")
+    assert scheduler._kwargs["mount"] == "gs://b/ref:/mnt/disks/ref"
+    assert scheduler._kwargs["mount_as_cwd"] == "gs://b/cwd"
+    assert scheduler._kwargs["workdir"] == "gs://bucket/run/wd"
+    await scheduler.post_init()
+    assert scheduler._kwargs["mounted_workdir"] == "/mnt/disks/.xqute"
+    volumes = GbatchScheduler(".pipen", volumes="gs://b/ref:/mnt/disks/ref", volume_as_cwd="gs://b/c", **OPTS)
+    await volumes.post_init()  # the 2.x aliases land under the same keys
+    assert volumes._kwargs["mount"] == "gs://b/ref:/mnt/disks/ref"
+    assert volumes._kwargs["workdir"] == "gs://b/c/.pipen"
+    assert volumes._kwargs["mounted_workdir"] == "/mnt/disks/.cwd/.pipen"
+
+
+async def test_mount_as_cwd_comes_first_and_the_workdir_second():
+    scheduler = make("gs://bucket/.xqute", mount_as_cwd="gs://bucket/cwd", mount="gs://b/ref:/mnt/disks/ref")
+    await scheduler.post_init()
+    assert [v["mountPath"] for v in spec_of(scheduler.config)["volumes"]] == [
+        "/mnt/disks/.cwd", "/mnt/disks/.xqute", "/mnt/disks/ref"
+    ]
+    assert scheduler.cwd == "/mnt/disks/.cwd"
+
+
+async def test_mount_as_cwd_takes_a_relative_workdir_inside_it():
+    scheduler = GbatchScheduler(".pipeline", mount_as_cwd="gs://bucket/project", **OPTS)
+    assert scheduler.cwd == "/mnt/disks/.cwd"
+    await scheduler.post_init()
+    assert str(scheduler.workdir) == "gs://bucket/project/.pipeline"
+    assert str(scheduler.workdir.mounted) == "/mnt/disks/.cwd/.pipeline"
+    # the cwd's volume holds the workdir: no second one
+    assert spec_of(scheduler.config)["volumes"] == [
+        {"gcs": {"remotePath": "bucket/project"}, "mountPath": "/mnt/disks/.cwd"}
+    ]
+
+
+async def test_a_relative_workdir_lies_under_the_bucket_that_holds_cwd():
+    scheduler = GbatchScheduler(
+        ".pipen",
+        mount=["gs://bucket/other:/mnt/disks", "gs://bucket/a/b/c:/mnt/disks/some"],
+        cwd="/mnt/disks/some/dir1/dir2",
+        **OPTS,
+    )
+    await scheduler.post_init()
+    # the deepest mount holding cwd decides
+    assert str(scheduler.workdir) == "gs://bucket/a/b/c/dir1/dir2/.pipen"
+    assert str(scheduler.workdir.mounted) == "/mnt/disks/some/dir1/dir2/.pipen"
+    assert [v["mountPath"] for v in spec_of(scheduler.config)["volumes"]] == [
+        "/mnt/disks", "/mnt/disks/some"
+    ]
+    assert scheduler.cwd == "/mnt/disks/some/dir1/dir2"
+
+
+async def test_a_gs_workdir_with_cwd_under_no_mount_is_fine():
+    scheduler = make(cwd="/tmp/scratch")  # a folder of the VM itself
+    await scheduler.post_init()
+    assert str(scheduler.workdir.mounted) == "/mnt/disks/.xqute"
+
+
+async def test_a_mount_at_another_place_does_not_hide_the_workdir():
+    # mounted_workdir is inside the mount, but the mount holds another folder
+    scheduler = make(mounted_workdir="/mnt/disks/some/wd", mount="gs://bucket/data:/mnt/disks/some")
+    await scheduler.post_init()
+    assert {"gcs": {"remotePath": "bucket/run/wd"}, "mountPath": "/mnt/disks/some/wd"} in (
+        spec_of(scheduler.config)["volumes"]
+    )
+    # and when it holds the workdir itself, one volume does
+    scheduler = make(mounted_workdir="/mnt/disks/some/wd", mount="gs://bucket/run:/mnt/disks/some")
+    await scheduler.post_init()
+    assert [v["mountPath"] for v in spec_of(scheduler.config)["volumes"]] == ["/mnt/disks/some"]
+
+
+async def test_mount_as_cwd_set_after_post_init_reaches_the_submission():
+    scheduler = make()
+    await scheduler.post_init()
+    scheduler._kwargs["mount_as_cwd"] = "gs://bucket/late-cwd"
+    scheduler._sync_mount_as_cwd()  # what submit_job does first
+    volumes = spec_of(job_json_of(scheduler))["volumes"]
+    assert volumes[0] == {"gcs": {"remotePath": "bucket/late-cwd"}, "mountPath": "/mnt/disks/.cwd"}
+    assert scheduler.cwd == "/mnt/disks/.cwd"
+    job = scheduler.job_class(0, ["true"], scheduler.workdir)
+    assert "cd /mnt/disks/.cwd" in scheduler.wrap_job_script(job)
+    # changed again: the old volume goes, never two at /mnt/disks/.cwd
+    scheduler._kwargs["mount_as_cwd"] = "gs://bucket/later"
+    scheduler._sync_mount_as_cwd()
+    mounts = [v["mountPath"] for v in spec_of(scheduler.config)["volumes"]]
+    assert mounts == ["/mnt/disks/.cwd", "/mnt/disks/.xqute"]
+    assert spec_of(scheduler.config)["volumes"][0]["gcs"]["remotePath"] == "bucket/later"
+    scheduler._kwargs["mount_as_cwd"] = "/not/gcs"
+    with pytest.raises(SubmissionError, match="gs://"):
+        scheduler._sync_mount_as_cwd()
+
+
 async def test_container_runnable_commands_and_extra_runnables_in_order():
     scheduler = make(
         image_uri="ubuntu:24.04",
@@ -117,11 +319,8 @@ async def test_container_runnable_commands_and_extra_runnables_in_order():
             {"script": {"text": "echo second"}, "order": -1},
         ],
     )
-    scheduler.gcloud = "true"
     await scheduler.post_init()
-    job = scheduler.job_class(1, ["true"], scheduler.workdir)
-    script = job.metadir / scheduler.wrapped_script_name
-    runnables = scheduler.job_json(job, script)["taskGroups"][0]["taskSpec"]["runnables"]
+    runnables = spec_of(job_json_of(scheduler, 1))["runnables"]
     assert [r.get("script", {}).get("text") for r in runnables] == [
         "echo first", "echo second", None, "echo after"
     ]
@@ -132,36 +331,18 @@ async def test_container_runnable_commands_and_extra_runnables_in_order():
     }
     # an entrypoint of the "-c" kind gets one command string
     scheduler = make(image_uri="img", entrypoint="/bin/sh", commands=["-c"])
-    scheduler.gcloud = "true"
     await scheduler.post_init()
-    container = scheduler.job_json(job, script)["taskGroups"][0]["taskSpec"]["runnables"][0]["container"]
+    container = spec_of(job_json_of(scheduler, 1))["runnables"][0]["container"]
     assert container["commands"] == ["-c", "/bin/bash /mnt/disks/.xqute/1/job.wrapped.gbatch"]
     # placeholders
     scheduler = make(image_uri="img", entrypoint="env", commands=["{lang}", "{script}"])
-    scheduler.gcloud = "true"
     await scheduler.post_init()
-    container = scheduler.job_json(job, script)["taskGroups"][0]["taskSpec"]["runnables"][0]["container"]
+    container = spec_of(job_json_of(scheduler, 1))["runnables"][0]["container"]
     assert container["commands"] == ["/bin/bash", "/mnt/disks/.xqute/1/job.wrapped.gbatch"]
-
-
-def test_mount_as_cwd_takes_a_relative_workdir_inside_it():
-    scheduler = GbatchScheduler(".pipeline", mount_as_cwd="gs://bucket/project", **OPTS)
-    assert str(scheduler.workdir) == "gs://bucket/project/.pipeline"
-    assert str(scheduler.workdir.mounted) == "/mnt/disks/.cwd/.pipeline"
-    assert scheduler.cwd == "/mnt/disks/.cwd"
-
-
-async def test_missing_gcloud_is_a_clear_error():
-    scheduler = make(gcloud="/no/such/gcloud")
-    with pytest.raises(FileNotFoundError, match="gcloud not found"):
-        await scheduler.post_init()
-
-
-async def test_mount_sources_must_be_gcs():
-    scheduler = make(mount="/local/data:/mnt/disks/data")
-    scheduler.gcloud = "true"
-    with pytest.raises(ValueError, match="gs:// folders only"):
-        await scheduler.post_init()
+    # a container without an image is refused at submission
+    scheduler = make(taskGroups=[{"taskSpec": {"runnables": [{"container": {}}]}}])
+    with pytest.raises(SubmissionError, match="needs an image"):
+        job_json_of(scheduler)
 
 
 # ------------------------------------------------ end to end: gcloud + the fake

@@ -2,8 +2,11 @@
 
 Each job is one Batch job with one task. Its wrapper lives in the ``gs://``
 workdir, which Batch mounts into the VM (a GCS volume, at ``mounted_workdir``,
-``/mnt/disks/<workdir name>`` by default), so the wrapper writes its meta files
-there as plain files and the manager reads them from the bucket.
+``/mnt/disks/<defaults.DEFAULT_WORKDIR_NAME>`` by default), so the wrapper writes
+its meta files there as plain files and the manager reads them from the bucket.
+
+``config`` is the job JSON itself, kept live: 2.x clients (pipen) append volumes
+and labels to it after ``post_init``, and each submission copies it as it is then.
 
 Economy of calls, since a ``gcloud`` call costs one to three seconds of CPU:
 
@@ -32,11 +35,11 @@ import hashlib
 import json
 import re
 import shlex
-import shutil
 import time
 from pathlib import PurePosixPath
 from typing import Any, Sequence
 
+from diot import Diot
 from panpath import GSPath
 
 from .. import defaults
@@ -48,8 +51,8 @@ from ..utils import logger, run_command, sanitize_mounts, shell_quote
 # Batch job ids: 1-63 characters, lowercase letters, digits and hyphens, starting
 # with a letter and not ending with a hyphen.
 JOB_NAME_RE = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
-# Room left for "-<8 hex>-<index up to 6 digits>" after the prefix.
-MAX_PREFIX_LENGTH = 63 - 16
+# What a job name may not hold in a Batch job id (replaced by hyphens).
+_BATCH_BAD_NAME_CHARS = re.compile(r"[^a-z0-9-]")
 # Label keys and values (https://cloud.google.com/batch/docs/organize-resources-using-labels)
 _LABEL_VALUE_BAD_CHARS = re.compile(r"[^a-z0-9_-]")
 
@@ -130,15 +133,28 @@ def _merge_missing(target: dict, extra: dict) -> dict:
 class GbatchScheduler(Scheduler):
     """Submit each job to Google Cloud Batch with ``gcloud batch jobs submit``.
 
+    ``config`` is the Batch job JSON that every job is submitted with (a Diot):
+    the keys not taken as options, with the options merged in, and after
+    ``post_init`` the volumes in ``config["taskGroups"][0]["taskSpec"]["volumes"]``.
+    ``taskSpec.runnables[0]`` is the template of the job's own runnable (its
+    ``container`` holds ``image_uri``, ``entrypoint`` and ``commands``); the
+    wrapper call is filled in at submission, on a copy. Changes made to
+    ``config`` at any time reach the jobs submitted afterwards.
+
+    The constructor records the options; ``post_init`` checks them (a
+    ``ValueError`` for a bad one), resolves the workdir and adds the volumes.
+    ``gcloud`` is first needed at submission: a missing one fails the job with a
+    clear message.
+
     Args:
         project: the Google Cloud project (required).
         location: the Batch location, a region such as ``us-central1`` (required).
         gcloud: the ``gcloud`` binary (found on PATH by default).
         volumes / mount: GCS folders to mount in the VM, one string or a list:
             ``"gs://bucket/dir:/mnt/disks/dir"``, or ``"NAME=gs://bucket/dir"``
-            which mounts it under ``/mnt/disks`` and exports ``$NAME`` (its path
-            inside) to the job; a file is mounted by its folder and ``$NAME``
-            names the file.
+            which mounts it under ``/mnt/disks/NAMED_MOUNTS`` and exports
+            ``$NAME`` (its path inside) to the job; a file is mounted by its
+            folder and ``$NAME`` names the file.
         mount_as_cwd / volume_as_cwd: a ``gs://`` folder mounted at
             ``/mnt/disks/.cwd`` where the jobs run; a relative ``workdir`` is
             then taken inside it.
@@ -167,9 +183,11 @@ class GbatchScheduler(Scheduler):
         deletion_timeout: seconds to wait for an old job's deletion when its
             name is needed again (600).
         command_timeout: seconds any one gcloud command may take (120).
-        **kwargs: the base scheduler's options; any other key is merged into the
-            job JSON: ``taskGroups``, ``allocationPolicy``, ``labels``,
-            ``logsPolicy``, ... (what is given there wins over the options).
+        **kwargs: the base scheduler's options (``cwd`` is a folder in the VM; a
+            relative ``workdir`` is then taken inside the mounted bucket folder
+            that holds it); any other key is merged into the job JSON:
+            ``taskGroups``, ``allocationPolicy``, ``labels``, ``logsPolicy``, ...
+            (what is given there wins over the options).
     """
 
     name = "gbatch"
@@ -205,54 +223,49 @@ class GbatchScheduler(Scheduler):
         command_timeout: float = 120.0,
         **kwargs: Any,
     ) -> None:
+        # Problems with the options are collected here and raised by post_init:
+        # 2.x clients build the scheduler first and expect ValueError from there.
+        problems: list[str] = []
         if not project or not isinstance(project, str):
-            raise ValueError("The gbatch scheduler needs project= (a Google Cloud project id)")
+            problems.append("The gbatch scheduler needs project= (a Google Cloud project id)")
         if not location or not isinstance(location, str):
-            raise ValueError("The gbatch scheduler needs location= (a region, e.g. us-central1)")
+            problems.append("The gbatch scheduler needs location= (a region, e.g. us-central1)")
         if mount and volumes:
-            raise ValueError("Give either 'mount' or 'volumes' (they are the same option), not both")
+            problems.append("Give either 'mount' or 'volumes' (they are the same option), not both")
         if mount_as_cwd and volume_as_cwd:
-            raise ValueError(
+            problems.append(
                 "Give either 'mount_as_cwd' or 'volume_as_cwd' (the same option), not both"
             )
         if query_interval <= 0 or query_interval_max < query_interval:
-            raise ValueError("query_interval must be > 0 and <= query_interval_max")
+            problems.append("query_interval must be > 0 and <= query_interval_max")
         if end_grace < 0 or command_timeout <= 0 or deletion_timeout <= 0:
-            raise ValueError("end_grace must be >= 0, command_timeout and deletion_timeout > 0")
+            problems.append("end_grace must be >= 0, command_timeout and deletion_timeout > 0")
         if start_timeout is not None and start_timeout <= 0:
-            raise ValueError("start_timeout must be a number of seconds > 0, or None")
+            problems.append("start_timeout must be a number of seconds > 0, or None")
+        runnables = list(runnables or [])
+        problems.extend(
+            f"Each of runnables must be a dict (Batch's JSON), got {r!r}"
+            for r in runnables
+            if not isinstance(r, dict)
+        )
+        self._problems = problems
+
         mount_as_cwd = mount_as_cwd or volume_as_cwd
-        root = self.DEFAULT_MOUNTED_ROOT
-        if mount_as_cwd:
-            if not str(mount_as_cwd).startswith("gs://"):
-                raise ValueError(f"mount_as_cwd must be a gs:// folder, got {mount_as_cwd!r}")
-            if kwargs.get("cwd"):
-                raise ValueError("Give either 'mount_as_cwd' or 'cwd', not both")
-            kwargs["cwd"] = f"{root}/.cwd"
-            args, kwargs = self._workdir_inside_cwd(args, kwargs, str(mount_as_cwd), root)
-        cwd = kwargs.get("cwd")
-        if cwd and "://" in str(cwd):
-            raise ValueError(
-                f"cwd must be a folder inside the Batch VM (like {root}/data), got {cwd!r}"
-            )
         if not args and "workdir" not in kwargs:
             kwargs["workdir"] = defaults.DEFAULT_WORKDIR_NAME
         workdir = args[0] if args else kwargs["workdir"]
-        if not str(workdir).startswith("gs://"):
-            raise ValueError(
-                f"The gbatch scheduler needs a gs:// workdir (Batch VMs mount it), got {str(workdir)!r}"
-            )
-        kwargs.setdefault("mounted_workdir", f"{root}/{defaults.DEFAULT_WORKDIR_NAME}")
-        mounted_workdir = str(kwargs["mounted_workdir"])
+        mounted_workdir = kwargs.get("mounted_workdir")
+        if mount_as_cwd and not kwargs.get("cwd"):
+            kwargs["cwd"] = self._cwd_inside()
         super().__init__(*args, **kwargs)
+        # What clients read (and may change before post_init, which reads them).
+        self._kwargs.update(
+            mount=mount or volumes,
+            mount_as_cwd=mount_as_cwd,
+            workdir=str(workdir),
+            mounted_workdir=None if mounted_workdir is None else str(mounted_workdir),
+        )
 
-        prefix = self.jobname_prefix.lower()
-        if not JOB_NAME_RE.match(prefix) or len(prefix) > MAX_PREFIX_LENGTH:
-            raise ValueError(
-                f"jobname_prefix {self.jobname_prefix!r} cannot start a Batch job name: "
-                f"use up to {MAX_PREFIX_LENGTH} lowercase letters, digits and hyphens, "
-                "starting with a letter (Batch job ids match ^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$)"
-            )
         self.project = project
         self.location = location
         self.gcloud = gcloud
@@ -265,28 +278,17 @@ class GbatchScheduler(Scheduler):
         self.start_timeout = None if start_timeout is None else float(start_timeout)
         self.deletion_timeout = float(deletion_timeout)
         self.command_timeout = float(command_timeout)
-        self.run_label = hashlib.sha256(str(self.workdir).encode()).hexdigest()[:16]
 
-        self._mounts = [mount_as_cwd + f":{root}/.cwd"] if mount_as_cwd else []
-        mounts = mount or volumes
-        self._mounts.extend([mounts] if isinstance(mounts, str) else list(mounts or []))
-        self._mount_as_cwd = mount_as_cwd
-        self._mounted_workdir = mounted_workdir
         self._path_envs: dict[str, str] = {}
         self._runnables_before: list[dict] = []
         self._runnables_after: list[dict] = []
-        for runnable in runnables or []:
-            if not isinstance(runnable, dict):
-                raise ValueError(f"Each of runnables must be a dict (Batch's JSON), got {runnable!r}")
-            runnable = copy.deepcopy(runnable)
+        for runnable in sorted(
+            (copy.deepcopy(r) for r in runnables if isinstance(r, dict)),
+            key=lambda r: r.get("order", 0),
+        ):
             order = runnable.pop("order", 0)
-            (self._runnables_before if order < 0 else self._runnables_after).append(
-                (order, runnable)
-            )
-        self._runnables_before = [r for _, r in sorted(self._runnables_before, key=lambda x: x[0])]
-        self._runnables_after = [r for _, r in sorted(self._runnables_after, key=lambda x: x[0])]
-
-        self._template = self._job_template(
+            (self._runnables_before if order < 0 else self._runnables_after).append(runnable)
+        self.config = self._job_config(
             service_account=service_account,
             network=network,
             subnetwork=subnetwork,
@@ -294,6 +296,11 @@ class GbatchScheduler(Scheduler):
             machine_type=machine_type,
             provisioning_model=provisioning_model,
         )
+        # set by post_init: its volumes are in config, and the mount_as_cwd
+        # they were made for (a client may change it afterwards)
+        self._volumes_added = False
+        self._cwd_volume: dict | None = None
+        self._applied_mount_as_cwd: str | None = None
         # name -> Batch's uid for the jobs this scheduler submitted
         self._uids: dict[str, str] = {}
         self._states: dict[str, str] = {}
@@ -306,50 +313,69 @@ class GbatchScheduler(Scheduler):
         self.gcloud_calls = 0
         self.status_calls = 0
 
-    @staticmethod
-    def _workdir_inside_cwd(
-        args: tuple, kwargs: dict, mount_as_cwd: str, root: str
-    ) -> tuple[tuple, dict]:
-        """A relative workdir goes inside the folder mounted as the jobs' cwd."""
-        workdir = args[0] if args else kwargs.get("workdir", defaults.DEFAULT_WORKDIR_NAME)
-        text = str(workdir)
-        if "://" in text or text.startswith("/"):
-            return args, kwargs
-        relative = str(PurePosixPath(text))
-        if relative == ".":
-            relative = defaults.DEFAULT_WORKDIR_NAME
-        cloud = f"{mount_as_cwd.rstrip('/')}/{relative}"
-        kwargs.setdefault("mounted_workdir", f"{root}/.cwd/{relative}")
-        if args:
-            args = (cloud, *args[1:])
-        else:
-            kwargs["workdir"] = cloud
-        return args, kwargs
+    @classmethod
+    def _cwd_inside(cls) -> str:
+        """Where ``mount_as_cwd`` is mounted in the VM."""
+        return f"{cls.DEFAULT_MOUNTED_ROOT}/.cwd"
+
+    @property
+    def run_label(self) -> str:
+        """The ``xqute-run`` label of this workdir's jobs (the status query filters
+        on it): from the workdir as it is when asked, since clients move it
+        after ``post_init``."""
+        return hashlib.sha256(str(self.workdir).encode()).hexdigest()[:16]
+
+    @property
+    def _template(self) -> Diot:
+        """Older name of ``config``."""
+        return self.config
 
     # ------------------------------------------------------------ the job JSON
-    def _job_template(self, **options: Any) -> dict:
-        """The job JSON common to all jobs: the user's keys, then the options."""
-        config = json.loads(json.dumps(dict(self.config)))
+    @staticmethod
+    def _task_spec(config: dict) -> dict:
+        """``config["taskGroups"][0]["taskSpec"]``, made where missing; a
+        TypeError when the JSON has another shape there."""
         groups = config.setdefault("taskGroups", [])
         if not isinstance(groups, list):
-            raise ValueError("taskGroups must be a list (Batch's job JSON)")
+            raise TypeError(f"taskGroups must be a list (Batch's job JSON), got {groups!r}")
         if not groups:
             groups.append({})
+        if not isinstance(groups[0], dict):
+            raise TypeError(f"taskGroups[0] must be a dict (Batch's job JSON), got {groups[0]!r}")
         spec = groups[0].setdefault("taskSpec", {})
-        if not isinstance(spec.setdefault("volumes", []), list):
-            raise ValueError("taskGroups[0].taskSpec.volumes must be a list")
-        user_runnables = spec.setdefault("runnables", [])
-        if not isinstance(user_runnables, list):
-            raise ValueError("taskGroups[0].taskSpec.runnables must be a list")
-        # the first runnable given there is the job's own, as a template
-        # (e.g. {"container": {...}}); the others run after it
-        self._job_runnable = copy.deepcopy(user_runnables[0]) if user_runnables else {}
-        self._runnables_after = [*self._runnables_after, *user_runnables[1:]]
-        spec["runnables"] = []
+        if not isinstance(spec, dict):
+            raise TypeError(f"taskGroups[0].taskSpec must be a dict, got {spec!r}")
+        for key in ("volumes", "runnables"):
+            if not isinstance(spec.setdefault(key, []), list):
+                raise TypeError(f"taskGroups[0].taskSpec.{key} must be a list, got {spec[key]!r}")
+        return spec
+
+    def _job_config(self, **options: Any) -> Diot:
+        """The job JSON common to all jobs: the user's keys, then the options."""
+        config = json.loads(json.dumps(dict(self.config), default=str))
+        spec = self._task_spec(config)
+        runnables = spec["runnables"]
+        # the first runnable is the job's own, as a template (the wrapper call is
+        # filled in at submission); the others run after it
+        if not runnables:
+            runnables.append({})
+        runnable = runnables[0]
+        if not isinstance(runnable, dict):
+            raise TypeError(f"taskGroups[0].taskSpec.runnables[0] must be a dict, got {runnable!r}")
+        if self.image_uri or "container" in runnable:
+            container = runnable.setdefault("container", {})
+            if self.image_uri and "imageUri" not in container:
+                container.setdefault("image_uri", self.image_uri)
+            if self.entrypoint:
+                container.setdefault("entrypoint", self.entrypoint)
+            container.setdefault("commands", list(self.commands))
+        else:
+            runnable.setdefault("script", {})
 
         labels = config.setdefault("labels", {})
+        if not isinstance(labels, dict):
+            raise TypeError(f"labels must be a dict (Batch's job JSON), got {labels!r}")
         labels.setdefault("xqute", "true")
-        labels.setdefault("xqute-run", self.run_label)
         labels.setdefault("user", _label_value(getpass.getuser()))
         config.setdefault("logsPolicy", {}).setdefault("destination", "CLOUD_LOGGING")
 
@@ -385,38 +411,152 @@ class GbatchScheduler(Scheduler):
         _merge_missing(user_policy, policy)
         if not user_policy:
             del config["allocationPolicy"]
-        if self.image_uri or "container" in self._job_runnable:
-            container = self._job_runnable.setdefault("container", {})
-            if self.image_uri:
-                container.setdefault("imageUri", self.image_uri)
-            if self.entrypoint:
-                container.setdefault("entrypoint", self.entrypoint)
-            if not container.get("imageUri"):
-                raise ValueError("A container runnable needs an image: give image_uri=")
-        return config
+        return Diot(config)
 
     async def post_init(self) -> None:
-        """Check gcloud, resolve the mounts and add the volumes to the job JSON."""
-        if shutil.which(self.gcloud) is None:
-            raise FileNotFoundError(
-                f"gcloud not found: {self.gcloud!r} (install the Google Cloud CLI, or set "
-                "the scheduler option gcloud= to its path)"
+        """Check the options, resolve the workdir and the mounts, and append the
+        volumes to ``config`` (``mount_as_cwd``'s first, then the workdir's, then
+        the mounts'). Runs once: a second call changes nothing."""
+        if self._volumes_added:
+            return
+        if self._problems:
+            raise ValueError("; ".join(self._problems))
+        root = self.DEFAULT_MOUNTED_ROOT
+        cwd_inside = self._cwd_inside()
+        as_cwd = self._kwargs.get("mount_as_cwd") or None
+        if as_cwd is not None:
+            as_cwd = str(as_cwd)
+            if not as_cwd.startswith("gs://"):
+                raise ValueError(f"mount_as_cwd must be a gs:// folder, got {as_cwd!r}")
+            if self.cwd and str(self.cwd) != cwd_inside:
+                raise ValueError("Give either 'mount_as_cwd' or 'cwd', not both")
+            self.cwd = cwd_inside
+        if self.cwd and "://" in str(self.cwd):
+            raise ValueError(
+                f"cwd must be a folder inside the Batch VM (like {root}/data), got {self.cwd!r}"
             )
-        pairs, self._path_envs = await sanitize_mounts(self._mounts, self.DEFAULT_MOUNTED_ROOT)
-        volumes = self._template["taskGroups"][0]["taskSpec"]["volumes"]
-        inside_paths = []
-        for host, inside in pairs:
+        mounts = self._kwargs.get("mount")
+        mounts = [mounts] if isinstance(mounts, str) else [str(m) for m in mounts or []]
+        if as_cwd:
+            mounts.insert(0, f"{as_cwd}:{cwd_inside}")
+        pairs, path_envs = await sanitize_mounts(mounts, root)
+        for host, _ in pairs:
             if not isinstance(host, GSPath):
                 raise ValueError(
                     f"Batch mounts gs:// folders only; {str(host)!r} is not one "
                     "(use gs://bucket/dir:/path/inside or NAME=gs://bucket/dir)"
                 )
-            volumes.append(self._gcs_volume(str(host), str(inside)))
-            inside_paths.append(PurePosixPath(str(inside)))
-        mounted = PurePosixPath(self._mounted_workdir)
-        if not any(mounted == p or p in mounted.parents for p in inside_paths):
-            # the workdir first: the wrapper lives there
-            volumes.insert(0, self._gcs_volume(str(self.workdir), self._mounted_workdir))
+        self._resolve_workdir(pairs, as_cwd)
+
+        volumes = [
+            Diot(self._gcs_volume(str(host), str(inside)))
+            for host, inside in pairs
+        ]
+        cwd_volume = next(
+            (v for v in volumes if as_cwd and PurePosixPath(v["mountPath"]) == PurePosixPath(cwd_inside)),
+            None,
+        )
+        if cwd_volume is not None:  # first, so the workdir's is at index 1
+            volumes.remove(cwd_volume)
+            volumes.insert(0, cwd_volume)
+        if not self._workdir_is_mounted(pairs):
+            workdir_volume = self._gcs_volume(str(self.workdir), str(self.workdir.mounted))
+            volumes.insert(int(cwd_volume is not None), Diot(workdir_volume))
+        self._task_spec(self.config)["volumes"].extend(volumes)
+        self._path_envs = path_envs
+        self._cwd_volume = cwd_volume
+        self._applied_mount_as_cwd = as_cwd
+        self._volumes_added = True
+
+    def _resolve_workdir(self, pairs: list, as_cwd: str | None) -> None:
+        """Set ``workdir`` (a gs:// folder, and where the VM sees it) from the
+        options: a relative one lies in the folder the jobs run in, which must be
+        in a mounted bucket (``mount_as_cwd``, or a ``cwd`` under a mount)."""
+        text = str(self._kwargs.get("workdir") or defaults.DEFAULT_WORKDIR_NAME)
+        mounted = self._kwargs.get("mounted_workdir")
+        if text.startswith("gs://"):
+            mounted = str(mounted or f"{self.DEFAULT_MOUNTED_ROOT}/{defaults.DEFAULT_WORKDIR_NAME}")
+        elif "://" in text or text.startswith("/"):
+            raise ValueError(
+                f"The gbatch scheduler needs a gs:// workdir (Batch VMs mount it), got {text!r}"
+            )
+        else:
+            relative = PurePosixPath(text)
+            if ".." in relative.parts:
+                raise ValueError(f"A relative workdir must not leave the jobs' cwd, got {text!r}")
+            if str(relative) == ".":
+                relative = PurePosixPath(defaults.DEFAULT_WORKDIR_NAME)
+            if as_cwd:
+                cloud, inside = as_cwd, PurePosixPath(self._cwd_inside())
+            elif self.cwd:
+                cloud, inside = self._cwd_in_bucket(pairs)
+            else:
+                raise ValueError(
+                    f"The gbatch scheduler needs a gs:// workdir (Batch VMs mount it), got "
+                    f"{text!r}; a relative one needs mount_as_cwd, or a cwd in a mounted folder"
+                )
+            text = f"{cloud.rstrip('/')}/{relative}"
+            # the folder the workdir lies in is mounted already: given
+            # mounted_workdir would name another place
+            mounted = str(inside / relative)
+        self.workdir = SpecPath(text, mounted=mounted)
+        self._kwargs["workdir"] = text
+        self._kwargs["mounted_workdir"] = mounted
+
+    def _cwd_in_bucket(self, pairs: list) -> tuple[str, PurePosixPath]:
+        """(gs:// folder, VM path) of ``cwd``, through the mount that holds it
+        (the deepest one)."""
+        cwd = PurePosixPath(str(self.cwd))
+        holders = [
+            (PurePosixPath(str(inside)), host)
+            for host, inside in pairs
+            if cwd.is_relative_to(PurePosixPath(str(inside)))
+        ]
+        if not holders:
+            raise ValueError(
+                f"A relative workdir is taken in cwd ({str(cwd)!r}), which is under none "
+                f"of the mounted folders ({', '.join(str(i) for _, i in pairs) or 'none'}); "
+                "give a gs:// workdir, or mount the bucket folder that holds cwd"
+            )
+        inside, host = max(holders, key=lambda h: len(h[0].parts))
+        below = cwd.relative_to(inside)
+        cloud = str(host).rstrip("/")
+        return (cloud if str(below) == "." else f"{cloud}/{below}"), cwd
+
+    def _workdir_is_mounted(self, pairs: list) -> bool:
+        """Whether a mount shows the workdir where the VM expects it already."""
+        mounted = PurePosixPath(str(self.workdir.mounted))
+        for host, inside in pairs:
+            inside = PurePosixPath(str(inside))
+            if mounted == inside or inside in mounted.parents:
+                below = mounted.relative_to(inside)
+                cloud = str(host).rstrip("/")
+                if (cloud if str(below) == "." else f"{cloud}/{below}") == str(self.workdir).rstrip("/"):
+                    return True
+        return False
+
+    def _sync_mount_as_cwd(self) -> None:
+        """Take a ``_kwargs["mount_as_cwd"]`` that a client set (or changed) after
+        ``post_init``: its volume replaces the old one, first in ``config``, and
+        the jobs run there. (The workdir stays where post_init put it.)"""
+        wanted = self._kwargs.get("mount_as_cwd") or None
+        wanted = None if wanted is None else str(wanted)
+        if not self._volumes_added or wanted == self._applied_mount_as_cwd:
+            return
+        if wanted is not None and not wanted.startswith("gs://"):
+            raise SubmissionError(f"mount_as_cwd must be a gs:// folder, got {wanted!r}")
+        cwd_inside = self._cwd_inside()
+        volumes = self._task_spec(self.config)["volumes"]
+        volumes[:] = [v for v in volumes if v is not self._cwd_volume]
+        self._cwd_volume = None
+        if wanted is not None:
+            self._cwd_volume = Diot(self._gcs_volume(wanted, cwd_inside))
+            volumes.insert(0, self._cwd_volume)
+            if not self.cwd:
+                self.cwd = cwd_inside
+        elif self.cwd == cwd_inside:
+            self.cwd = None
+        self._applied_mount_as_cwd = wanted
 
     @staticmethod
     def _gcs_volume(url: str, mount_path: str) -> dict:
@@ -428,16 +568,24 @@ class GbatchScheduler(Scheduler):
         return "\n".join([*exports, super().jobcmd_init(job)])
 
     def job_json(self, job: Job, script: SpecPath) -> dict:
-        """The Batch job JSON for ``job`` whose wrapper is ``script``."""
-        config = copy.deepcopy(self._template)
-        spec = config["taskGroups"][0]["taskSpec"]
+        """The Batch job JSON for ``job`` whose wrapper is ``script``: a copy of
+        ``config`` as it is now, with the wrapper call in the job's runnable."""
+        config = json.loads(json.dumps(self.config, default=str))
+        spec = self._task_spec(config)
         script_inside = str(script.mounted)
         lang = defaults.JOBCMD_WRAPPER_LANG
-        runnable = copy.deepcopy(self._job_runnable)
-        commands = list(self.commands)
+        runnables = spec["runnables"]
+        runnable = runnables[0] if runnables else {}
+        if not isinstance(runnable, dict):
+            raise TypeError(f"taskGroups[0].taskSpec.runnables[0] must be a dict, got {runnable!r}")
         if "container" in runnable:
             container = runnable["container"]
-            commands = [str(c) for c in (container.get("commands") or commands)]
+            # Batch's JSON names it imageUri; image_uri is what 2.x clients use
+            if "image_uri" in container:
+                container.setdefault("imageUri", container.pop("image_uri"))
+            if not container.get("imageUri"):
+                raise SubmissionError("A container runnable needs an image: give image_uri=")
+            commands = [str(c) for c in container.get("commands") or []]
             if any("{script}" in c for c in commands):
                 commands = [c.replace("{lang}", lang).replace("{script}", script_inside) for c in commands]
             elif container.get("entrypoint") and commands:
@@ -450,6 +598,7 @@ class GbatchScheduler(Scheduler):
                 commands.append(script_inside)
             container["commands"] = commands
         else:
+            commands = list(self.commands)
             if any("{script}" in str(c) for c in commands):
                 words = [
                     shlex.quote(str(c)).replace("{lang}", lang).replace("{script}", script_inside)
@@ -463,17 +612,26 @@ class GbatchScheduler(Scheduler):
             *copy.deepcopy(self._runnables_before),
             runnable,
             *copy.deepcopy(self._runnables_after),
+            *runnables[1:],
         ]
+        labels = config.setdefault("labels", {})
+        if not isinstance(labels, dict):
+            raise TypeError(f"labels must be a dict (Batch's job JSON), got {labels!r}")
+        labels["xqute-run"] = self.run_label  # the status query filters on it
         return config
 
     def batch_job_name(self, job: Job) -> str:
-        """The Batch job id of ``job``: the job name, lowercased, checked."""
-        name = self.job_name(job).lower()
+        """The Batch job id of ``job``: its job name made what Batch takes (lower
+        case letters, digits and hyphens, starting with a letter, 63 at most)."""
+        name = _BATCH_BAD_NAME_CHARS.sub("-", self.job_name(job).lower())
+        if not name[:1].isalpha():
+            name = f"x-{name}"
+        if len(name) > 63:  # shortened, and a hash keeps it unique
+            name = f"{name[:54].rstrip('-')}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
         if not JOB_NAME_RE.match(name):
             raise SubmissionError(
                 f"{name!r} is not a valid Batch job id (1-63 lowercase letters, digits or "
-                "hyphens, starting with a letter, not ending with a hyphen); "
-                "choose a shorter or simpler jobname_prefix"
+                "hyphens, starting with a letter, not ending with a hyphen)"
             )
         return name
 
@@ -494,6 +652,7 @@ class GbatchScheduler(Scheduler):
     async def submit_job(self, job: Job) -> str:
         """Write the wrapper and the job JSON to the metadir, then submit it."""
         name = self.batch_job_name(job)
+        self._sync_mount_as_cwd()  # before the wrapper, which cds to the cwd
         script = await self.wrapped_job_script(job)
         config_text = json.dumps(self.job_json(job, script), indent=2)
         await write_meta(job.metadir / f"{self.wrapped_script_name}.json", config_text)
@@ -505,8 +664,11 @@ class GbatchScheduler(Scheduler):
             if result.ok:
                 break
             message = _one_line(result.stderr or result.stdout) or f"gcloud exited {result.rc}"
-            if result.rc == 127:
-                raise SubmissionError(f"{message} (set the scheduler option gcloud= to its path)")
+            if result.rc in (126, 127):  # not found, or not runnable
+                raise SubmissionError(
+                    f"{message} (install the Google Cloud CLI, or set the scheduler "
+                    "option gcloud= to its path)"
+                )
             if "ALREADY_EXISTS" in message and attempt == 1:
                 if name in self._maybe_submitted and await self._is_ours(name):
                     self._maybe_submitted.discard(name)
