@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh Debian machine: installs what the tests need,
 # brings up the real parts this machine can run (Slurm, Grid Engine, sshd,
-# podman, object stores, the Batch API for gcloud), runs every test, then builds
-# the docs strictly. Extra arguments go to pytest.
+# podman, object stores, the Batch API for gcloud), runs every test, then the
+# downstream stage (pipen's own suite and pipen pipelines, scripts/downstream.sh),
+# then builds the docs strictly. Extra arguments go to pytest.
 # Under CI=true a real part that cannot start makes its tests fail, not skip.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,6 +23,11 @@ done
 echo "== tests"
 "$python" -m pytest -q -p no:cacheprovider tests "$@"
 status=$?
+
+# pipen 1.2.4's own test suite and a real pipen pipeline on every scheduler,
+# against this checkout (its own venv; see the script)
+echo "== downstream"
+bash scripts/downstream.sh || status=1
 
 echo "== docs"
 "$root/.venv/bin/mkdocs" build --strict --site-dir "$root/site" || status=1
