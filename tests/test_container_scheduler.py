@@ -524,18 +524,24 @@ async def test_a_volume_appended_after_post_init_is_mounted_in_the_container(
     await sched.post_init()
     sched._post_init_called = True
     sched.volumes.append(f"{out}:/mnt/disks/.pipen-output")
+    # a host folder nothing made yet: created, as docker would (podman refuses it)
+    later = tmp_path / "not made" / "yet"
+    sched.volumes.append(f"{later}:/mnt/disks/later")
     await xq.feed([
         "bash", "-c",
         'cat /mnt/disks/.pipen-output/from-host.txt; echo "$XQUTE_JOB_METADIR"; '
-        "echo written > /mnt/disks/.pipen-output/from-job.txt",
+        "echo written > /mnt/disks/.pipen-output/from-job.txt; echo too > /mnt/disks/later/f",
     ])
     await xq.run_until_complete()
     job = xq.jobs[0]
     assert await job.get_rc() == 0, read(job.stderr_file)
     assert read(job.stdout_file) == "seen inside\n/mnt/disks/.pipen/0\n"
     assert (out / "from-job.txt").read_text() == "written\n"
+    assert (later / "f").read_text() == "too\n"
     # mounted once: post_init did not run again and add the workdir twice
-    assert sched.volumes == [f"{workdir}:/mnt/disks/.pipen", f"{out}:/mnt/disks/.pipen-output"]
+    assert sched.volumes == [
+        f"{workdir}:/mnt/disks/.pipen", f"{out}:/mnt/disks/.pipen-output", f"{later}:/mnt/disks/later"
+    ]
 
 
 async def test_mount_as_cwd_runs_jobs_in_the_mounted_folder(image, tmp_path, monkeypatch):

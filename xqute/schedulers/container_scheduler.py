@@ -413,6 +413,21 @@ class ContainerScheduler(LocalScheduler):
             self._mounts_cache = (key, mounts, {**self.path_envs, **named})
         return self._mounts_cache[1], self._mounts_cache[2]
 
+    def _make_host_folders(self) -> None:
+        """Create the host folders of the volumes that do not exist yet.
+
+        docker creates a missing host path of ``-v`` itself, and clients rely on
+        it (pipen mounts its output folder before anything made it); podman and
+        apptainer refuse it. Made here, as the manager's user, for every runtime.
+        """
+        mounts, _ = self._current_mounts()
+        for m in mounts:
+            if not os.path.exists(m.host):
+                try:
+                    os.makedirs(m.host, exist_ok=True)
+                except OSError as exc:
+                    raise SubmissionError(f"cannot create the host folder of volume {m.spec()!r}: {exc}") from exc
+
     def _check_mount_path(self, path: str, side: str) -> None:
         # -v and --bind separate fields with ':' (and --bind mounts with ',')
         bad = ":" if self.kind != APPTAINER else ":,"
@@ -477,6 +492,7 @@ class ContainerScheduler(LocalScheduler):
             argv = self.container_command(job, name)
         except ValueError as exc:  # bad options, or a bad entry a client added to volumes
             raise SubmissionError(str(exc)) from exc
+        self._make_host_folders()
         await self.wrapped_job_script(job)
         log_path = os.path.join(str(job.metadir), CLIENT_LOG_NAME)
         try:
