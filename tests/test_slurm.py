@@ -193,7 +193,8 @@ async def test_job_name_is_prefix_workdir_hash_and_index(slurm, workdir):
 
 async def test_workdir_with_spaces_quotes_and_percent(slurm, tmp_path):
     workdir = tmp_path / "odd dir 'q' \"d\" %j $x"
-    xq = await run(workdir, [["bash", "-c", 'echo "$XQUTE_JOB_METADIR"']])
+    # \$: bash expands it (xqute would paste the path into bash's script)
+    xq = await run(workdir, [["bash", "-c", 'echo "\\$XQUTE_JOB_METADIR"']])
     job = xq.jobs[0]
     assert await job.get_rc() == 0
     assert read(job.stdout_file) == f"{job.metadir}\n"

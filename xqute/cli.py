@@ -169,11 +169,10 @@ class RunRecord:
         self._write()
 
     @plugin.impl
-    def on_shutdown(self, xqute: Any, sig: signal.Signals | None) -> None:
-        self.signal = sig
-
-    @plugin.impl
     def on_complete(self, xqute: Any) -> None:
+        # the signal that cancelled the run, if any (on_shutdown also fires at a
+        # normal end and on a halt, so it cannot tell)
+        self.signal = xqute._cancel_signal
         if self.ended is not None:
             self.ended.set()
         counts: dict[str, int] = {}
@@ -547,7 +546,9 @@ async def run_commands(args: argparse.Namespace) -> int:
                 logger.error("Input %s", exc)
                 continue
             if command is not None:
-                await xqute.feed(["bash", "-c", command])
+                # the line is bash's to read: "\$" keeps xqute from expanding
+                # its $NAMEs first (and is an exact inverse for any text)
+                await xqute.feed(["bash", "-c", command.replace("$", "\\$")])
     finally:
         if source is not sys.stdin.buffer:
             source.close()
