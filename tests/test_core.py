@@ -642,3 +642,62 @@ async def test_empty_command_is_allowed_until_the_job_is_submitted(workdir):
         assert "empty command" in read(job.stderr_file)
     assert fine.status == JobStatus.FINISHED
     assert Job(index=0, cmd=(), workdir=workdir).cmd == ()
+
+
+RERUN_PROGRAM = """
+import asyncio, sys
+from xqute import Xqute
+async def main():
+    workdir, log = sys.argv[1], sys.argv[2]
+    xq = Xqute(workdir=workdir, forks=4)
+    script = (
+        f'echo "$XQUTE_JOB_INDEX start $EPOCHREALTIME" >> "{log}"; sleep 1.5; '
+        f'echo "$XQUTE_JOB_INDEX end $EPOCHREALTIME" >> "{log}"'
+    )
+    for i in range(12):
+        await xq.feed(["bash", "-c", script.replace("$", "\\\\$")])
+    await xq.run_until_complete()
+    print("rcs", [await j.get_rc() for j in xq.jobs])
+asyncio.run(main())
+"""
+
+
+def _peak_concurrency(lines: list[str]) -> int:
+    events = []
+    for line in lines:
+        _, what, when = line.split()
+        events.append((float(when), 1 if what == "start" else -1))
+    peak = running = 0
+    for _, step in sorted(events, key=lambda e: (e[0], e[1])):
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+def test_a_rerun_adopts_jobs_left_running_behind_finished_ones_at_once(workdir, tmp_path):
+    """The manager is killed while jobs 4-7 run (0-3 done, 8-11 queued). A rerun
+    at once, with the same 12 commands, follows 4-7 from its start: they count
+    against forks and are never started again, though 0-3 (finished, so fed to
+    run again) come first in its queue."""
+    import time
+
+    log = tmp_path / "log"
+    cmd = [sys.executable, "-c", RERUN_PROGRAM, str(workdir), str(log)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    started = time.monotonic()
+    while time.monotonic() - started < 60:
+        if log.exists() and read(log).count(" start ") >= 8:
+            break
+        time.sleep(0.02)
+    first.kill()
+    first.wait()
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    assert "rcs [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]" in second.stdout
+    lines = read(log).splitlines()
+    starts = [line.split()[0] for line in lines if " start " in line]
+    # 0-3 ended before the kill and were fed again: twice; every other job once
+    assert sorted(starts.count(str(i)) for i in range(4, 12)) == [1] * 8, lines
+    assert all(starts.count(str(i)) == 2 for i in range(4)), lines
+    assert _peak_concurrency(lines) <= 4, lines

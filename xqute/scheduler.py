@@ -590,11 +590,9 @@ exit "$rc"
     async def submit_job_and_update_status(self, job: Job) -> bool:
         """Submit ``job`` and record it; False when a plugin vetoed it.
 
-        A job that its metadir shows still running from an earlier manager of the
-        same workdir (say one that was killed) is followed, not started again.
+        (Jobs an earlier manager left running are found when they are fed, by
+        ``adopt_left_running``, and never reach this.)
         """
-        if await self._adopt(job):
-            return True
         if await plugin.hooks.on_job_submitting(self, job) is False:
             logger.info("Job %s: submission skipped by a plugin", job.index)
             return False
@@ -659,23 +657,49 @@ exit "$rc"
                 delay = min(delay * 2, 60.0)
         raise SubmissionError("no submission attempt was made")  # pragma: no cover
 
-    async def _adopt(self, job: Job) -> bool:
-        """Follow ``job`` if an earlier manager left it running."""
-        status = await job.read_status_file()
-        if status not in (JobStatus.SUBMITTED, JobStatus.RUNNING):
-            return False
-        jid = await job.get_jid()
-        if not jid:
-            return False
-        answer = (await self.query_jobs([job])).get(job)
-        if answer is None or not answer.alive:
-            job._jid = None
-            return False
-        logger.info("Job %s is still running as %s from an earlier run; following it", job.index, jid)
-        job._status = JobStatus.SUBMITTED
-        job._submitted_at = time.monotonic()
-        await plugin.hooks.on_job_submitted(self, job)
-        return True
+    async def adopt_left_running(self, jobs: Sequence[Job]) -> list[Job]:
+        """Those of ``jobs`` (just fed) that an earlier manager of the same
+        workdir left queued or running in the scheduler, say one that was
+        killed. They are followed from now on (SUBMITTED, ``on_job_submitted``)
+        and never started a second time; one scheduler question covers them all.
+
+        A job is a candidate when its status file says SUBMITTED or RUNNING and
+        its jid file names a job; the scheduler must still have that job.
+        """
+        with_jid = await job_folders_with(
+            self.workdir,
+            "job.jid",
+            (job.index for job in jobs),
+            8 * (1 + max((job.index for job in jobs), default=0)),
+        )
+        candidates = []
+        for job in jobs:
+            if with_jid is not None and job.index not in with_jid:
+                continue
+            if await job.read_status_file() not in (JobStatus.SUBMITTED, JobStatus.RUNNING):
+                continue
+            if await job.get_jid():
+                candidates.append(job)
+        if not candidates:
+            return []
+        answers = await self.query_jobs(candidates)
+        adopted = []
+        for job in candidates:
+            answer = answers.get(job)
+            if answer is None or not answer.alive:
+                job._jid = None  # gone: the job runs anew when its turn comes
+                continue
+            logger.info(
+                "Job %s is still running as %s from an earlier run; following it",
+                job.index, job._jid,
+            )
+            job._status = JobStatus.SUBMITTED
+            job._submitted_at = time.monotonic()
+            await plugin.hooks.on_job_submitted(self, job)
+            adopted.append(job)
+        if adopted:
+            self.reset_pace()
+        return adopted
 
     async def retry_job(self, job: Job) -> None:
         """Keep the failed trial's files in ``job.retry/<trial>/`` and requeue."""

@@ -76,6 +76,8 @@ class Xqute:
 
         self.jobs: list[Job] = []
         self._queue: deque[Job] = deque()
+        # fed, not yet checked for having been left running by an earlier manager
+        self._unchecked: list[Job] = []
         self._active: dict[Job, None] = {}  # insertion-ordered set
         self._wake = asyncio.Event()
         self.scheduler.notify = self._wake.set
@@ -107,7 +109,7 @@ class Xqute:
         await plugin.hooks.on_job_init(self.scheduler, job)
         job._status = JobStatus.QUEUED
         await plugin.hooks.on_job_queued(self.scheduler, job)
-        self._queue.append(job)
+        self._unchecked.append(job)
         self._wake.set()
         return job
 
@@ -207,9 +209,11 @@ class Xqute:
             self._wake.clear()
             if self._cancelled or self._halted:
                 return
+            if self._unchecked:
+                await self._adopt_unchecked()
             progressed = await self._submit_ready()
             if not self._active:
-                if not self._queue and not self._feeding:
+                if not self._queue and not self._unchecked and not self._feeding:
                     return
                 if not progressed:
                     await self._wake.wait()
@@ -237,6 +241,17 @@ class Xqute:
                 await asyncio.wait_for(self._wake.wait(), max(timeout, 0.0))
             except asyncio.TimeoutError:
                 pass
+
+    async def _adopt_unchecked(self) -> None:
+        """Follow the newly fed jobs that an earlier manager left running (they
+        count against ``forks`` at once); queue the others in feeding order."""
+        jobs, self._unchecked = self._unchecked, []
+        adopted = set(await self.scheduler.adopt_left_running(jobs))
+        for job in jobs:
+            if job in adopted:
+                self._active[job] = None
+            else:
+                self._queue.append(job)
 
     async def _submit_ready(self) -> bool:
         """Submit queued jobs while there are free forks; True if any was."""
@@ -283,6 +298,7 @@ class Xqute:
                     plugin.hooks.on_shutdown(self, signal.SIGTERM)
                 self._halted = True
                 self._queue.clear()
+                self._unchecked.clear()
 
     def _leave_plugin_context(self) -> None:
         if not self._context_left:
