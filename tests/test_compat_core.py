@@ -184,3 +184,34 @@ async def test_a_job_object_created_empty_and_fed_later(workdir):
     await xq.feed(job, envs={"EXTRA": "1"})
     await xq.run_until_complete()
     assert read(job.stdout_file) == "later\n"
+
+
+async def test_no_polling_tick_without_a_plugin_that_implements_it(workdir):
+    """With no on_job_polling implementation enabled, a running local job
+    wakes the manager only when it ends; with one, the hook fires each second."""
+    rounds = []
+
+    class Counting(LocalScheduler):
+        async def refresh_jobs(self, jobs):
+            rounds.append(len(jobs))
+            return await super().refresh_jobs(jobs)
+
+    xq = Xqute(Counting, workdir=workdir)
+    await xq.feed(["sleep", "2.5"])
+    await xq.run_until_complete()
+    # after the submission and at the end only: no 1 s ticks between (5 with them)
+    assert len(rounds) <= 3, rounds
+
+    polled = []
+
+    class Poller:
+        name = "poller"
+
+        @plugin.impl
+        async def on_job_polling(scheduler, job, counter):
+            polled.append(counter)
+
+    xq = Xqute(workdir=workdir, plugins=[Poller])
+    await xq.feed(["sleep", "2.5"])
+    await xq.run_until_complete()
+    assert polled and polled == sorted(polled)

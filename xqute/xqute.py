@@ -203,6 +203,11 @@ class Xqute:
     async def _loop_rounds(self) -> None:
         scheduler = self.scheduler
         hook_interval = defaults.DEFAULT_HOOK_POLL_INTERVAL
+        # no wake-up every second for a hook that no enabled plugin implements
+        if not any(
+            wrapper.hook("on_job_polling") for wrapper in plugin.get_enabled_plugins().values()
+        ):
+            hook_interval = float("inf")
         next_hook_at = time.monotonic() + hook_interval
         counter = 0
         while True:
@@ -234,7 +239,7 @@ class Xqute:
                 next_hook_at = now + hook_interval
             if self._wake.is_set() or progressed:
                 continue
-            timeout = next_hook_at - now
+            timeout = min(next_hook_at - now, 3600.0)
             if not scheduler.event_driven:
                 timeout = min(timeout, scheduler.round_delay())
             try:
