@@ -35,6 +35,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not _WALL_TIMES:
         return
     terminalreporter.section("pipen pipeline wall time per scheduler")
+    width = max(len(scheduler) for scheduler in _WALL_TIMES)
     for scheduler, times in _WALL_TIMES.items():
         parts = ", ".join(f"{what} {seconds:.1f} s" for what, seconds in times.items())
-        terminalreporter.write_line(f"{scheduler:>10}: {parts}")
+        terminalreporter.write_line(f"{scheduler:>{width}}: {parts}")

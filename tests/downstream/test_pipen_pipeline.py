@@ -53,6 +53,8 @@ class Recorder:
         self.events: list[tuple[str, str, int]] = []
         self.jids: dict[tuple[str, int], list[str]] = {}
         self.socket_dirs: set[str] = set()
+        self.scheduler_classes: set[type] = set()
+        self.procs_done: dict[str, object] = {}
 
     def count(self, hook: str, proc: str | None = None, index: int | None = None) -> int:
         return sum(
@@ -81,6 +83,14 @@ def recorder_plugin(rec: Recorder):
             socket_dir = getattr(job.proc.xqute.scheduler, "socket_dir", None)
             if socket_dir:
                 rec.socket_dirs.add(str(socket_dir))
+
+        @plugin.impl
+        async def on_proc_start(proc):
+            rec.scheduler_classes.add(type(proc.xqute.scheduler))
+
+        @plugin.impl
+        async def on_proc_done(proc, succeeded):
+            rec.procs_done[proc.name] = succeeded
 
         @plugin.impl
         async def on_job_cached(job):
@@ -203,7 +213,19 @@ async def meta_snapshot(workdir: str, name: str) -> dict:
     return snap
 
 
+def check_scheduler_class(scheduler: str, rec: Recorder) -> None:
+    """pipen's own subclass of ours (pipen/scheduler.py) ran every process."""
+    import pipen.scheduler
+    from xqute.schedulers import get_scheduler as xqute_scheduler
+
+    expected = pipen.scheduler.get_scheduler(scheduler)
+    assert rec.scheduler_classes == {expected}, rec.scheduler_classes
+    assert expected.__module__ == "pipen.scheduler"
+    assert issubclass(expected, xqute_scheduler(scheduler))
+
+
 async def check_first_run(workdir: str, outdir: str, name: str, rec: Recorder) -> None:
+    assert rec.procs_done == {proc: True for proc in PROCS}, rec.procs_done
     # every job submitted once, the failing one twice; every job succeeded once
     for proc in PROCS:
         for index in range(len(NAMES)):
@@ -230,6 +252,7 @@ async def check_first_run(workdir: str, outdir: str, name: str, rec: Recorder) -
 
 
 def check_cached_run(rec: Recorder) -> None:
+    assert rec.procs_done == {proc: "cached" for proc in PROCS}, rec.procs_done
     assert rec.count("submitted") == 0, rec.events
     for proc in PROCS:
         for index in range(len(NAMES)):
@@ -264,6 +287,7 @@ async def run_twice(
     )
     wall_first = time.monotonic() - start
     assert ok, "the first run of the pipeline failed"
+    check_scheduler_class(scheduler, first)
     await check_first_run(workdir, outdir, name, first)
     meta_before = await meta_snapshot(workdir, name)
 
