@@ -175,8 +175,16 @@ class Scheduler(ABC):
     # True for a backend that is told of job exits (and calls ``self.notify()``)
     # rather than asked: the manager then never polls it on a timer.
     event_driven: bool = False
-    # The first poll interval of this backend, in seconds.
+    # The first poll interval of this backend, in seconds: how often the meta
+    # files are read.
     default_poll_interval: float = defaults.DEFAULT_POLL_INTERVAL
+    # The least time between two questions to the scheduler (``query_jobs``
+    # from the status rounds), and how long a job the scheduler says ended gets
+    # for its files to show the end before it is declared gone. 0: ask every
+    # round, declare at once. Shared clusters set these (the user may too,
+    # through ``query_interval``/``query_interval_max``/``end_grace``).
+    default_query_interval: float = 0.0
+    default_end_grace: float = 0.0
     # Whether the wrapper runs the command in a process group of its own (so
     # the wrapper can pass a kill on to all of it). False for a scheduler that
     # kills jobs by their process group (Grid Engine's qdel SIGKILLs the
@@ -223,6 +231,15 @@ class Scheduler(ABC):
             kwargs.pop("poll_interval_max", max(defaults.DEFAULT_POLL_INTERVAL_MAX, self.poll_interval))
         )
         submit_rate = kwargs.pop("submit_rate", None)
+        self.query_interval = float(kwargs.pop("query_interval", self.default_query_interval))
+        self.query_interval_max = float(
+            kwargs.pop("query_interval_max", max(60.0, self.query_interval))
+        )
+        self.end_grace = float(kwargs.pop("end_grace", self.default_end_grace))
+        if self.query_interval < 0 or self.query_interval_max < self.query_interval:
+            raise ValueError("query_interval must be >= 0 and <= query_interval_max")
+        if self.end_grace < 0:
+            raise ValueError(f"end_grace must be >= 0 seconds, got {self.end_grace!r}")
         self.submit_retries = int(kwargs.pop("submit_retries", 5))
         if self.poll_interval <= 0 or self.poll_interval_max < self.poll_interval:
             raise ValueError("poll_interval must be > 0 and <= poll_interval_max")
@@ -258,6 +275,13 @@ class Scheduler(ABC):
         # pacing of status rounds: the current interval and when the next is due
         self._interval = self.poll_interval
         self._next_round_at = 0.0
+        # pacing of the questions to the scheduler within those rounds
+        self._query_gap = self.query_interval
+        self._next_query_at = 0.0
+        # how many times the status rounds asked the scheduler (query_jobs)
+        self.query_rounds = 0
+        # job -> when the scheduler first said it ended while its files did not
+        self._ended_since: dict[Job, float] = {}
         # the manager sets this to be woken up when a job may have changed
         self.notify: Callable[[], None] = lambda: None
 
@@ -742,9 +766,11 @@ exit "$rc"
 
     # ------------------------------------------------------------ status rounds
     def reset_pace(self) -> None:
-        """Something changed: ask again soon, at the shortest interval."""
+        """Something changed (a submission): read the files again soon, and let
+        the scheduler be asked at the shortest ``query_interval`` again."""
         self._interval = self.poll_interval
         self._next_round_at = min(self._next_round_at, time.monotonic() + self.poll_interval)
+        self._query_gap = self.query_interval
 
     def round_delay(self) -> float:
         """Seconds until the next status round is due (0: now)."""
@@ -793,17 +819,14 @@ exit "$rc"
                 ended.append(job)
                 continue
             open_jobs.append(job)
+        for job in ended:
+            self._ended_since.pop(job, None)
         changed = bool(ended)
-        if open_jobs:
-            answers = await self.query_jobs(open_jobs)
-            for job, answer in answers.items():
-                if answer.state == JobQuery.RUNNING and not job._started:
-                    changed = True
-                    await self._mark_started(job)
-                elif not answer.alive:
-                    changed = True
-                    await self._end_vanished(job, answer)
-                    ended.append(job)
+        now = time.monotonic()
+        if open_jobs and now >= self._next_query_at:
+            queried_changed, gone = await self._query_round(open_jobs, now)
+            changed = changed or queried_changed
+            ended.extend(gone)
         # pace: back off while nothing changes, so an idle cluster is asked rarely
         if changed:
             self._interval = self.poll_interval
@@ -811,3 +834,41 @@ exit "$rc"
             self._interval = min(self._interval * defaults.POLL_BACKOFF, self.poll_interval_max)
         self._next_round_at = time.monotonic() + self._interval
         return ended
+
+    async def _query_round(self, jobs: list[Job], now: float) -> tuple[bool, list[Job]]:
+        """Ask the scheduler about ``jobs`` (one ``query_jobs`` call) and act on
+        the answers; returns (whether anything changed, the jobs that ended).
+
+        A job the scheduler says ended, whose files do not show it yet, gets
+        ``end_grace`` seconds for them to (a shared file system lags); its
+        latest answer decides after that. The next question comes at least
+        ``query_interval`` later, less often while the answers do not change,
+        and not much after a grace runs out.
+        """
+        self.query_rounds += 1
+        answers = await self.query_jobs(jobs)
+        changed = False
+        gone: list[Job] = []
+        for job, answer in answers.items():
+            if answer.alive:
+                self._ended_since.pop(job, None)
+                if answer.state == JobQuery.RUNNING and not job._started:
+                    changed = True
+                    await self._mark_started(job)
+                continue
+            since = self._ended_since.setdefault(job, now)
+            if now - since < self.end_grace and answer.state != JobQuery.ERROR:
+                continue
+            del self._ended_since[job]
+            changed = True
+            await self._end_vanished(job, answer)
+            gone.append(job)
+        if changed:
+            self._query_gap = self.query_interval
+        else:
+            self._query_gap = min(self._query_gap * defaults.POLL_BACKOFF, self.query_interval_max)
+        self._next_query_at = time.monotonic() + self._query_gap
+        if self._ended_since:
+            due = min(self._ended_since.values()) + self.end_grace
+            self._next_query_at = min(self._next_query_at, max(due, now + self.query_interval))
+        return changed, gone

@@ -119,7 +119,10 @@ class SgeScheduler(Scheduler):
             paths).
         qacct_wait: seconds to keep looking in ``qacct`` for a job that left
             ``qstat`` without writing its return code (accounting can lag
-            behind by its ``flush_time``) before failing it without a reason.
+            behind by its ``flush_time``) before failing it without a reason
+            (the base class's ``end_grace``; 20). Grid Engine is asked at most
+            every ``query_interval`` seconds (5), ``qstat`` and, while such a
+            job waits, ``qacct``: one call each per round.
         kill_wait: seconds ``kill_jobs`` waits for deleted jobs to leave
             ``qstat``, so nothing is left running when a run ends.
         command_timeout: seconds any one Grid Engine command may take.
@@ -137,6 +140,8 @@ class SgeScheduler(Scheduler):
     """
 
     name = "sge"
+    default_query_interval = 5.0
+    default_end_grace = 20.0
     # qdel SIGKILLs the job's process group (unless the cluster enables
     # ENABLE_ADDGRP_KILL): the command must stay in the wrapper's group.
     wrapper_own_process_group = False
@@ -148,17 +153,19 @@ class SgeScheduler(Scheduler):
         qstat: str = "qstat",
         qdel: str = "qdel",
         qacct: str = "qacct",
-        qacct_wait: float = 20.0,
+        qacct_wait: float | None = None,
         kill_wait: float = 15.0,
         command_timeout: float = 60.0,
         **kwargs: Any,
     ) -> None:
+        if qacct_wait is not None:
+            kwargs.setdefault("end_grace", qacct_wait)
         super().__init__(*args, **kwargs)
         self.qsub = str(qsub)
         self.qstat = str(qstat)
         self.qdel = str(qdel)
         self.qacct = str(qacct)
-        self.qacct_wait = float(qacct_wait)
+        self.qacct_wait = self.end_grace
         self.kill_wait = float(kill_wait)
         self.command_timeout = float(command_timeout)
         self.user = getpass.getuser()
@@ -176,8 +183,6 @@ class SgeScheduler(Scheduler):
         # Render the directives once now, so a bad value is refused at set-up
         # (they are rendered again per job: clients may change ``config``).
         self._render_user_directives()
-        # job number -> when it was first missing from qstat without an rc file
-        self._missing_since: dict[str, float] = {}
 
     @property
     def _user_name(self) -> str | None:
@@ -363,7 +368,6 @@ class SgeScheduler(Scheduler):
             if entry is None or not self._is_ours(job, entry[0]):
                 vanished.append(job)
                 continue
-            self._missing_since.pop(job._jid, None)  # type: ignore[arg-type]
             state = entry[1]
             if "E" in state:
                 in_error.append(job)
@@ -396,18 +400,15 @@ class SgeScheduler(Scheduler):
         }
 
     async def _vanished_answers(self, jobs: list[Job]) -> dict[Job, JobQuery]:
-        """Jobs Grid Engine no longer lists. Ended normally if the wrapper wrote
-        its rc (it may have done so since the round read the files); otherwise
-        ended with qacct's reason, once qacct has a record (or has had time to)."""
+        """Jobs Grid Engine no longer lists: ended. The reason is qacct's when it
+        has a record; accounting can lag, so the base class keeps asking (each
+        query round) for ``end_grace`` seconds before taking "no record"."""
         answers: dict[Job, JobQuery] = {}
-        now = time.monotonic()
         unexplained = []
         for job in jobs:
             if await job.read_rc_file() is not None:
-                self._missing_since.pop(job._jid, None)  # type: ignore[arg-type]
                 answers[job] = JobQuery(JobQuery.ENDED)
             else:
-                self._missing_since.setdefault(job._jid, now)  # type: ignore[arg-type]
                 unexplained.append(job)
         if not unexplained:
             return answers
@@ -421,15 +422,12 @@ class SgeScheduler(Scheduler):
                 record = None  # a job of an earlier cluster with the same number
             if record is not None:
                 answers[job] = JobQuery(JobQuery.ENDED, self._accounting_reason(jid, record))
-            elif now - self._missing_since[jid] >= self.qacct_wait:
+            else:
                 answers[job] = JobQuery(
                     JobQuery.ENDED,
                     f"Grid Engine job {jid} is gone without recording its return code and "
                     f"{self.qacct} has no record of it (deleted before it started?)",
                 )
-            else:
-                continue  # accounting may lag: ask again next round
-            self._missing_since.pop(jid, None)
         return answers
 
     async def _accounting(self, jobs: list[Job]) -> dict[str, dict[str, str]]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -154,9 +153,9 @@ class SlurmScheduler(Scheduler):
         scontrol: path of ``scontrol``, kept for clients and tools; xqute does
             not need it.
         query_interval: seconds between two status calls to Slurm at least
-            (5). While Slurm's answers stay the same the gap grows by half each
-            time, up to ``query_interval_max`` (60). Jobs whose files answer are
-            not put to Slurm at all.
+            (5; paced by the base class). While Slurm's answers stay the same
+            the gap grows by half each time, up to ``query_interval_max`` (60).
+            Jobs whose files answer are not put to Slurm at all.
         end_grace: seconds a job's files get to show its end after Slurm says it
             ended (10); raise it on shared file systems that show new files late.
         command_timeout: seconds any one Slurm command may take (60).
@@ -166,6 +165,8 @@ class SlurmScheduler(Scheduler):
     """
 
     name = "slurm"
+    default_query_interval = 5.0
+    default_end_grace = 10.0
 
     def __init__(
         self,
@@ -175,9 +176,6 @@ class SlurmScheduler(Scheduler):
         scancel: str = "scancel",
         sacct: str = "sacct",
         scontrol: str = "scontrol",
-        query_interval: float = 5.0,
-        query_interval_max: float = 60.0,
-        end_grace: float = 10.0,
         command_timeout: float = 60.0,
         **kwargs: Any,
     ) -> None:
@@ -187,28 +185,20 @@ class SlurmScheduler(Scheduler):
         self.scancel = scancel
         self.sacct = sacct
         self.scontrol = scontrol
-        if query_interval <= 0 or query_interval_max < query_interval:
-            raise ValueError("query_interval must be > 0 and <= query_interval_max")
-        if end_grace < 0 or command_timeout <= 0:
-            raise ValueError("end_grace must be >= 0 and command_timeout > 0")
-        self.query_interval = float(query_interval)
-        self.query_interval_max = float(query_interval_max)
-        self.end_grace = float(end_grace)
+        if command_timeout <= 0:
+            raise ValueError("command_timeout must be > 0")
         self.command_timeout = float(command_timeout)
         # checked now, so a bad option fails here rather than in every job
         directive_lines(dict(self.config))
 
         # the Slurm jobs still followed, by job id
         self._tracked: dict[str, _Tracked] = {}
-        self._query_gap = self.query_interval
-        self._next_query_at = 0.0
         self._accounting: bool | None = None  # unknown until sacct is first needed
         self._warned_states: set[str] = set()
         # jobs whose last sbatch attempt may have gone through despite an error
         self._maybe_submitted: set[Job] = set()
         # counters, for benchmarks and tests
         self.status_calls = 0
-        self.query_rounds = 0
 
     # --------------------------------------------------------------- set-up
     async def post_init(self) -> None:
@@ -327,9 +317,9 @@ class SlurmScheduler(Scheduler):
 
     # -------------------------------------------------------------- querying
     async def query_jobs(self, jobs: Sequence[Job]) -> dict[Job, JobQuery]:
-        """What Slurm says about ``jobs``: one ``squeue`` call for all of them
-        (plus one ``sacct`` call for those that left the queue), at most once
-        every ``query_interval`` seconds; between calls no job is answered."""
+        """What Slurm says about ``jobs``: one ``squeue`` call for all of them,
+        plus one ``sacct`` call for those that left the queue. (The base class
+        paces these calls and gives ended jobs' files their grace.)"""
         answers: dict[Job, JobQuery] = {}
         by_jid: dict[str, Job] = {}
         for job in jobs:
@@ -340,62 +330,25 @@ class SlurmScheduler(Scheduler):
                 by_jid[str(jid)] = job
         if not by_jid:
             return answers
-        now = time.monotonic()
         self._forget_finished()
-        # a job this scheduler did not submit (left by an earlier run) is asked at once
-        if now < self._next_query_at and all(jid in self._tracked for jid in by_jid):
-            return answers
-        self.query_rounds += 1
-
         found = await self._squeue(by_jid)
-        if found is None:  # Slurm did not answer: ask again later, less often
-            self._pace(changed=False, now=now)
+        if found is None:  # Slurm did not answer: unknown for now
             return answers
         gone = [jid for jid in by_jid if jid not in found]
         if gone:
             found.update(await self._sacct(gone))
-
-        changed = False
         for jid, job in by_jid.items():
             state, reason = found.get(jid, ("", ""))
-            tracked = self._tracked.setdefault(jid, _Tracked(job, ""))
-            if tracked.state != state:
-                changed = True
-            tracked.state = state
-            query = self._to_query(jid, state, reason)
-            if query.alive:
-                tracked.ended_since = None
-                answers[job] = query
-                continue
-            # ended in Slurm's eyes: give the files a moment to show the end
-            if tracked.ended_since is None:
-                tracked.ended_since = now
-            if now - tracked.ended_since >= self.end_grace:
-                answers[job] = query
-                del self._tracked[jid]
-        self._pace(changed, now)
+            self._tracked.setdefault(jid, _Tracked(job, "")).state = state
+            answers[job] = self._to_query(jid, state, reason)
         return answers
 
     def _forget_finished(self) -> None:
-        """Stop following jobs that ended (through their files) or were requeued
-        under a new job id."""
+        """Stop following jobs that ended or were requeued under a new job id."""
         for jid, tracked in list(self._tracked.items()):
             job = tracked.job
             if job._status not in _FOLLOWED_STATUSES or job._jid not in (None, jid):
                 del self._tracked[jid]
-
-    def _pace(self, changed: bool, now: float) -> None:
-        """Set when Slurm may next be asked: ``query_interval`` after a change,
-        rarer while nothing changes, and not long after a grace period runs out."""
-        if changed:
-            self._query_gap = self.query_interval
-        else:
-            self._query_gap = min(self._query_gap * 1.5, self.query_interval_max)
-        self._next_query_at = now + self._query_gap
-        ending = [t.ended_since for t in self._tracked.values() if t.ended_since is not None]
-        if ending:
-            due = min(ending) + self.end_grace
-            self._next_query_at = min(self._next_query_at, max(due, now + self.query_interval))
 
     async def _squeue(self, by_jid: dict[str, Job]) -> dict[str, tuple[str, str]] | None:
         """{jid: (state, reason)} for the jobs squeue still lists; None on failure."""
@@ -519,12 +472,10 @@ _FOLLOWED_STATUSES = (JobStatus.SUBMITTED, JobStatus.RUNNING, JobStatus.KILLING)
 
 @dataclass
 class _Tracked:
-    """A Slurm job being followed: its job, the last state Slurm gave, and since
-    when Slurm has said it ended (its files get ``end_grace`` to show it)."""
+    """A Slurm job being followed: its job and the last state Slurm gave."""
 
     job: Job
     state: str
-    ended_since: float | None = None
 
 
 def _one_line(text: str) -> str:
