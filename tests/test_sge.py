@@ -362,3 +362,34 @@ async def test_scheduler_is_found_by_name(workdir):
     xq = Xqute("sge", workdir=workdir)
     assert isinstance(xq.scheduler, SgeScheduler)
     assert xq.scheduler.name == "sge"
+
+
+async def test_a_job_cancelled_while_queued_does_not_storm_grid_engine(workdir, tmp_path):
+    """One job deleted while queued waits for qacct (which lags) for end_grace;
+    meanwhile Grid Engine is asked at most once per query interval: at most
+    2*W/5 + 5 status calls (qstat and qacct) for a run of W seconds."""
+    log = tmp_path / "calls.log"
+    log.touch()
+    qstat = counting_wrapper(tmp_path / "bin", "qstat", log)
+    qacct = counting_wrapper(tmp_path / "bin", "qacct", log)
+    # held (hqw) at submission: the test releases all but one, and deletes that one
+    xq = Xqute("sge", workdir=workdir, forks=8,
+               scheduler_opts={"h": True, "qstat": qstat, "qacct": qacct})
+    jobs = [await xq.feed(["sleep", "2"]) for _ in range(6)]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    run = asyncio.ensure_future(xq.run_until_complete())
+
+    async def all_held():
+        listed = our_jobs()
+        return all(job._jid and listed.get(job._jid) == "hqw" for job in jobs)
+
+    await wait_for(all_held, "the held jobs to be listed")
+    subprocess.run(["qdel", jobs[0]._jid], check=True, capture_output=True)
+    subprocess.run(["qrls", *(job._jid for job in jobs[1:])], check=True, capture_output=True)
+    await asyncio.wait_for(run, 180)
+    wall = loop.time() - started
+    assert [await job.get_rc() for job in jobs[1:]] == [0] * 5
+    assert await jobs[0].get_rc() == -3
+    status_calls = log.read_text().splitlines()
+    assert len(status_calls) <= 2 * wall / 5 + 5, (wall, status_calls)
