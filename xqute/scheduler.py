@@ -57,11 +57,18 @@ class JobQuery:
 
 class SubmissionError(Exception):
     """A backend could not submit a job. ``transient`` errors (a busy controller,
-    a submit limit) are retried with backoff; others fail the job with rc -2."""
+    a submit limit) are retried with backoff; others fail the job with rc -2.
 
-    def __init__(self, message: str, transient: bool = False) -> None:
+    ``ambiguous``: the request may have reached the scheduler all the same (the
+    reply was lost: a timeout, a dropped connection). The base class then asks
+    the backend's ``find_submitted`` before trying again, so a job is never
+    submitted twice.
+    """
+
+    def __init__(self, message: str, transient: bool = False, ambiguous: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
+        self.ambiguous = ambiguous
 
 
 # Any name a pipen process may have: Unicode word characters, dots and dashes.
@@ -529,6 +536,16 @@ exit "$rc"
         """Whether ``job`` failed before its wrapper could run (2.x hook point)."""
         return False
 
+    async def find_submitted(self, job: Job, ran: bool) -> Any:
+        """After a submission whose reply was lost: the id under which ``job``
+        reached the scheduler anyway, or None if it did not.
+
+        Look for a queued or running job of ``job_name(job)``; with ``ran`` (the
+        job's wrapper has written its status file since, so it did reach the
+        scheduler and may have ended already), also for ended ones.
+        """
+        return None
+
     # ------------------------------------------------------ state transitions
     async def _mark_started(self, job: Job) -> None:
         if not job._started:
@@ -661,7 +678,12 @@ exit "$rc"
 
     async def _submit_with_retries(self, job: Job) -> Any:
         delay = 1.0
+        lost_reply = False
         for attempt in range(1, self.submit_retries + 1):
+            if lost_reply:  # the last attempt may have gone through after all
+                jid = await self._find_lost_submission(job)
+                if jid is not None:
+                    return jid
             if self._submit_lock is not None:
                 async with self._submit_lock:
                     wait = self._next_submit_at - time.monotonic()
@@ -671,7 +693,12 @@ exit "$rc"
             try:
                 return await self.submit_job(job)
             except SubmissionError as exc:
+                lost_reply = exc.ambiguous
                 if not exc.transient or attempt == self.submit_retries:
+                    if lost_reply:
+                        jid = await self._find_lost_submission(job)
+                        if jid is not None:
+                            return jid
                     raise
                 logger.warning(
                     "Job %s: %s refused the submission for now (%s); retrying in %.0f s",
@@ -680,6 +707,22 @@ exit "$rc"
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 60.0)
         raise SubmissionError("no submission attempt was made")  # pragma: no cover
+
+    async def _find_lost_submission(self, job: Job) -> Any:
+        """The one recovery path for a lost submission reply: ask the backend
+        whether the job got there; refuse to submit again a job that has run."""
+        ran = await job.read_status_file() not in (None, JobStatus.SUBMITTED)
+        jid = await self.find_submitted(job, ran)
+        if jid is not None:
+            logger.info("Job %s: the submission went through after all (%s)", job.index, jid)
+            return jid
+        if ran:
+            raise SubmissionError(
+                f"the reply to a submission was lost and the job has run already (its "
+                f"wrapper wrote its status file), but {self.name} has no record of it: "
+                "not submitting it again"
+            )
+        return None
 
     async def adopt_left_running(self, jobs: Sequence[Job]) -> list[Job]:
         """Those of ``jobs`` (just fed) that an earlier manager of the same

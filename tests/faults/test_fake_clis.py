@@ -325,7 +325,8 @@ async def test_sge_commands_that_fail_hang_and_print_garbage_in_turn(sge, workdi
     flaky.script("qacct", "garbage", "garbage", "garbage")
     xq = Xqute(
         "sge", workdir=workdir, forks=1,
-        scheduler_opts={**paths, "command_timeout": 1, "qacct_wait": 1, "poll_interval": 0.2},
+        scheduler_opts={**paths, "command_timeout": 1, "qacct_wait": 1, "poll_interval": 0.2,
+                        "query_interval": 0.2},  # every fault in turn within 4 s
     )
     (job,) = await run_jobs(xq, [["bash", "-c", "sleep 4; echo done"]])
     assert job.status == JobStatus.FINISHED, stderr_of(job)

@@ -274,25 +274,20 @@ class SgeScheduler(Scheduler):
         if result.rc == 127:
             raise SubmissionError(f"{self.qsub} not found ({message})")
         if result.rc == -1:
-            # It may have reached qmaster before the timeout: look for the job by
-            # name rather than submit it twice.
-            name = self.job_name(job)
-            jid = await self._find_by_name(name)
-            if jid:
-                return jid
-            # Not queued or running, but it may have run already: the wrapper's
-            # own status file says so. Then it must not run a second time.
-            if await job.read_status_file() not in (None, JobStatus.SUBMITTED):
-                jid = await self._find_in_accounting(name)
-                if jid:
-                    return jid
-                raise SubmissionError(
-                    f"{self.qsub} timed out, and the job has run already (its wrapper wrote "
-                    f"its status file) but Grid Engine has no record of it: not submitting "
-                    f"it again"
-                )
-            raise SubmissionError(f"{self.qsub} {message}", transient=True)
+            # it may have reached qmaster before the timeout (see find_submitted)
+            raise SubmissionError(f"{self.qsub} {message}", transient=True, ambiguous=True)
         raise SubmissionError(f"{self.qsub}: {message}", transient=bool(_TRANSIENT_RE.search(message)))
+
+    async def find_submitted(self, job: Job, ran: bool) -> str | None:
+        """The Grid Engine job of ``job``'s name that ``qstat`` lists; when its
+        wrapper has run, the latest of that name in ``qacct``."""
+        # (with a user-chosen -N all jobs share it: then nothing is found, and
+        # the job is submitted again rather than mistaken for another)
+        name = self.job_name(job)
+        jid = await self._find_by_name(name)
+        if jid is None and ran:
+            jid = await self._find_in_accounting(name)
+        return jid
 
     async def _find_in_accounting(self, name: str) -> str | None:
         """The latest finished job named ``name``, from qacct."""

@@ -195,8 +195,6 @@ class SlurmScheduler(Scheduler):
         self._tracked: dict[str, _Tracked] = {}
         self._accounting: bool | None = None  # unknown until sacct is first needed
         self._warned_states: set[str] = set()
-        # jobs whose last sbatch attempt may have gone through despite an error
-        self._maybe_submitted: set[Job] = set()
         # counters, for benchmarks and tests
         self.status_calls = 0
 
@@ -245,19 +243,6 @@ class SlurmScheduler(Scheduler):
     # ------------------------------------------------------------ submitting
     async def submit_job(self, job: Job) -> str:
         """``sbatch --parsable`` the wrapper; returns Slurm's job id."""
-        if job in self._maybe_submitted:
-            # an earlier attempt timed out: it may have reached Slurm anyway
-            jid = await self._find_by_name(job)
-            if jid is None and await job.read_status_file() not in (None, JobStatus.SUBMITTED):
-                # not queued, but its wrapper has run meanwhile (the status file
-                # said SUBMITTED before that attempt): the latest Slurm job of that
-                # name, ended or not, is the one whose reply was lost
-                jid = await self._find_by_name(job, any_state=True)
-            self._maybe_submitted.discard(job)
-            if jid is not None:
-                logger.info("Job %s: an earlier sbatch went through after all (%s)", job.index, jid)
-                self._tracked[jid] = _Tracked(job, "PENDING")
-                return jid
         script = await self.wrapped_job_script(job)
         result = await run_command(
             self.sbatch, "--parsable", str(script), timeout=self.command_timeout
@@ -269,9 +254,8 @@ class SlurmScheduler(Scheduler):
         if not result.ok:
             message = _one_line(result.stderr or result.stdout) or f"sbatch exited {result.rc}"
             transient = result.rc == -1 or bool(_TRANSIENT_SBATCH_RE.search(message))
-            if result.rc == -1 or _AMBIGUOUS_SBATCH_RE.search(message):
-                self._maybe_submitted.add(job)
-            raise SubmissionError(message, transient=transient)
+            ambiguous = result.rc == -1 or bool(_AMBIGUOUS_SBATCH_RE.search(message))
+            raise SubmissionError(message, transient=transient, ambiguous=ambiguous)
         # "123" or "123;cluster" (--parsable), or "Submitted batch job 123" from
         # an sbatch wrapper that drops --parsable: the id is the last word
         words = result.stdout.split()
@@ -282,6 +266,16 @@ class SlurmScheduler(Scheduler):
             )
         jid = match.group(1)
         self._tracked[jid] = _Tracked(job, "PENDING")
+        return jid
+
+    async def find_submitted(self, job: Job, ran: bool) -> str | None:
+        """The Slurm job of ``job``'s name that is queued or running; when its
+        wrapper has run, the latest of that name in any state."""
+        jid = await self._find_by_name(job)
+        if jid is None and ran:
+            jid = await self._find_by_name(job, any_state=True)
+        if jid is not None:
+            self._tracked[jid] = _Tracked(job, "PENDING")
         return jid
 
     async def _find_by_name(self, job: Job, any_state: bool = False) -> str | None:
