@@ -427,6 +427,46 @@ async def test_jobs_run_on_batch_and_leave_their_files_in_the_bucket(batch):
     assert fake_state(batch, await bad.get_jid()) == "FAILED"
 
 
+async def test_edits_made_after_post_init_reach_batch(batch):
+    """What pipen does: post_init, then a volume and labels added to config."""
+    from panpath import PanPath
+
+    out = f"gs://{batch['XQUTE_TEST_BUCKET']}/tests/out-{uuid.uuid4().hex[:8]}"
+    xq = batch_xqute(batch, image_uri="debian:12", entrypoint="/bin/bash")
+    scheduler = xq.scheduler
+    await scheduler.post_init()
+    scheduler._post_init_called = True
+    scheduler.config["taskGroups"][0]["taskSpec"]["volumes"].append(
+        {"gcs": {"remotePath": out.split("://", 1)[1]}, "mountPath": "/mnt/disks/out"}
+    )
+    scheduler.config["labels"]["pipeline"] = "mypipeline"
+    await xq.feed(["bash", "-c", "echo written >/mnt/disks/out/result.txt"])
+    await asyncio.wait_for(xq.run_until_complete(), 300)
+    job = xq.jobs[0]
+    assert await job.get_rc() == 0, await read_text(job.stderr_file)
+    assert await PanPath(out + "/result.txt").a_read_text() == "written\n"
+    path = (
+        f"/v1/projects/{batch['CLOUDSDK_CORE_PROJECT']}/locations/"
+        f"{batch['CLOUDSDK_BATCH_LOCATION']}/jobs/{await job.get_jid()}"
+    )
+    resource = fake_api(batch, path)
+    assert resource["labels"]["pipeline"] == "mypipeline"
+    assert resource["labels"]["xqute-run"] == scheduler.run_label
+    runnable = resource["taskGroups"][0]["taskSpec"]["runnables"][0]
+    assert runnable["container"]["imageUri"] == "debian:12"
+
+
+async def test_a_missing_gcloud_fails_each_job_at_submission(batch):
+    xq = batch_xqute(batch, gcloud="/no/such/gcloud")  # made without complaint
+    await xq.feed(["true"])
+    await asyncio.wait_for(xq.run_until_complete(), 300)
+    job = xq.jobs[0]
+    assert await job.get_rc() == -2
+    stderr = await read_text(job.stderr_file)
+    assert "submission to gbatch failed" in stderr
+    assert "/no/such/gcloud" in stderr and "gcloud= to its path" in stderr
+
+
 async def test_named_mount_and_container_runnable(batch):
     from panpath import PanPath
 
