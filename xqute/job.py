@@ -167,6 +167,11 @@ class Job:
         self._rc = rc
         await write_meta(self.rc_file, f"{rc}\n")
 
+    @property
+    def jid(self) -> str | None:
+        """The id the scheduler gave this trial (None before submission; no I/O)."""
+        return self._jid
+
     async def get_jid(self) -> str | None:
         if self._jid is None:
             text = await read_meta(self.jid_file)

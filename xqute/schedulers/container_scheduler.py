@@ -535,7 +535,7 @@ class ContainerScheduler(LocalScheduler):
         answers: dict[Job, JobQuery] = {}
         ask: dict[str, tuple[Job, str]] = {}
         for job in jobs:
-            name = job._jid or ""
+            name = job.jid or ""
             pid = self._clients.get(name)
             if pid is None:
                 if not name:
@@ -646,13 +646,13 @@ class ContainerScheduler(LocalScheduler):
             await super().kill_jobs(jobs)
             return
         for job in jobs:
-            if job._jid and job._jid not in self._clients:
+            if job.jid and job.jid not in self._clients:
                 # an earlier manager's container: attach, so its end is seen
-                await self._follow(job._jid, job)
+                await self._follow(job.jid, job)
         live = {
-            job._jid: self._clients[job._jid]
+            job.jid: self._clients[job.jid]
             for job in jobs
-            if job._jid and self._clients.get(job._jid) in self._running
+            if job.jid and self._clients.get(job.jid) in self._running
         }
         if not live:
             return

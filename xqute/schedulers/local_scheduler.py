@@ -179,7 +179,7 @@ class LocalScheduler(Scheduler):
         answers: dict[Job, JobQuery] = {}
         for job in jobs:
             try:
-                pid = int(job._jid or "")
+                pid = int(job.jid or "")
             except ValueError:
                 answers[job] = JobQuery(JobQuery.ENDED, f"no process id recorded for job {job.index}")
                 continue
@@ -229,7 +229,7 @@ class LocalScheduler(Scheduler):
         started: dict[int, int] = {}
         for job in jobs:
             try:
-                pid = int(job._jid or "")
+                pid = int(job.jid or "")
             except ValueError:
                 continue
             if pid not in self._running:

@@ -349,7 +349,7 @@ class SgeScheduler(Scheduler):
     async def query_jobs(self, jobs: Sequence[Job]) -> dict[Job, JobQuery]:
         """One ``qstat -xml`` for all ``jobs``; ``qstat -j`` only for jobs in an
         error state and ``qacct`` only for jobs that vanished without an rc file."""
-        asked = [job for job in jobs if job._jid]
+        asked = [job for job in jobs if job.jid]
         if not asked:
             return {}
         states = await self._qstat_states()
@@ -359,7 +359,7 @@ class SgeScheduler(Scheduler):
         in_error: list[Job] = []
         vanished: list[Job] = []
         for job in asked:
-            entry = states.get(job._jid)  # type: ignore[arg-type]
+            entry = states.get(job.jid)  # type: ignore[arg-type]
             if entry is None or not self._is_ours(job, entry[0]):
                 vanished.append(job)
                 continue
@@ -382,14 +382,14 @@ class SgeScheduler(Scheduler):
         return name == (self._user_name or self.job_name(job))
 
     async def _error_answers(self, jobs: list[Job]) -> dict[Job, JobQuery]:
-        jids = ",".join(job._jid for job in jobs)  # type: ignore[misc]
+        jids = ",".join(job.jid for job in jobs)  # type: ignore[misc]
         result = await run_command(self.qstat, "-j", jids, timeout=self.command_timeout)
         reasons = _parse_error_reasons(result.stdout) if result.ok else {}
         return {
             job: JobQuery(
                 JobQuery.ERROR,
-                f"Grid Engine put job {job._jid} in an error state (Eqw)"
-                + (f": {reasons[job._jid]}" if job._jid in reasons else ""),
+                f"Grid Engine put job {job.jid} in an error state (Eqw)"
+                + (f": {reasons[job.jid]}" if job.jid in reasons else ""),
             )
             for job in jobs
         }
@@ -409,7 +409,7 @@ class SgeScheduler(Scheduler):
             return answers
         records = await self._accounting(unexplained)
         for job in unexplained:
-            jid: str = job._jid  # type: ignore[assignment]
+            jid: str = job.jid  # type: ignore[assignment]
             record = records.get(jid)
             if record is not None and record.get("jobname") not in (
                 None, self._user_name or self.job_name(job)
@@ -431,7 +431,7 @@ class SgeScheduler(Scheduler):
         if shutil.which(self.qacct) is None:
             return {}
         if len(jobs) == 1:
-            target = jobs[0]._jid
+            target = jobs[0].jid
         elif self._user_name:
             target = self._user_name
         else:
@@ -458,7 +458,7 @@ class SgeScheduler(Scheduler):
     async def kill_jobs(self, jobs: Sequence[Job]) -> None:
         """``qdel`` all ``jobs`` in one call (a few for thousands), then wait
         up to ``kill_wait`` seconds for them to leave ``qstat``."""
-        jids = [job._jid for job in jobs if job._jid]
+        jids = [job.jid for job in jobs if job.jid]
         if not jids:
             return
         for chunk in _chunks(jids, 500):

@@ -293,7 +293,7 @@ class SlurmScheduler(Scheduler):
     # --------------------------------------------------------------- killing
     async def kill_jobs(self, jobs: Sequence[Job]) -> None:
         """``scancel`` all of ``jobs`` in one call (a few for thousands)."""
-        jids = [str(job._jid) for job in jobs if job._jid]
+        jids = [str(job.jid) for job in jobs if job.jid]
         for start in range(0, len(jids), MAX_LISTED_IDS):
             chunk = jids[start : start + MAX_LISTED_IDS]
             result = await run_command(self.scancel, *chunk, timeout=self.command_timeout)
@@ -317,7 +317,7 @@ class SlurmScheduler(Scheduler):
         answers: dict[Job, JobQuery] = {}
         by_jid: dict[str, Job] = {}
         for job in jobs:
-            jid = job._jid or await job.get_jid()
+            jid = job.jid or await job.get_jid()
             if not jid:
                 answers[job] = JobQuery(JobQuery.ENDED, f"no Slurm job id was recorded for job {job.index}")
             else:
@@ -341,7 +341,7 @@ class SlurmScheduler(Scheduler):
         """Stop following jobs that ended or were requeued under a new job id."""
         for jid, tracked in list(self._tracked.items()):
             job = tracked.job
-            if job._status not in _FOLLOWED_STATUSES or job._jid not in (None, jid):
+            if job.status not in _FOLLOWED_STATUSES or job.jid not in (None, jid):
                 del self._tracked[jid]
 
     async def _squeue(self, by_jid: dict[str, Job]) -> dict[str, tuple[str, str]] | None:

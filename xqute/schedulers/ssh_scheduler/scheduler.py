@@ -165,9 +165,9 @@ class SshScheduler(Scheduler):
         """How many of our jobs each host holds now (submitted or running)."""
         loads = {label: 0 for label in self.servers}
         for job, label in list(self._placed.items()):
-            if job._status in _HOLDING:
+            if job.status in _HOLDING:
                 loads[label] += 1
-            elif JobStatus.is_final(job._status):
+            elif JobStatus.is_final(job.status):
                 del self._placed[job]
         return loads
 
@@ -274,7 +274,7 @@ class SshScheduler(Scheduler):
 
     def _parse_jid(self, job: Job) -> tuple[int, SshHost] | str:
         """(pid, host) of a job, or why its id cannot be used."""
-        jid = job._jid or ""
+        jid = job.jid or ""
         pid_text, sep, label = jid.strip().partition("@")
         # not str.isdigit(): "²@host" (a jid file holding anything) passed it,
         # then int() raised out of the status round
@@ -302,7 +302,7 @@ class SshScheduler(Scheduler):
     async def query_jobs(self, jobs: Sequence[Job]) -> dict[Job, JobQuery]:
         """Which of ``jobs`` still run: one ``ps`` over ssh per host, all hosts at once."""
         for job in jobs:
-            if job._jid is None:
+            if job.jid is None:
                 await job.get_jid()
         answers: dict[Job, JobQuery] = {}
         groups = self._group_by_host(jobs, answers)
