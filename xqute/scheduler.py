@@ -768,6 +768,23 @@ exit "$rc"
             self.reset_pace()
         return adopted
 
+    async def queue_job(self, job: Job) -> None:
+        """A job enters the run: ``on_job_init``, then QUEUED and ``on_job_queued``."""
+        await plugin.hooks.on_job_init(self, job)
+        job._status = JobStatus.QUEUED
+        await plugin.hooks.on_job_queued(self, job)
+
+    async def after_failure(self, job: Job) -> str:
+        """Decide what a failed ``job`` leads to, under the error strategy:
+        ``"retry"`` (it was requeued: its trial's files kept, QUEUED again),
+        ``"halt"`` (the run must stop) or ``"ignore"``."""
+        if job._error_retry and job.trial_count < (job._num_retries or 0):
+            await self.retry_job(job)
+            return JobErrorStrategy.RETRY
+        if self.error_strategy == JobErrorStrategy.HALT:
+            return JobErrorStrategy.HALT
+        return JobErrorStrategy.IGNORE
+
     async def retry_job(self, job: Job) -> None:
         """Keep the failed trial's files in ``job.retry/<trial>/`` and requeue."""
         await job.clean(retry=True)
@@ -793,19 +810,24 @@ exit "$rc"
         except Exception:  # keep going: the rest must still be recorded
             logger.exception("Killing jobs through %s failed", self.name)
         for job in to_kill:
-            rc = await job.read_rc_file()
-            if rc is None:
-                rc = RC_VANISHED
-                try:
-                    await job.append_stderr("xqute: the job was killed by xqute")
-                except OSError:
-                    pass
-                await self._write_final(job, rc, JobStatus.FAILED)
-            job._rc = rc
-            job._status = JobStatus.FAILED
-            job._ended_at = time.monotonic()
-            logger.debug("Job %s killed", job.index)
-            await plugin.hooks.on_job_killed(self, job)
+            await self._mark_killed(job)
+
+    async def _mark_killed(self, job: Job) -> None:
+        """Record that xqute killed ``job``: FAILED, with the wrapper's rc when
+        it wrote one (else -3 and a line in its stderr), then ``on_job_killed``."""
+        rc = await job.read_rc_file()
+        if rc is None:
+            rc = RC_VANISHED
+            try:
+                await job.append_stderr("xqute: the job was killed by xqute")
+            except OSError:
+                pass
+            await self._write_final(job, rc, JobStatus.FAILED)
+        job._rc = rc
+        job._status = JobStatus.FAILED
+        job._ended_at = time.monotonic()
+        logger.debug("Job %s killed", job.index)
+        await plugin.hooks.on_job_killed(self, job)
 
     # ------------------------------------------------------------ status rounds
     def reset_pace(self) -> None:

@@ -106,9 +106,7 @@ class Xqute:
         else:
             job = await self.scheduler.create_job(len(self.jobs), cmd, envs)
         self.jobs.append(job)
-        await plugin.hooks.on_job_init(self.scheduler, job)
-        job._status = JobStatus.QUEUED
-        await plugin.hooks.on_job_queued(self.scheduler, job)
+        await self.scheduler.queue_job(job)
         self._unchecked.append(job)
         self._wake.set()
         return job
@@ -292,10 +290,10 @@ class Xqute:
             self._active.pop(job, None)
             if job._status != JobStatus.FAILED:
                 continue
-            if job._error_retry and job.trial_count < (job._num_retries or 0):
-                await scheduler.retry_job(job)
+            outcome = await scheduler.after_failure(job)
+            if outcome == JobErrorStrategy.RETRY:
                 self._queue.append(job)
-            elif scheduler.error_strategy == JobErrorStrategy.HALT:
+            elif outcome == JobErrorStrategy.HALT and not self._halted:
                 logger.error("Job %s failed and the error strategy is halt: stopping", job.index)
                 if not self._shutdown_notified:
                     self._shutdown_notified = True
