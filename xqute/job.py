@@ -13,7 +13,7 @@ from .path import SpecPath, read_meta, write_meta
 from .utils import CommandType, check_env_name, check_no_nul, normalize_cmd
 
 
-def _parse_int(text: str | None) -> int | None:
+def parse_meta_int(text: str | None) -> int | None:
     """An integer from a meta file's text; None for missing, empty or garbage."""
     if text is None:
         return None
@@ -135,7 +135,7 @@ class Job:
 
     async def read_status_file(self) -> int | None:
         """The status the status file holds, or None when it says nothing usable."""
-        value = _parse_int(await read_meta(self.status_file))
+        value = parse_meta_int(await read_meta(self.status_file))
         return value if value in vars(JobStatus).values() else None
 
     async def get_status(self, refresh: bool = False) -> int:
@@ -154,7 +154,7 @@ class Job:
 
     async def read_rc_file(self) -> int | None:
         """The return code in the rc file, or None when there is none usable."""
-        return _parse_int(await read_meta(self.rc_file))
+        return parse_meta_int(await read_meta(self.rc_file))
 
     async def get_rc(self) -> int:
         """The return code: from the rc file, -9 when unknown."""

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from .defaults import JobStatus
 from .job import Job
-from .job import _parse_int as parse_meta_int
+from .job import parse_meta_int
 from .progress import format_seconds, tail_lines
 from .runrecord import manager_alive, read_run_record
 
