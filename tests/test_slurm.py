@@ -472,7 +472,7 @@ async def test_50_jobs_one_squeue_call_per_round(slurm, workdir, tmp_path):
 # ------------------------------------------------- bad input and fake commands
 async def test_missing_binary_is_a_clear_error(workdir):
     xq = Xqute("slurm", workdir=workdir, scheduler_opts={"sbatch": "/nonexistent/sbatch"})
-    with pytest.raises(FileNotFoundError, match="sbatch not found: '/nonexistent/sbatch'"):
+    with pytest.raises(FileNotFoundError, match="sbatch not found: ./nonexistent/sbatch."):
         await xq.feed(["true"])
 
 

@@ -522,7 +522,7 @@ async def test_all_hosts_down_fails_the_jobs_with_the_hosts_error(env, shared_wo
 
 # ------------------------------------------------------------- bad input
 def test_missing_ssh_binary_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no-such-ssh-xq.*not found"):
+    with pytest.raises(FileNotFoundError, match="ssh not found: .no-such-ssh-xq."):
         SshScheduler(tmp_path, ssh="no-such-ssh-xq", servers=["h"])
 
 

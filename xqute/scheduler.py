@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import os
 import re
+import shutil
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -197,6 +198,10 @@ class Scheduler(ABC):
     # kills jobs by their process group (Grid Engine's qdel SIGKILLs the
     # wrapper's group only): the command must stay in it to be killed too.
     wrapper_own_process_group: bool = True
+    # Attributes naming the programs this backend runs (say ``("sbatch",
+    # "squeue")``, each holding a name on PATH or a path): a missing one is a
+    # clear FileNotFoundError before the first job, not a failure of every job.
+    required_binaries: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -304,10 +309,22 @@ class Scheduler(ABC):
         ``_post_init_called``); concurrent callers wait for the one run."""
         if self._post_init_called:
             return
+        self.check_required_binaries()
         if self._post_init_task is None:
             self._post_init_task = asyncio.ensure_future(self.post_init())
         await asyncio.shield(self._post_init_task)
         self._post_init_called = True
+
+    def check_required_binaries(self) -> None:
+        """Raise FileNotFoundError naming the first of ``required_binaries``
+        that is not there, and the option that sets its path."""
+        for option in self.required_binaries:
+            binary = str(getattr(self, option))
+            if shutil.which(binary) is None:
+                raise FileNotFoundError(
+                    f"{self.name} scheduler: {option} not found: {binary!r} (is it installed? "
+                    f"set the scheduler option {option}= to its path)"
+                )
 
     async def create_job(self, index: int, cmd: Any, envs: dict[str, Any] | None = None) -> Job:
         """Make job ``index`` and its metadir (running ``post_init`` first, once).

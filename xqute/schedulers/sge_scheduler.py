@@ -142,6 +142,7 @@ class SgeScheduler(Scheduler):
     name = "sge"
     default_query_interval = 5.0
     default_end_grace = 20.0
+    required_binaries = ("qsub", "qstat", "qdel")
     # qdel SIGKILLs the job's process group (unless the cluster enables
     # ENABLE_ADDGRP_KILL): the command must stay in the wrapper's group.
     wrapper_own_process_group = False
@@ -195,14 +196,8 @@ class SgeScheduler(Scheduler):
 
     # ------------------------------------------------------------ set-up
     async def post_init(self) -> None:
-        """Refuse to start when the Grid Engine commands are not there."""
-        for option in ("qsub", "qstat", "qdel"):
-            binary = getattr(self, option)
-            if shutil.which(binary) is None:
-                raise FileNotFoundError(
-                    f"sge scheduler: the {option} command {binary!r} was not found "
-                    f"(is Grid Engine installed? pass {option}='/path/to/{option}')"
-                )
+        """Warn when ``qacct`` is missing (qsub, qstat and qdel are checked by
+        the base class: ``required_binaries``)."""
         if shutil.which(self.qacct) is None:
             logger.warning(
                 "sge scheduler: qacct %r was not found; jobs that vanish will be failed "

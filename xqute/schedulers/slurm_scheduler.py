@@ -19,7 +19,6 @@ Being a good citizen of a shared cluster is the point of this backend:
 from __future__ import annotations
 
 import re
-import shutil
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -167,6 +166,7 @@ class SlurmScheduler(Scheduler):
     name = "slurm"
     default_query_interval = 5.0
     default_end_grace = 10.0
+    required_binaries = ("sbatch", "squeue", "scancel")
 
     def __init__(
         self,
@@ -199,16 +199,6 @@ class SlurmScheduler(Scheduler):
         self.status_calls = 0
 
     # --------------------------------------------------------------- set-up
-    async def post_init(self) -> None:
-        """Refuse to start when Slurm's commands are not there."""
-        for option in ("sbatch", "squeue", "scancel"):
-            binary = getattr(self, option)
-            if shutil.which(binary) is None:
-                raise FileNotFoundError(
-                    f"Slurm's {option} not found: {binary!r} (is Slurm installed? "
-                    f"set the scheduler option {option}= to its path)"
-                )
-
     def jobcmd_shebang(self, job: Job) -> str:
         """The shebang and the ``#SBATCH`` directives: job name, Slurm's own
         output in the metadir, ``--chdir`` for ``cwd``, then the user's options."""

@@ -66,6 +66,7 @@ class SshScheduler(Scheduler):
     """
 
     name = "ssh"
+    required_binaries = ("ssh",)
     # A status round reads the jobs' meta files (one small read per running job)
     # and only every ``liveness_interval`` asks the hosts, so rounds can be short:
     # a job's end is seen at most half a second late.
@@ -90,11 +91,10 @@ class SshScheduler(Scheduler):
             max(self.default_poll_interval_max, float(kwargs.get("poll_interval", 0))),
         )
         super().__init__(*args, **kwargs)
-        if shutil.which(ssh) is None:
-            raise FileNotFoundError(
-                f"ssh client {ssh!r} not found: install OpenSSH's client or pass "
-                "the path of one as the scheduler's `ssh` option"
-            )
+        self.ssh = ssh
+        # at construction (not at the first job, as for other backends): a
+        # documented difference from 2.x, where every job failed instead
+        self.check_required_binaries()
         if ssh_args is None:
             ssh_args = ()
         elif isinstance(ssh_args, str) or not all(isinstance(a, str) for a in ssh_args):
