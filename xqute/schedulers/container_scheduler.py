@@ -502,19 +502,7 @@ class ContainerScheduler(LocalScheduler):
         try:
             # the full command line, for whoever debugs a failed job
             os.write(log_fd, f"# {shlex.join(argv)}\n".encode())
-            if self._devnull is None:
-                self._devnull = os.open(os.devnull, os.O_RDWR)
-            pid = os.posix_spawn(
-                argv[0],
-                argv,
-                os.environ,
-                file_actions=[
-                    (os.POSIX_SPAWN_DUP2, self._devnull, 0),
-                    (os.POSIX_SPAWN_DUP2, log_fd, 1),
-                    (os.POSIX_SPAWN_DUP2, log_fd, 2),
-                ],
-                setsid=True,
-            )
+            pid = self.spawn(argv, output_fd=log_fd)
         except OSError as exc:
             raise SubmissionError(f"cannot start {self.bin}: {exc}") from exc
         finally:
@@ -617,20 +605,8 @@ class ContainerScheduler(LocalScheduler):
 
     async def _follow(self, name: str, job: Job) -> bool:
         """Watch a container this manager has no client for, through ``<bin> wait``."""
-        if self._devnull is None:
-            self._devnull = os.open(os.devnull, os.O_RDWR)
         try:
-            pid = os.posix_spawn(
-                self.bin,
-                [self.bin, "wait", name],
-                os.environ,
-                file_actions=[
-                    (os.POSIX_SPAWN_DUP2, self._devnull, 0),
-                    (os.POSIX_SPAWN_DUP2, self._devnull, 1),
-                    (os.POSIX_SPAWN_DUP2, self._devnull, 2),
-                ],
-                setsid=True,
-            )
+            pid = self.spawn([self.bin, "wait", name])
         except OSError as exc:
             logger.warning("Cannot follow container %s: %s", name, exc)
             return False

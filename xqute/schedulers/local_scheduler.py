@@ -156,24 +156,31 @@ class LocalScheduler(Scheduler):
         script_path = str(script.mounted)
         if not isinstance(script.mounted, LocalPath):
             script_path = await script.mounted.get_fspath()
-        if self._devnull is None:
-            self._devnull = os.open(os.devnull, os.O_RDWR)
         try:
-            pid = os.posix_spawn(
-                JOBCMD_WRAPPER_LANG,
-                [JOBCMD_WRAPPER_LANG, script_path],
-                os.environ,
-                file_actions=[
-                    (os.POSIX_SPAWN_DUP2, self._devnull, 0),
-                    (os.POSIX_SPAWN_DUP2, self._devnull, 1),
-                    (os.POSIX_SPAWN_DUP2, self._devnull, 2),
-                ],
-                setsid=True,
-            )
+            pid = self.spawn([JOBCMD_WRAPPER_LANG, script_path])
         except OSError as exc:
             raise SubmissionError(f"cannot start {JOBCMD_WRAPPER_LANG}: {exc}") from exc
         self._watch(pid, job, child=True)
         return pid
+
+    def spawn(self, argv: Sequence[str], output_fd: int | None = None) -> int:
+        """Start ``argv`` (``argv[0]`` a path) in a session of its own, with no
+        pipe to the manager: stdin from /dev/null, stdout and stderr to
+        ``output_fd`` (default /dev/null). Returns its pid; raises OSError."""
+        if self._devnull is None:
+            self._devnull = os.open(os.devnull, os.O_RDWR)
+        output = self._devnull if output_fd is None else output_fd
+        return os.posix_spawn(
+            argv[0],
+            list(argv),
+            os.environ,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, self._devnull, 0),
+                (os.POSIX_SPAWN_DUP2, output, 1),
+                (os.POSIX_SPAWN_DUP2, output, 2),
+            ],
+            setsid=True,
+        )
 
     async def query_jobs(self, jobs: Sequence[Job]) -> dict[Job, JobQuery]:
         answers: dict[Job, JobQuery] = {}
