@@ -24,6 +24,7 @@ class JobErrorStrategy:
 
     @classmethod
     def values(cls) -> tuple[str, ...]:
+        """The three strategies, as the strings ``error_strategy`` takes."""
         return (cls.IGNORE, cls.RETRY, cls.HALT)
 
 
@@ -52,6 +53,7 @@ class JobStatus:
 
     @classmethod
     def is_final(cls, status: int | None) -> bool:
+        """Whether ``status`` is an end: FINISHED or FAILED."""
         return status in (cls.FINISHED, cls.FAILED)
 
 

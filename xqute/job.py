@@ -86,6 +86,8 @@ class Job:
     # -- command and environment ---------------------------------------------
     @property
     def cmd(self) -> tuple[str, ...]:
+        """The command as a tuple of arguments; set it to a string (split like
+        a shell does) or a list of arguments."""
         return self._cmd
 
     @cmd.setter
@@ -105,26 +107,32 @@ class Job:
     # -- meta files -------------------------------------------------------------
     @property
     def stdout_file(self) -> SpecPath:
+        """``job.stdout``: what the command printed."""
         return self.metadir / "job.stdout"
 
     @property
     def stderr_file(self) -> SpecPath:
+        """``job.stderr``: the command's errors, and xqute's own notes on the job."""
         return self.metadir / "job.stderr"
 
     @property
     def status_file(self) -> SpecPath:
+        """``job.status``: the job's ``JobStatus`` as an integer."""
         return self.metadir / "job.status"
 
     @property
     def rc_file(self) -> SpecPath:
+        """``job.rc``: the return code, once the job ended."""
         return self.metadir / "job.rc"
 
     @property
     def jid_file(self) -> SpecPath:
+        """``job.jid``: the id the scheduler gave the job."""
         return self.metadir / "job.jid"
 
     @property
     def retry_dir(self) -> SpecPath:
+        """``job.retry/``: the files of failed trials, one folder per trial."""
         return self.metadir / "job.retry"
 
     # -- status, rc and jid -------------------------------------------------------
@@ -164,6 +172,7 @@ class Job:
         return self._rc if self._rc is not None else -9
 
     async def set_rc(self, rc: int) -> None:
+        """Set the return code and write it to the rc file."""
         self._rc = rc
         await write_meta(self.rc_file, f"{rc}\n")
 
@@ -173,12 +182,15 @@ class Job:
         return self._jid
 
     async def get_jid(self) -> str | None:
+        """The scheduler's id of the job, read from the jid file when not known
+        yet; None when there is none."""
         if self._jid is None:
             text = await read_meta(self.jid_file)
             self._jid = text.strip() or None if text is not None else None
         return self._jid
 
     async def set_jid(self, jid: Any) -> None:
+        """Set the scheduler's id of the job and write it to the jid file."""
         self._jid = str(jid)
         await write_meta(self.jid_file, f"{jid}\n")
 

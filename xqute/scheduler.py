@@ -53,6 +53,7 @@ class JobQuery:
 
     @property
     def alive(self) -> bool:
+        """Whether the scheduler still has the job: PENDING or RUNNING."""
         return self.state in (self.PENDING, self.RUNNING)
 
 
@@ -503,6 +504,7 @@ exit "$rc"
 
     @property
     def wrapped_script_name(self) -> str:
+        """The wrapper's file name in the job's metadir: ``job.wrapped.<name>``."""
         return f"job.wrapped.{self.name}"
 
     async def wrapped_job_script(self, job: Job) -> SpecPath:
