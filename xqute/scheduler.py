@@ -842,6 +842,10 @@ exit "$rc"
             except OSError:
                 pass
             await self._write_final(job, rc, JobStatus.FAILED)
+        elif not JobStatus.is_final(await job.read_status_file()):
+            # the rc landed but not the status after it (a copy from a cloud
+            # VM cut short by the kill): finish the record the wrapper began
+            await self._write_final(job, rc, JobStatus.FAILED)
         job._rc = rc
         job._status = JobStatus.FAILED
         job._ended_at = time.monotonic()
