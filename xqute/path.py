@@ -105,15 +105,22 @@ class _PairedPath:
     # -- identity ---------------------------------------------------------------
     def __eq__(self, other: Any) -> bool:
         if isinstance(other, _PairedPath):
-            return (
-                type(self)._pair_root() is type(other)._pair_root()
-                and str(self) == str(other)
-                and self._partner == other._partner
-            )
+            if type(self)._pair_root() is not type(other)._pair_root():
+                # a spec path and a mounted path (as in 2.x): the same string is
+                # the same path, whatever either is paired with
+                return str(self) == str(other)
+            # two spec (or two mounted) paths: the pair must match too
+            return str(self) == str(other) and self._partner == other._partner
         return str(self) == str(other) if isinstance(other, (str, os.PathLike)) else False
 
+    def __ne__(self, other: Any) -> bool:
+        return not self.__eq__(other)
+
     def __hash__(self) -> int:
-        return hash((str(self), self._partner))
+        # the string alone: equal paths (a spec path and a mounted path, a path
+        # and its string) must hash alike; pairs differing only in the partner
+        # collide, which sets and dicts handle
+        return hash(str(self))
 
     def __reduce__(self) -> Any:
         return (type(self)._pair_root()._build, (str(self), self._partner))
@@ -160,11 +167,20 @@ class SpecPath(_PairedPath, PanPath):
 
 
 class MountedPath(_PairedPath, PanPath):
-    """A path as the job's executor sees it; ``spec`` is the manager's side."""
+    """A path as the job's executor sees it; ``spec`` is the manager's side.
 
-    def __new__(cls, path: Any, *args: Any, spec: Any = None, **kwargs: Any) -> Any:
+    ``MountedPath("/mnt/wd", "/data/wd")`` or ``MountedPath("/mnt/wd",
+    spec="/data/wd")``.
+    """
+
+    def __new__(cls, path: Any, spec: Any = None, *args: Any, **kwargs: Any) -> Any:
+        # ``MountedPath(path, spec)``: the second positional argument is the
+        # manager's side, as in 2.x (not a path segment to join)
         if args:
-            path = PanPath(str(path), *map(str, args))
+            raise TypeError(
+                f"MountedPath takes a path and its spec path, not {2 + len(args)} "
+                "positional arguments (join segments with / first)"
+            )
         if spec is None and isinstance(path, MountedPath):
             spec = path._partner
         return MountedPath._build(path, spec)
@@ -204,14 +220,30 @@ class MountedLocalPath(MountedPath, LocalPath):
 _OWN_COPIES: dict[str, int] = {}
 
 
-def cloud_cache_path(path: Any) -> str:
-    """Where the local copy of a cloud path goes: under ``DEFAULT_CLOUD_FSPATH``,
-    by scheme, bucket and key (read at call time: clients may change it)."""
+def cloud_cache_root() -> str:
+    """The folder cloud paths are copied under: ``$XQUTE_CLOUD_FSPATH`` when set
+    and not empty, else ``xqute.defaults.DEFAULT_CLOUD_FSPATH``; both read at
+    call time (clients may change either)."""
     from . import defaults
 
+    return os.environ.get("XQUTE_CLOUD_FSPATH") or defaults.DEFAULT_CLOUD_FSPATH
+
+
+def cloud_cache_path(path: Any) -> str:
+    """Where the local copy of a cloud path goes:
+    ``<cloud_cache_root()>/<scheme>/<bucket>/<key>`` (``azure://`` as ``az``).
+
+    Raises ValueError for a key with a ``..`` segment, whose copy would land
+    outside the cache folder.
+    """
     scheme, _, rest = str(path).partition("://")
     scheme = "az" if scheme == "azure" else scheme
-    return os.path.join(defaults.DEFAULT_CLOUD_FSPATH, scheme, *rest.split("/"))
+    segments = [seg for seg in rest.split("/") if seg]
+    if ".." in segments:
+        raise ValueError(
+            f"No local copy for {str(path)!r}: '..' in a key would leave the cache folder"
+        )
+    return os.path.join(cloud_cache_root(), scheme, *segments)
 
 
 def keep_local_copy(path: Any, text: str) -> str:
@@ -228,9 +260,16 @@ def keep_local_copy(path: Any, text: str) -> str:
 
 
 class _CloudFsPath:
+    def __fspath__(self) -> str:
+        """``os.fspath()`` of a cloud path is where its local copy goes (see
+        ``cloud_cache_path``), as in 2.x; it does not download anything:
+        ``await get_fspath()`` does. ``str()`` stays the URL."""
+        return cloud_cache_path(self)
+
     async def get_fspath(self) -> str:
-        """A local copy under ``DEFAULT_CLOUD_FSPATH``: downloaded (a prefix as a
-        folder tree), unless this process wrote the object and kept its copy."""
+        """A local copy at ``os.fspath(self)`` (under ``$XQUTE_CLOUD_FSPATH`` or
+        ``DEFAULT_CLOUD_FSPATH``): downloaded (a prefix as a folder tree), unless
+        this process wrote the object and kept its copy."""
         local = cloud_cache_path(self)
         known = _OWN_COPIES.get(str(self))
         if known is not None:
@@ -267,9 +306,6 @@ class SpecAzurePath(SpecCloudPath, AzurePath):
 
 class MountedCloudPath(_CloudFsPath, MountedPath, CloudPath):
     """A mounted path in object storage."""
-
-    def __fspath__(self) -> str:
-        return str(self)
 
 
 class MountedGSPath(MountedCloudPath, GSPath):

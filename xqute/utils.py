@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import posixpath
 import re
 import shlex
 import signal
@@ -164,6 +165,34 @@ async def run_command(
 _NAMED_MOUNT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 
+def _mount_host_key(host: PanPath) -> str:
+    """A host path as mounts compare it: a URL as panpath writes it, a local
+    path absolute and normalised."""
+    text = str(host)
+    if "://" in text:
+        return text.rstrip("/")
+    return os.path.abspath(os.path.expanduser(text))
+
+
+def _relative_under(path: str, base: str) -> str | None:
+    """``path`` relative to ``base`` ("" when the same), None when not under it."""
+    if path == base:
+        return ""
+    prefix = base if base.endswith("/") else base + "/"
+    return path[len(prefix) :] if path.startswith(prefix) else None
+
+
+def _parse_mount_spec(mount: str) -> tuple[PanPath, Path]:
+    """``host:inside`` as (host path, path inside); the host may be a URL."""
+    host, sep, inside = mount.rpartition(":")
+    # a URL alone (gs://b/d) splits as 'gs' + '//b/d': no path inside given
+    if not sep or not host or not inside or inside.startswith("//") or host.endswith(":"):
+        raise ValueError(
+            f"Invalid mount {mount!r}: expected 'host_path:path_inside' or 'NAME=host_path'"
+        )
+    return PanPath(host), Path(inside)
+
+
 async def sanitize_mounts(
     mounts: str | Sequence[str] | None,
     mount_root: str,
@@ -171,42 +200,76 @@ async def sanitize_mounts(
 ) -> tuple[list[tuple[PanPath, Path]], dict[str, str]]:
     """Turn mount specifications into (host path, path inside) pairs.
 
-    ``host:inside`` mounts as given. ``NAME=host`` mounts ``host`` under
-    ``<mount_root>/<named_mounts>/NAME/`` and returns ``{NAME: path inside}`` so
-    the caller can export it as an environment variable; a file is mounted by
-    its folder and the variable names the file inside it.
+    - ``host:inside`` mounts ``host`` (a local path or a ``gs://``-style URL) at
+      ``inside``.
+    - ``NAME=host`` mounts a folder at exactly ``<mount_root>/<named_mounts>/NAME``;
+      a file is mounted by its folder, at ``<mount_root>/<named_mounts>/NAME/
+      <folder's name>``. The returned dict maps NAME to the path inside (the
+      file's own path for a file), for the caller to export as ``$NAME``.
+    - The same mount given twice is kept once; two different host paths at the
+      same path inside raise ValueError (as does one NAME naming two places).
+    - A mount that another one already brings in at the same place (its host
+      path and its path inside both lie under the other's, at the same relative
+      path) is dropped.
+
+    Pairs keep the order they were given in.
     """
     if mounts is None:
         mounts = []
     elif isinstance(mounts, str):
         mounts = [mounts]
-    pairs: list[tuple[PanPath, Path]] = []
+    given: list[tuple[PanPath, Path]] = []
     named: dict[str, str] = {}
     for mount in mounts:
-        if _NAMED_MOUNT_RE.match(mount):
-            name, host = mount.split("=", 1)
-            host_path = PanPath(host)
-            inside_root = Path(mount_root) / named_mounts / name
-            if await host_path.a_is_file():
-                inside = inside_root / host_path.parent.name
-                pairs.append((host_path.parent, inside))
-                named[name] = str(inside / host_path.name)
-            else:
-                inside = inside_root / host_path.name
-                pairs.append((host_path, inside))
-                named[name] = str(inside)
+        if not isinstance(mount, str) or not mount:
+            raise ValueError(
+                f"Invalid mount {mount!r}: expected 'host_path:path_inside' or 'NAME=host_path'"
+            )
+        if not _NAMED_MOUNT_RE.match(mount):
+            given.append(_parse_mount_spec(mount))
             continue
-        host, sep, inside = mount.rpartition(":")
-        if not sep or not host or not inside or host.endswith(":/") or inside.startswith("//"):
-            # a cloud URL (gs://...) has ':' inside; a spec needs host:inside
-            if "://" in mount and mount.count(":") >= 2:
-                host, sep, inside = mount.rpartition(":")
-            else:
-                raise ValueError(
-                    f"Invalid mount {mount!r}: expected 'host_path:path_inside' or 'NAME=host_path'"
-                )
-        pairs.append((PanPath(host), Path(inside)))
-    return pairs, named
+        name, host = mount.split("=", 1)
+        if not host:
+            raise ValueError(f"Invalid named mount {mount!r}: no host path after '='")
+        host_path = PanPath(host)
+        inside_root = Path(mount_root) / named_mounts / name
+        if await host_path.a_is_file():
+            inside = inside_root / host_path.parent.name
+            given.append((host_path.parent, inside))
+            env_value = str(inside / host_path.name)
+        else:
+            given.append((host_path, inside_root))
+            env_value = str(inside_root)
+        if named.get(name, env_value) != env_value:
+            raise ValueError(
+                f"Named mount {name} given twice, for {named[name]!r} and {env_value!r}"
+            )
+        named[name] = env_value
+
+    # one host path per path inside; the same mount twice is kept once
+    by_inside: dict[str, tuple[str, PanPath, Path]] = {}
+    for host, inside in given:
+        host_key, inside_key = _mount_host_key(host), posixpath.normpath(str(inside))
+        seen = by_inside.get(inside_key)
+        if seen is None:
+            by_inside[inside_key] = (host_key, host, inside)
+        elif seen[0] != host_key:
+            raise ValueError(
+                f"Two mounts at {inside_key!r} with different host paths: "
+                f"{str(seen[1])!r} and {str(host)!r}"
+            )
+    # drop a mount nested in another one at the same relative place
+    kept: list[tuple[PanPath, Path]] = []
+    for inside_key, (host_key, host, inside) in by_inside.items():
+        covered = False
+        for outer_inside, (outer_host, _, _) in by_inside.items():
+            rel = _relative_under(inside_key, outer_inside)
+            if rel and _relative_under(host_key, outer_host) == rel:
+                covered = True
+                break
+        if not covered:
+            kept.append((host, inside))
+    return kept, named
 
 
 def shell_quote(value: object) -> str:
