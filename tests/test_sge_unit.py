@@ -91,7 +91,7 @@ async def test_path_qsub_cannot_take_is_refused(workdir, tmp_path):
 
 async def test_missing_qsub_is_a_clear_error(workdir):
     xq = Xqute("sge", workdir=workdir, scheduler_opts={"qsub": "/no/such/qsub"})
-    with pytest.raises(FileNotFoundError, match="qsub command '/no/such/qsub' was not found"):
+    with pytest.raises(FileNotFoundError, match="qsub not found: '/no/such/qsub'"):
         await xq.feed(["true"])
 
 
@@ -180,12 +180,17 @@ async def test_hanging_qsub_that_got_through_is_not_submitted_twice(workdir, tmp
            f"<JB_name>{sched.job_name(job)}</JB_name><state>qw</state></job_list>"
            f"</job_info></job_info>")
     sched.qstat = fake_command(tmp_path, "fake-canned-qstat", f"echo '{xml}'\n")
-    assert await sched.submit_job(job) == "42"
-    # and when it did not get through, the timeout is a transient error
-    sched.qstat = fake_command(tmp_path, "fake-empty-qstat", "echo '<job_info/>'\n")
+    # the backend says the reply may be lost; the base class asks find_submitted
     with pytest.raises(SubmissionError, match="timed out") as info:
         await sched.submit_job(job)
-    assert info.value.transient
+    assert info.value.transient and info.value.ambiguous
+    sched.submit_retries = 1
+    assert await sched._submit_with_retries(job) == "42"
+    # and when it did not get through, the timeout stays a transient error
+    sched.qstat = fake_command(tmp_path, "fake-empty-qstat", "echo '<job_info/>'\n")
+    assert await sched.find_submitted(job, ran=False) is None
+    with pytest.raises(SubmissionError, match="timed out"):
+        await sched._submit_with_retries(job)
 
 
 def test_parse_qacct_records():
