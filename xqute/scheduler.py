@@ -884,6 +884,8 @@ exit "$rc"
             return ended
 
         open_jobs = []
+        # a job seen to start is a change too: its end is near, keep rounds short
+        started_from_files = False
         # a cloud workdir: one listing says which jobs have an rc file (the
         # wrapper writes it before the final status), instead of a read per job
         with_rc = await job_folders_with(
@@ -902,6 +904,7 @@ exit "$rc"
                 ended.append(job)
                 continue
             if status == JobStatus.RUNNING and not job._started:
+                started_from_files = True
                 await self._mark_started(job)
             if not job._started and await self._failed_before_running(job):
                 ended.append(job)
@@ -909,7 +912,7 @@ exit "$rc"
             open_jobs.append(job)
         for job in ended:
             self._ended_since.pop(job, None)
-        changed = bool(ended)
+        changed = bool(ended) or started_from_files
         now = time.monotonic()
         if open_jobs and now >= self._next_query_at:
             queried_changed, gone = await self._query_round(open_jobs, now)
