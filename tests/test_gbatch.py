@@ -60,7 +60,7 @@ def test_default_mounted_root():
         ("gs://b/wd", {"cwd": "gs://b/cwd"}, "inside the Batch VM"),
         ("gs://b/wd", {"mount": "/local/data:/mnt/disks/data"}, "gs:// folders only"),
         ("gs://b/wd", {"mount": "test"}, "Invalid mount"),
-        ("gs://b/wd", {"query_interval": 0}, "query_interval"),
+        ("gs://b/wd", {"command_timeout": 0}, "command_timeout"),
         ("gs://b/wd", {"runnables": ["echo"]}, "must be a dict"),
         (".pipen", {"mount": "gs://b/a:/mnt/disks/some", "cwd": "/mnt/disks/other/d"},
          "under none of the mounted folders"),
@@ -70,6 +70,24 @@ async def test_any_options_construct_and_post_init_refuses_bad_ones(workdir, opt
     scheduler = GbatchScheduler(workdir, **{**OPTS, **options})  # never raises
     with pytest.raises(ValueError, match=message):
         await scheduler.post_init()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"query_interval": -1}, {"query_interval": 10, "query_interval_max": 5}, {"end_grace": -1}],
+)
+def test_bad_pacing_options_are_refused_by_the_base_class_at_construction(options):
+    with pytest.raises(ValueError, match="query_interval|end_grace"):
+        make(**options)
+
+
+def test_pacing_options_reach_the_base_class():
+    scheduler = make()
+    assert (scheduler.query_interval, scheduler.query_interval_max, scheduler.end_grace) == (5, 60, 10)
+    scheduler = make(query_interval=2, query_interval_max=30, end_grace=3)
+    assert (scheduler.query_interval, scheduler.query_interval_max, scheduler.end_grace) == (2, 30, 3)
+    # pacing options are not taken for job JSON keys
+    assert not {"query_interval", "query_interval_max", "end_grace"} & set(scheduler.config)
 
 
 def test_a_non_list_task_groups_is_a_type_error():
@@ -105,6 +123,86 @@ async def test_a_missing_gcloud_fails_the_submission_clearly(monkeypatch, tmp_pa
     with pytest.raises(SubmissionError, match="not found: gcloud.*gcloud=") as raised:
         await scheduler.submit_job(job)
     assert not raised.value.transient  # not retried: the job fails at once
+
+
+@pytest.mark.parametrize(
+    "label, state, ran, found",
+    [
+        ("ours", "QUEUED", False, True),
+        ("ours", "RUNNING", False, True),
+        ("ours", "SUCCEEDED", False, False),  # an old job of the name: freed on resubmit
+        ("ours", "SUCCEEDED", True, True),  # the wrapper ran: it is this one, ended
+        ("other", "RUNNING", False, False),  # another workdir's
+        ("other", "SUCCEEDED", True, False),
+        (None, None, False, False),  # Batch has no such job
+        (None, None, True, False),
+    ],
+)
+async def test_find_submitted_takes_the_job_of_its_name_and_run_label(monkeypatch, label, state, ran, found):
+    """After a submit whose reply was lost, one ``describe`` of the job's name."""
+    from xqute.utils import CommandResult
+
+    scheduler = make()
+    job = scheduler.job_class(3, ["true"], scheduler.workdir)
+    name = scheduler.batch_job_name(job)
+    calls = []
+
+    async def describe(*args, **_kwargs):
+        calls.append(args)
+        if state is None:
+            return CommandResult(1, "", f"ERROR: (gcloud.batch.jobs.describe) NOT_FOUND: {name}")
+        run = scheduler.run_label if label == "ours" else "0" * 16
+        resource = {"uid": "u-7", "status": {"state": state}, "labels": {"xqute-run": run}}
+        return CommandResult(0, json.dumps(resource), "")
+
+    monkeypatch.setattr(gbatch_scheduler, "run_command", describe)
+    assert await scheduler.find_submitted(job, ran) == (name if found else None)
+    assert [args[1:5] for args in calls] == [("batch", "jobs", "describe", name)]
+    if found:  # followed as submitted: the list is checked against its uid
+        assert scheduler._uids[name] == "u-7"
+
+
+@pytest.mark.parametrize("ran", [False, True])
+async def test_find_submitted_when_batch_cannot_be_asked(monkeypatch, ran):
+    """Not run: None (a resubmit meets the name taken and frees it). Run: the
+    error, rather than the base class's word that Batch has no record of it."""
+    from xqute.utils import CommandResult
+
+    scheduler = make()
+    job = scheduler.job_class(0, ["true"], scheduler.workdir)
+
+    async def unavailable(*_args, **_kwargs):
+        return CommandResult(1, "", "ERROR: (gcloud.batch.jobs.describe) UNAVAILABLE")
+
+    monkeypatch.setattr(gbatch_scheduler, "run_command", unavailable)
+    if ran:
+        with pytest.raises(SubmissionError, match="cannot ask Batch"):
+            await scheduler.find_submitted(job, ran)
+    else:
+        assert await scheduler.find_submitted(job, ran) is None
+
+
+async def test_a_job_just_submitted_missing_from_the_list_gets_no_answer_for_a_while(monkeypatch):
+    """Lists lag behind creation: no answer (asked again next round) for
+    LIST_LAG seconds after submission, then gone; a job not submitted by this
+    scheduler (left by an earlier run) is gone at once."""
+    from xqute.utils import CommandResult
+
+    scheduler = make()
+    fresh, old = (scheduler.job_class(i, ["true"], scheduler.workdir) for i in (0, 1))
+    fresh._jid, old._jid = "gbatch-fresh-0", "gbatch-old-1"
+    scheduler._record_submitted(fresh.jid, "u-1")
+
+    async def empty_list(*_args, **_kwargs):
+        return CommandResult(0, "[]", "")
+
+    monkeypatch.setattr(gbatch_scheduler, "run_command", empty_list)
+    answers = await scheduler.query_jobs([fresh, old])
+    assert fresh not in answers
+    assert answers[old].state == "ended" and "is gone" in answers[old].reason
+    scheduler._submitted_at[fresh.jid] -= gbatch_scheduler.LIST_LAG  # LIST_LAG later
+    answers = await scheduler.query_jobs([fresh])
+    assert answers[fresh].state == "ended" and "is gone" in answers[fresh].reason
 
 
 @pytest.mark.parametrize(

@@ -427,3 +427,34 @@ async def test_gcloud_that_fails_hangs_and_prints_garbage_in_turn(batch, flaky):
     assert submits[1][0] - submits[0][0] >= 1.0  # backoff
     lists = [outcome for _, _, outcome, args in calls if " list " in f" {args} "]
     assert lists[:3] == ["garbage", "fail", "hang"]
+
+
+@pytest.mark.parametrize("still_running", [True, False])
+async def test_gcloud_submit_whose_reply_is_lost_is_not_submitted_twice(
+    batch, flaky, tmp_path, still_running
+):
+    """gcloud's submit reaches Batch but its answer never comes back: the retry
+    finds the job by its name and run label (``describe``) while it runs, or
+    once it has ended (its status file shows the wrapper ran), instead of
+    submitting it again or deleting it to free its name."""
+    paths = flaky.wrap("gcloud")
+    flaky.script("gcloud", "lost")
+    runs = tmp_path / "runs"  # the fake Batch runs jobs on this machine
+    workdir = f"gs://{batch['XQUTE_TEST_BUCKET']}/tests/faults-{uuid.uuid4().hex[:8]}/wd"
+    # ended case: the submit's timeout outlasts the job, so it is over when the retry looks
+    timeout, naptime = (6, 15) if still_running else (20, 0)
+    xq = Xqute(
+        "gbatch", workdir=workdir,
+        scheduler_opts={
+            "project": batch["CLOUDSDK_CORE_PROJECT"], "location": batch["CLOUDSDK_BATCH_LOCATION"],
+            "gcloud": paths["gcloud"], "command_timeout": timeout, "query_interval": 0.5,
+            "end_grace": 1, "poll_interval": 0.5,
+        },
+    )
+    (job,) = await run_jobs(xq, [["bash", "-c", f"sleep {naptime}; echo ran >> '{runs}'"]])
+    assert await job.get_rc() == 0, await job.stderr_file.a_read_text()
+    calls = flaky.calls("gcloud")
+    verbs = [args.split()[2] for _, _, _, args in calls]
+    assert verbs.count("submit") == 1 and flaky.outcomes("gcloud")[0] == "lost"
+    assert "describe" in verbs and "delete" not in verbs  # looked up, never freed
+    assert runs.read_text() == "ran\n"

@@ -441,9 +441,10 @@ def test_gbatch_list_json_parses_or_means_unknown(listed):
 
 
 @FAST
-@given(described=results(batch_json))
-def test_gbatch_describe_json_gives_a_state_or_a_submission_error(described):
+@given(described=results(batch_json), ran=st.booleans())
+def test_gbatch_describe_json_gives_a_state_or_a_submission_error(described, ran):
     sched = gbatch_scheduler_for()
+    job = Job(0, ["true"], sched.workdir)
 
     async def ask():
         with canned(gbatch_scheduler, lambda argv: described):
@@ -451,9 +452,14 @@ def test_gbatch_describe_json_gives_a_state_or_a_submission_error(described):
                 state, resource = await sched._describe_state(BATCH_NAMES[0])
                 assert state is None or isinstance(state, str)
                 assert isinstance(resource, dict)
-                assert isinstance(await sched._is_ours(BATCH_NAMES[0]), bool)
             except SubmissionError as exc:
                 assert str(exc)
+            try:
+                found = await sched.find_submitted(job, ran)
+            except SubmissionError as exc:  # Batch could not be asked, and the job ran
+                assert ran and str(exc)
+                return
+            assert found in (None, sched.batch_job_name(job))
 
     run(ask())
 

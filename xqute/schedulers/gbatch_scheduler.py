@@ -13,15 +13,18 @@ Economy of calls, since a ``gcloud`` call costs one to three seconds of CPU:
 - A job's state comes first from its files: the base class lists the workdir
   prefix once per round and reads only the files of jobs that ended.
 - Batch is asked about the jobs the files leave open in **one**
-  ``gcloud batch jobs list`` call per round, filtered by a label unique to the
-  workdir (``xqute-run``), at most once every ``query_interval`` seconds, less
-  often while nothing changes. Never a ``describe`` per job.
+  ``gcloud batch jobs list`` call, filtered by a label unique to the workdir
+  (``xqute-run``). The base class paces these calls (``query_interval``, less
+  often while nothing changes) and gives a job Batch calls ended ``end_grace``
+  seconds for its files to show the end. Never a ``describe`` per job.
 - FAILED, CANCELLED and deleted jobs, and jobs Batch no longer knows, are
   failed with rc -3 and the state (with Batch's last event) in their stderr
   file; so is a job still not started after ``start_timeout`` seconds.
 - Quota and deadline errors on submit are retried with backoff by the base
-  class. A job name still in use by an old job is freed by deleting that job
-  and waiting for its deletion to finish.
+  class. A submit whose reply was lost (a timeout) may have created the job:
+  the base class asks ``find_submitted`` before trying again. A job name still
+  in use by an old job is freed by deleting that job and waiting for its
+  deletion to finish.
 - Kill: ``gcloud batch jobs cancel`` of every job (a few at a time), falling
   back to ``delete`` when a job cannot be cancelled.
 """
@@ -74,6 +77,9 @@ _AMBIGUOUS_SUBMIT_RE = re.compile(r"DEADLINE_EXCEEDED|timed out|\b504\b|connecti
 DELETION_CHECK_INTERVAL = 2.0
 # How many gcloud processes may run at once when killing many jobs.
 KILL_CONCURRENCY = 4
+# Seconds a job just submitted may be missing from `gcloud batch jobs list`
+# (lists lag behind creation) before it is taken as gone.
+LIST_LAG = 10.0
 
 
 def _one_line(text: str) -> str:
@@ -175,9 +181,11 @@ class GbatchScheduler(Scheduler):
             ``order``: negative ones run before the job's, others after it.
         query_interval / query_interval_max: seconds between two
             ``gcloud batch jobs list`` calls at least (5), growing by half while
-            nothing changes up to the maximum (60).
+            nothing changes up to the maximum (60); paced by the base class,
+            which refuses bad values at construction.
         end_grace: seconds a job's files get to show its end after Batch says it
-            ended (10), since the bucket may show the last writes late.
+            ended (10), since the bucket may show the last writes late (the base
+            class holds it).
         start_timeout: seconds after which a job that Batch still has not
             started is given up (killed, rc -3); None (default) waits.
         deletion_timeout: seconds to wait for an old job's deletion when its
@@ -192,8 +200,11 @@ class GbatchScheduler(Scheduler):
 
     name = "gbatch"
     DEFAULT_MOUNTED_ROOT = "/mnt/disks"
-    # a round lists the bucket, cheap next to a gcloud call (paced separately)
+    # a round lists the bucket, cheap next to a gcloud call (which the base
+    # class asks for at most every query_interval seconds)
     default_poll_interval = 2.0
+    default_query_interval = 5.0
+    default_end_grace = 10.0
 
     def __init__(
         self,
@@ -215,9 +226,6 @@ class GbatchScheduler(Scheduler):
         entrypoint: str | None = None,
         commands: str | Sequence[str] | None = None,
         runnables: Sequence[dict] | None = None,
-        query_interval: float = 5.0,
-        query_interval_max: float = 60.0,
-        end_grace: float = 10.0,
         start_timeout: float | None = None,
         deletion_timeout: float = 600.0,
         command_timeout: float = 120.0,
@@ -236,10 +244,8 @@ class GbatchScheduler(Scheduler):
             problems.append(
                 "Give either 'mount_as_cwd' or 'volume_as_cwd' (the same option), not both"
             )
-        if query_interval <= 0 or query_interval_max < query_interval:
-            problems.append("query_interval must be > 0 and <= query_interval_max")
-        if end_grace < 0 or command_timeout <= 0 or deletion_timeout <= 0:
-            problems.append("end_grace must be >= 0, command_timeout and deletion_timeout > 0")
+        if command_timeout <= 0 or deletion_timeout <= 0:
+            problems.append("command_timeout and deletion_timeout must be > 0")
         if start_timeout is not None and start_timeout <= 0:
             problems.append("start_timeout must be a number of seconds > 0, or None")
         runnables = list(runnables or [])
@@ -272,9 +278,6 @@ class GbatchScheduler(Scheduler):
         self.image_uri = image_uri
         self.entrypoint = entrypoint
         self.commands = [commands] if isinstance(commands, str) else list(commands or [])
-        self.query_interval = float(query_interval)
-        self.query_interval_max = float(query_interval_max)
-        self.end_grace = float(end_grace)
         self.start_timeout = None if start_timeout is None else float(start_timeout)
         self.deletion_timeout = float(deletion_timeout)
         self.command_timeout = float(command_timeout)
@@ -301,14 +304,10 @@ class GbatchScheduler(Scheduler):
         self._volumes_added = False
         self._cwd_volume: dict | None = None
         self._applied_mount_as_cwd: str | None = None
-        # name -> Batch's uid for the jobs this scheduler submitted
+        # name -> Batch's uid, and when it was submitted, for the jobs this
+        # scheduler submitted (or found after a lost reply)
         self._uids: dict[str, str] = {}
-        self._states: dict[str, str] = {}
         self._submitted_at: dict[str, float] = {}
-        self._ended_since: dict[str, float] = {}
-        self._maybe_submitted: set[str] = set()
-        self._query_gap = self.query_interval
-        self._next_query_at = 0.0
         # counters, for benchmarks and tests
         self.gcloud_calls = 0
         self.status_calls = 0
@@ -670,19 +669,15 @@ class GbatchScheduler(Scheduler):
                     "option gcloud= to its path)"
                 )
             if "ALREADY_EXISTS" in message and attempt == 1:
-                if name in self._maybe_submitted and await self._is_ours(name):
-                    self._maybe_submitted.discard(name)
-                    logger.info("Job %s: an earlier submit of %s went through after all", job.index, name)
-                    self._record_submitted(name, "")
-                    return name
+                # taken by an old job (after a lost reply, find_submitted saw it is not this one)
                 await self._free_name(job, name)
                 continue
-            if result.rc == -1 or _AMBIGUOUS_SUBMIT_RE.search(message):
-                self._maybe_submitted.add(name)
             raise SubmissionError(
-                message, transient=result.rc == -1 or bool(_TRANSIENT_SUBMIT_RE.search(message))
+                message,
+                transient=result.rc == -1 or bool(_TRANSIENT_SUBMIT_RE.search(message)),
+                # the job may have been created all the same: see find_submitted
+                ambiguous=result.rc == -1 or bool(_AMBIGUOUS_SUBMIT_RE.search(message)),
             )
-        self._maybe_submitted.discard(name)
         resource = _load_json(result.stdout)
         uid = str(resource.get("uid", "")) if isinstance(resource, dict) else ""
         if not isinstance(resource, dict):
@@ -692,9 +687,7 @@ class GbatchScheduler(Scheduler):
 
     def _record_submitted(self, name: str, uid: str) -> None:
         self._uids[name] = uid
-        self._states[name] = "QUEUED"
         self._submitted_at[name] = time.monotonic()
-        self._ended_since.pop(name, None)
 
     async def _describe_state(self, name: str) -> tuple[str | None, dict]:
         """(state, resource) of job ``name``; state None when Batch has no such job."""
@@ -713,15 +706,26 @@ class GbatchScheduler(Scheduler):
         state = status.get("state") if isinstance(status, dict) else None
         return str(state if state is not None else "STATE_UNSPECIFIED"), resource
 
-    async def _is_ours(self, name: str) -> bool:
-        """Whether the job holding ``name`` came from our own earlier attempt."""
-        state, resource = await self._describe_state(name)
+    async def find_submitted(self, job: Job, ran: bool) -> str | None:
+        """After a submit whose reply was lost: the Batch job of ``job``'s name,
+        when it carries this workdir's ``xqute-run`` label and is queued or
+        running (with ``ran``, in any state: its wrapper has run). None when
+        there is none, or Batch cannot be asked and the job has not run (a
+        submit again then meets the name taken, and frees it)."""
+        name = self.batch_job_name(job)
+        try:
+            state, resource = await self._describe_state(name)
+        except SubmissionError:
+            if ran:
+                raise
+            return None
         labels = resource.get("labels")
-        return (
-            state in PENDING_STATES | RUNNING_STATES
-            and isinstance(labels, dict)
-            and labels.get("xqute-run") == self.run_label
-        )
+        if state is None or not isinstance(labels, dict) or labels.get("xqute-run") != self.run_label:
+            return None
+        if not ran and state not in PENDING_STATES | RUNNING_STATES:
+            return None  # an old job of the same name: freed when submitting again
+        self._record_submitted(name, str(resource.get("uid", "")))
+        return name
 
     async def _free_name(self, job: Job, name: str) -> None:
         """Delete the old Batch job holding ``name`` and wait until it is gone."""
@@ -753,7 +757,7 @@ class GbatchScheduler(Scheduler):
     async def kill_jobs(self, jobs: Sequence[Job]) -> None:
         """Cancel every job (a few gcloud calls at a time); delete those that
         cannot be cancelled."""
-        names = [str(job._jid) for job in jobs if job._jid]
+        names = [str(job.jid) for job in jobs if job.jid]
         limit = asyncio.Semaphore(KILL_CONCURRENCY)
 
         async def kill(name: str) -> None:
@@ -761,7 +765,6 @@ class GbatchScheduler(Scheduler):
                 result = await self._gcloud("batch", "jobs", "cancel", name, "--quiet")
                 message = result.stderr + result.stdout
                 if result.ok or "FAILED_PRECONDITION" in message or "NOT_FOUND" in message:
-                    self._states[name] = "CANCELLATION_IN_PROGRESS"
                     return
                 logger.debug("gcloud batch jobs cancel %s: %s; deleting it", name, _one_line(message))
                 result = await self._gcloud("batch", "jobs", "delete", name, "--quiet")
@@ -769,34 +772,28 @@ class GbatchScheduler(Scheduler):
                     logger.warning(
                         "Could not cancel or delete Batch job %s: %s", name, _one_line(result.stderr)
                     )
-                self._states[name] = "DELETION_IN_PROGRESS"
 
         await asyncio.gather(*(kill(name) for name in names))
 
     # ------------------------------------------------------------ querying
     async def query_jobs(self, jobs: Sequence[Job]) -> dict[Job, JobQuery]:
         """What Batch says about ``jobs``: one ``gcloud batch jobs list`` for all
-        of them, at most once every ``query_interval`` seconds."""
+        of them. (The base class paces these calls and gives ended jobs' files
+        their grace.)"""
         answers: dict[Job, JobQuery] = {}
         by_name: dict[str, Job] = {}
         for job in jobs:
-            name = job._jid or await job.get_jid()
+            name = job.jid or await job.get_jid()
             if not name:
                 answers[job] = JobQuery(JobQuery.ENDED, f"no Batch job name was recorded for job {job.index}")
             else:
                 by_name[str(name)] = job
         if not by_name:
             return answers
-        now = time.monotonic()
-        # a job left by an earlier run (not submitted by us) is asked at once
-        if now < self._next_query_at and all(name in self._states for name in by_name):
-            return answers
-
         found = await self._list_jobs()
-        if found is None:
-            self._pace(changed=False, now=now)
+        if found is None:  # Batch did not answer: unknown for now
             return answers
-        changed = False
+        now = time.monotonic()
         for name, job in by_name.items():
             entry = found.get(name)
             uid = self._uids.get(name)
@@ -804,36 +801,18 @@ class GbatchScheduler(Scheduler):
                 entry = None  # an older job of the same name
             if entry is None:
                 query = self._missing(name, now)
-                if query is not None:
-                    answers[job] = query
-                continue
-            state, event = entry["state"], entry["event"]
-            if self._states.get(name) != state:
-                changed = True
-            self._states[name] = state
-            query = self._to_query(name, state, event, now)
-            if query.alive:
-                self._ended_since.pop(name, None)
+            else:
+                query = self._to_query(name, entry["state"], entry["event"], now)
+            if query is not None:
                 answers[job] = query
-                continue
-            # ended for Batch: the bucket gets a moment to show the wrapper's files
-            since = self._ended_since.setdefault(name, now)
-            if query.state == JobQuery.ERROR or now - since >= self.end_grace:
-                answers[job] = query
-                self._forget(name)
-        self._pace(changed, now)
         return answers
 
-    def _forget(self, name: str) -> None:
-        for table in (self._ended_since, self._states, self._submitted_at):
-            table.pop(name, None)
-
     def _missing(self, name: str, now: float) -> JobQuery | None:
-        """A job the list did not show: just submitted (lists may lag), or gone."""
+        """A job the list did not show: just submitted (the list may lag behind
+        for ``LIST_LAG`` seconds: no answer yet), or gone."""
         submitted = self._submitted_at.get(name)
-        if submitted is not None and now - submitted < self.end_grace + self.query_interval:
+        if submitted is not None and now - submitted < LIST_LAG:
             return None
-        self._forget(name)
         return JobQuery(
             JobQuery.ENDED,
             f"Batch job {name} is gone from project {self.project}, location "
@@ -884,13 +863,3 @@ class GbatchScheduler(Scheduler):
                 result.stdout[:200],
             )
         return found
-
-    def _pace(self, changed: bool, now: float) -> None:
-        if changed:
-            self._query_gap = self.query_interval
-        else:
-            self._query_gap = min(self._query_gap * 1.5, self.query_interval_max)
-        self._next_query_at = now + self._query_gap
-        if self._ended_since:
-            due = min(self._ended_since.values()) + self.end_grace
-            self._next_query_at = min(self._next_query_at, max(due, now))
