@@ -152,8 +152,10 @@ def test_bad_options_are_refused_with_clear_errors(tmp_path, fake_runtime):
         (("rel-workdir",), dict(cwd="/mnt/x/y", volumes="/h:/mnt/other"), "no volume mounts"),
         (("gs://bucket/wd",), {}, "needs a local workdir"),
         ((), dict(mounted_workdir="relative/inside"), "absolute path inside"),
-        ((), dict(volumes=["/h1:/same", "/h2:/same"]), "Two volumes at '/same'"),
-        ((), dict(volumes="/other:/mnt/disks/.xqute"), "Two volumes at '/mnt/disks/.xqute'"),
+        ((), dict(volumes=["/h1:/same", "/h2:/same"]), "Two mounts at '/same' with different host paths"),
+        ((), dict(volumes=["/h:/same", "/h:/same:ro"]), "Two mounts at '/same' with different options"),
+        ((), dict(volumes="/other:/mnt/disks/.xqute"), "Two mounts at '/mnt/disks/.xqute'"),
+        ((), dict(volumes=["N=/h1", "N=/h2"]), "Two mounts at '/mnt/disks/NAMED_MOUNTS/N'"),
         ((), dict(bin="apptainer", user="1:1"), "apptainer runs jobs as the calling user"),
         ((), dict(bin="apptainer", volumes="/a,b:/c"), "contains"),
     ],
@@ -188,17 +190,55 @@ def test_mount_specs_named_file_and_folder(tmp_path):
     conf.parent.mkdir()
     conf.write_text("x")
     mounts, named = parse_mounts(
-        [f"DATA={data}", f"CONF={conf}", "/h/x:/in/x:ro"], "/mnt/disks"
+        [f"DATA={data}/", f"CONF={conf}", "/h/x:/in/x:ro"], "/mnt/disks"
     )
+    # a named folder at exactly NAMED_MOUNTS/<NAME> (as utils.sanitize_mounts
+    # puts it), a named file by its folder under that
     assert [(m.host, m.inside, m.options) for m in mounts] == [
-        (str(data), "/mnt/disks/NAMED_MOUNTS/DATA/data dir", ""),
+        (str(data), "/mnt/disks/NAMED_MOUNTS/DATA", ""),
         (str(conf.parent), "/mnt/disks/NAMED_MOUNTS/CONF/conf", ""),
         ("/h/x", "/in/x", "ro"),
     ]
     assert named == {
-        "DATA": "/mnt/disks/NAMED_MOUNTS/DATA/data dir",
+        "DATA": "/mnt/disks/NAMED_MOUNTS/DATA",
         "CONF": "/mnt/disks/NAMED_MOUNTS/CONF/conf/tool.ini",
     }
+
+
+async def test_mounts_follow_the_rules_of_sanitize_mounts(tmp_path):
+    from xqute.utils import sanitize_mounts
+
+    (tmp_path / "f1").write_text("1")
+    (tmp_path / "f2").write_text("2")
+    specs = [
+        f"{tmp_path}:/x",
+        f"{tmp_path}/sub/deeper:/x/sub/deeper",  # nested at the same place: dropped
+        f"{tmp_path}/:/x/",  # the same mount again: once
+        f"N={tmp_path}",
+        f"N={tmp_path}/",
+        f"{tmp_path}/in:/mnt/disks/NAMED_MOUNTS/N/in",  # inside the named one: dropped
+        f"F={tmp_path}/f1",
+    ]
+    mounts, named = parse_mounts(specs, "/mnt/disks")
+    pairs, named_too = await sanitize_mounts(specs, "/mnt/disks")
+    assert [(m.host, m.inside) for m in mounts] == [(str(h), str(i)) for h, i in pairs] == [
+        (str(tmp_path), "/x"),
+        (str(tmp_path), "/mnt/disks/NAMED_MOUNTS/N"),
+        (str(tmp_path), f"/mnt/disks/NAMED_MOUNTS/F/{tmp_path.name}"),
+    ]
+    assert named == named_too == {
+        "N": "/mnt/disks/NAMED_MOUNTS/N",
+        "F": f"/mnt/disks/NAMED_MOUNTS/F/{tmp_path.name}/f1",
+    }
+    # options are part of a mount: a read-only one inside a writable one stays
+    mounts, _ = parse_mounts([f"{tmp_path}:/x", f"{tmp_path}/ro:/x/ro:ro"], "/mnt/disks")
+    assert [m.spec() for m in mounts] == [f"{tmp_path}:/x", f"{tmp_path}/ro:/x/ro:ro"]
+    for bad, message in [
+        ([f"N={tmp_path}/f1", f"N={tmp_path}/f2"], "Named mount N given twice"),
+        (["/a:/x", "/b:/x/"], "Two mounts at '/x' with different host paths"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            parse_mounts(bad, "/mnt/disks")
 
 
 async def test_apptainer_command_line_as_text(tmp_path, fake_runtime):
@@ -218,7 +258,7 @@ async def test_apptainer_command_line_as_text(tmp_path, fake_runtime):
     wrapper = "/mnt/disks/.xqute/0/job.wrapped.container"
     assert argv == [
         apptainer, "exec", "--pwd", "/mnt/disks/.xqute",
-        "--bind", f"{data}:/mnt/disks/NAMED_MOUNTS/DATA/data",
+        "--bind", f"{data}:/mnt/disks/NAMED_MOUNTS/DATA",
         "--bind", "/ref:/mnt/ref",
         "--bind", f"{tmp_path / 'wd'}:/mnt/disks/.xqute",
         "--cleanenv",
@@ -228,7 +268,7 @@ async def test_apptainer_command_line_as_text(tmp_path, fake_runtime):
     # the wrapper uses the paths as the container sees them
     script = sched.wrap_job_script(job)
     assert "_xq_meta=/mnt/disks/.xqute/0" in script
-    assert "export DATA=/mnt/disks/NAMED_MOUNTS/DATA/data" in script
+    assert "export DATA=/mnt/disks/NAMED_MOUNTS/DATA" in script
     assert job.envs["XQUTE_METADIR"] == "/mnt/disks/.xqute"
 
     # singularity takes the same command lines; cwd sets --pwd
@@ -310,7 +350,7 @@ async def test_volumes_are_host_inside_strings_filled_by_post_init(tmp_path, fak
     assert sched.volumes == [
         f"{tmp_path / 'proj'}:/mnt/disks/.cwd",
         "/ref:/mnt/ref:ro",
-        f"{data}:/mnt/disks/NAMED_MOUNTS/DATA/data",
+        f"{data}:/mnt/disks/NAMED_MOUNTS/DATA",
         f"{tmp_path / 'wd'}:/mnt/disks/.xqute",
     ]
     assert all(isinstance(v, str) for v in sched.volumes)
@@ -371,7 +411,7 @@ async def test_default_mounted_root_is_a_class_attribute_read_through_self(tmp_p
     await sched.post_init()
     assert sched.cwd == "/elsewhere/.cwd"
     assert str(sched.workdir.mounted) == "/elsewhere/.cwd/rel"
-    assert f"{tmp_path}:/elsewhere/NAMED_MOUNTS/DATA/{tmp_path.name}" in sched.volumes
+    assert f"{tmp_path}:/elsewhere/NAMED_MOUNTS/DATA" in sched.volumes
 
 
 async def test_post_init_runs_once_and_keeps_what_the_client_changed(tmp_path, fake_runtime):
@@ -407,8 +447,20 @@ async def test_volumes_appended_after_post_init_are_on_the_next_command_line(tmp
     argv = sched.container_command(job, "n")
     assert argv.count("-v") == 3
     assert f"{tmp_path}/out:/mnt/disks/out" in argv
-    assert f"{data}:/mnt/disks/NAMED_MOUNTS/LATE/data" in argv
-    assert "export LATE=/mnt/disks/NAMED_MOUNTS/LATE/data" in sched.wrap_job_script(job)
+    assert f"{data}:/mnt/disks/NAMED_MOUNTS/LATE" in argv
+    assert "export LATE=/mnt/disks/NAMED_MOUNTS/LATE" in sched.wrap_job_script(job)
+
+
+async def test_a_nested_volume_is_not_mounted_but_its_host_folder_is_made(tmp_path, fake_runtime):
+    sched = ContainerScheduler(str(tmp_path / "wd"), image="i", bin=fake_runtime("podman"))
+    job = await sched.create_job(0, "true")
+    proj = tmp_path / "proj"
+    sched.volumes += [f"{proj}:/mnt/proj", f"{proj}/out:/mnt/proj/out"]
+    argv = sched.container_command(job, "n")
+    # the outer volume already shows proj/out at /mnt/proj/out
+    assert f"{proj}:/mnt/proj" in argv and f"{proj}/out:/mnt/proj/out" not in argv
+    sched._make_host_folders()
+    assert (proj / "out").is_dir()
 
 
 async def test_a_bad_volume_appended_later_fails_the_submission_clearly(tmp_path, fake_runtime):
@@ -417,7 +469,7 @@ async def test_a_bad_volume_appended_later_fails_the_submission_clearly(tmp_path
     sched = ContainerScheduler(str(tmp_path / "wd"), image="i", bin=fake_runtime("docker"))
     job = await sched.create_job(0, "true")
     sched.volumes.append("/x:/mnt/disks/.xqute")  # over the workdir's mount
-    with pytest.raises(SubmissionError, match="Two volumes at '/mnt/disks/.xqute'"):
+    with pytest.raises(SubmissionError, match="Two mounts at '/mnt/disks/.xqute'"):
         await sched.submit_job(job)
     sched.volumes[-1] = "not-a-volume"
     with pytest.raises(SubmissionError, match="Invalid mount"):
@@ -435,7 +487,7 @@ async def test_a_bad_volume_fails_the_jobs_after_it_with_the_reason_in_stderr(tm
     await xq.run_until_complete()
     job = xq.jobs[0]
     assert await job.get_rc() == -2
-    assert "Two volumes at '/mnt/disks/.xqute'" in read(job.stderr_file)
+    assert "Two mounts at '/mnt/disks/.xqute'" in read(job.stderr_file)
 
 
 # ------------------------------------------------------------ real podman
@@ -502,7 +554,7 @@ async def test_named_mounts_and_plain_volumes(workdir, image, tmp_path):
     )
     job = xq.jobs[0]
     assert await job.get_rc() == 0, read(job.stderr_file)
-    assert read(job.stdout_file) == "3\nanswer=42\n/mnt/disks/NAMED_MOUNTS/DATA/in data\n"
+    assert read(job.stdout_file) == "3\nanswer=42\n/mnt/disks/NAMED_MOUNTS/DATA\n"
     assert (out / "made.txt").read_text() == "made\n"
 
 

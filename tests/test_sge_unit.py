@@ -82,6 +82,23 @@ def test_bad_options_are_refused(workdir, options, message):
         SgeScheduler(workdir, **options)
 
 
+async def test_directive_rules_shared_with_slurm_apply_to_each_list_item(workdir):
+    # xqute.directives: None/False leave an item out, True is the bare flag,
+    # in a list as for a single value
+    sched = SgeScheduler(workdir, l=["h_rt=60", None, False], m=("b", "e"), R=[True])
+    job = await sched.create_job(0, ["true"])
+    lines = directive_lines(sched.wrap_job_script(job))
+    assert lines[-4:] == ["#$ -l h_rt=60", "#$ -m b", "#$ -m e", "#$ -R"]
+
+
+async def test_an_option_key_added_after_set_up_is_checked_too(workdir):
+    sched = SgeScheduler(workdir)
+    job = await sched.create_job(0, ["true"])
+    sched.config["x\nrm -rf /"] = 1  # a client edits config later
+    with pytest.raises(ValueError, match="Invalid Grid Engine option"):
+        sched.wrap_job_script(job)
+
+
 async def test_path_qsub_cannot_take_is_refused(workdir, tmp_path):
     sched = SgeScheduler(workdir, cwd=str(tmp_path / 'say "hi"'))
     job = await sched.create_job(0, ["true"])

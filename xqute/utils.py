@@ -1,5 +1,6 @@
 """Small tools shared by the manager and the schedulers: the logger, quoting,
-running a command line with a timeout, and mount specifications."""
+running a command line with a timeout, mount specifications, slicing long id
+lists and putting a command's error output on one line."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Mapping, Sequence, Tuple, Union
+from typing import Any, Iterable, Iterator, List, Mapping, Sequence, Tuple, TypeVar, Union
 
 from panpath import PanPath
 
@@ -165,7 +166,7 @@ async def run_command(
 _NAMED_MOUNT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 
-def _mount_host_key(host: PanPath) -> str:
+def _mount_host_key(host: object) -> str:
     """A host path as mounts compare it: a URL as panpath writes it, a local
     path absolute and normalised."""
     text = str(host)
@@ -193,6 +194,98 @@ def _parse_mount_spec(mount: str) -> tuple[PanPath, Path]:
     return PanPath(host), Path(inside)
 
 
+def split_named_mount(mount: str) -> tuple[str, str] | None:
+    """``(NAME, host)`` for a ``NAME=host`` mount, None for any other mount.
+
+    Raises ValueError for ``NAME=`` with no host path.
+    """
+    if not _NAMED_MOUNT_RE.match(mount):
+        return None
+    name, host = mount.split("=", 1)
+    if not host:
+        raise ValueError(f"Invalid named mount {mount!r}: no host path after '='")
+    return name, host
+
+
+def place_named_mount(
+    name: str,
+    host: PanPath,
+    host_is_file: bool,
+    mount_root: str,
+    named: dict[str, str],
+    named_mounts: str = "NAMED_MOUNTS",
+) -> tuple[PanPath, Path]:
+    """Where ``NAME=host`` is mounted, as (host path to mount, path inside).
+
+    A folder goes to exactly ``<mount_root>/<named_mounts>/NAME``; a file is
+    mounted by its folder, at ``<mount_root>/<named_mounts>/NAME/<folder's
+    name>``. What ``$NAME`` is to hold (the folder inside, or the file in it)
+    is recorded in ``named``; ValueError when ``named`` already gives NAME
+    another value.
+    """
+    inside = Path(mount_root) / named_mounts / name
+    env_value = str(inside)
+    if host_is_file:
+        inside = inside / host.parent.name
+        env_value = str(inside / host.name)
+        host = host.parent
+    if named.get(name, env_value) != env_value:
+        raise ValueError(f"Named mount {name} given twice, for {named[name]!r} and {env_value!r}")
+    named[name] = env_value
+    return host, inside
+
+
+def _show_mount(host: object, options: str) -> str:
+    return repr(str(host) + (f":{options}" if options else ""))
+
+
+_MountT = TypeVar("_MountT", bound=Tuple[Any, ...])
+
+
+def merge_mounts(mounts: Iterable[_MountT]) -> list[_MountT]:
+    """The mount rules every scheduler follows, applied to ``(host, inside)``
+    or ``(host, inside, options)`` tuples (host: a local path or a URL; options:
+    a runtime's ``ro``/``rw``..., "" for none).
+
+    - The same mount given twice is kept once (host paths compared absolute
+      and normalised, paths inside normalised).
+    - Two mounts at one path inside with different host paths (or options)
+      raise ValueError.
+    - A mount that another one already brings in at the same place (its host
+      path and its path inside both lie under the other's, at the same relative
+      path, with the same options) is dropped.
+
+    The mounts kept are returned as given, in the order given.
+    """
+    # path inside -> (host key, options, the mount first given there)
+    by_inside: dict[str, tuple[str, str, _MountT]] = {}
+    for mount in mounts:
+        host, inside = mount[0], mount[1]
+        options = mount[2] if len(mount) > 2 else ""
+        host_key, inside_key = _mount_host_key(host), posixpath.normpath(str(inside))
+        seen = by_inside.get(inside_key)
+        if seen is None:
+            by_inside[inside_key] = (host_key, options, mount)
+            continue
+        if (seen[0], seen[1]) != (host_key, options):
+            what = "host paths" if seen[0] != host_key else "options"
+            raise ValueError(
+                f"Two mounts at {inside_key!r} with different {what}: "
+                f"{_show_mount(seen[2][0], seen[1])} and {_show_mount(host, options)}"
+            )
+    kept: list[_MountT] = []
+    for inside_key, (host_key, options, mount) in by_inside.items():
+        covered = False
+        for outer_inside, (outer_host, outer_options, _) in by_inside.items():
+            rel = _relative_under(inside_key, outer_inside)
+            if rel and options == outer_options and _relative_under(host_key, outer_host) == rel:
+                covered = True
+                break
+        if not covered:
+            kept.append(mount)
+    return kept
+
+
 async def sanitize_mounts(
     mounts: str | Sequence[str] | None,
     mount_root: str,
@@ -212,7 +305,9 @@ async def sanitize_mounts(
       path and its path inside both lie under the other's, at the same relative
       path) is dropped.
 
-    Pairs keep the order they were given in.
+    Pairs keep the order they were given in. (The container scheduler parses
+    its ``host:inside[:ro]`` volumes itself, then follows the same rules
+    through ``split_named_mount``, ``place_named_mount`` and ``merge_mounts``.)
     """
     if mounts is None:
         mounts = []
@@ -225,51 +320,63 @@ async def sanitize_mounts(
             raise ValueError(
                 f"Invalid mount {mount!r}: expected 'host_path:path_inside' or 'NAME=host_path'"
             )
-        if not _NAMED_MOUNT_RE.match(mount):
+        name_host = split_named_mount(mount)
+        if name_host is None:
             given.append(_parse_mount_spec(mount))
             continue
-        name, host = mount.split("=", 1)
-        if not host:
-            raise ValueError(f"Invalid named mount {mount!r}: no host path after '='")
+        name, host = name_host
         host_path = PanPath(host)
-        inside_root = Path(mount_root) / named_mounts / name
-        if await host_path.a_is_file():
-            inside = inside_root / host_path.parent.name
-            given.append((host_path.parent, inside))
-            env_value = str(inside / host_path.name)
-        else:
-            given.append((host_path, inside_root))
-            env_value = str(inside_root)
-        if named.get(name, env_value) != env_value:
-            raise ValueError(
-                f"Named mount {name} given twice, for {named[name]!r} and {env_value!r}"
+        given.append(
+            place_named_mount(
+                name, host_path, await host_path.a_is_file(), mount_root, named, named_mounts
             )
-        named[name] = env_value
+        )
+    return merge_mounts(given), named
 
-    # one host path per path inside; the same mount twice is kept once
-    by_inside: dict[str, tuple[str, PanPath, Path]] = {}
-    for host, inside in given:
-        host_key, inside_key = _mount_host_key(host), posixpath.normpath(str(inside))
-        seen = by_inside.get(inside_key)
-        if seen is None:
-            by_inside[inside_key] = (host_key, host, inside)
-        elif seen[0] != host_key:
-            raise ValueError(
-                f"Two mounts at {inside_key!r} with different host paths: "
-                f"{str(seen[1])!r} and {str(host)!r}"
-            )
-    # drop a mount nested in another one at the same relative place
-    kept: list[tuple[PanPath, Path]] = []
-    for inside_key, (host_key, host, inside) in by_inside.items():
-        covered = False
-        for outer_inside, (outer_host, _, _) in by_inside.items():
-            rel = _relative_under(inside_key, outer_inside)
-            if rel and _relative_under(host_key, outer_host) == rel:
-                covered = True
-                break
-        if not covered:
-            kept.append((host, inside))
-    return kept, named
+
+_T = TypeVar("_T")
+
+
+def chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
+    """``items`` in slices of at most ``size`` (one command line per slice)."""
+    if size < 1:
+        raise ValueError(f"chunks: size must be at least 1, not {size!r}")
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def one_line(
+    text: str | None,
+    *,
+    strip: str | re.Pattern[str] | None = None,
+    prefer: str | None = None,
+    last: bool = False,
+    limit: int | None = None,
+) -> str:
+    """A command's (error) output as one line, for a log message or a reason.
+
+    Its non-empty lines, stripped, joined with ``"; "``. ``strip``: a regular
+    expression removed where it matches at the start of a line (Slurm's
+    ``r"\\w+: error: "``). ``prefer``: when some lines start with it (gcloud's
+    ``"ERROR:"``), only those are kept. ``last``: keep only the last line left.
+    ``limit``: cut the result to that many characters.
+    """
+    pattern = re.compile(strip) if isinstance(strip, str) else strip
+    lines = []
+    for line in (text or "").splitlines():
+        line = line.strip()
+        if pattern is not None:
+            match = pattern.match(line)
+            if match:
+                line = line[match.end() :].strip()
+        if line:
+            lines.append(line)
+    if prefer is not None:
+        lines = [line for line in lines if line.startswith(prefer)] or lines
+    if last:
+        lines = lines[-1:]
+    joined = "; ".join(lines)
+    return joined if limit is None else joined[:limit]
 
 
 def shell_quote(value: object) -> str:
@@ -281,12 +388,17 @@ __all__ = [
     "CommandResult",
     "CommandType",
     "check_env_name",
+    "chunks",
     "log_to_file",
     "logger",
+    "merge_mounts",
     "normalize_cmd",
+    "one_line",
+    "place_named_mount",
     "run_command",
     "sanitize_mounts",
     "shell_quote",
+    "split_named_mount",
 ]
 
 if sys.version_info < (3, 10):  # pragma: no cover

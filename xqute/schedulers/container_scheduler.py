@@ -9,9 +9,11 @@ the job's metadir, which is mounted into the container; those files, not the
 client's exit code, say how the job ended.
 
 The workdir (and any extra volumes) are mounted; the wrapper uses the paths as
-the container sees them (``SpecPath.mounted``). Named mounts ``NAME=host_path``
-are mounted under ``<DEFAULT_MOUNTED_ROOT>/NAMED_MOUNTS/NAME/`` and ``$NAME``
-holds their path inside the container. ``post_init`` works the mounts out into
+the container sees them (``SpecPath.mounted``). A named mount ``NAME=folder``
+is mounted at exactly ``<DEFAULT_MOUNTED_ROOT>/NAMED_MOUNTS/NAME`` (a file by its
+folder, under that) and ``$NAME`` holds its path inside the container; named
+mounts, duplicates, clashes and nested mounts follow the rules of
+``xqute.utils.sanitize_mounts``. ``post_init`` works the mounts out into
 ``scheduler.volumes`` (``host:inside`` strings); each job's command line is
 built from that list when the job is submitted, so clients (pipen) can add
 mounts of their own after ``post_init``.
@@ -37,12 +39,21 @@ import signal
 from pathlib import PurePosixPath
 from typing import Any, NamedTuple, Sequence
 
+from panpath import PanPath
+
 from .. import defaults
 from ..defaults import JobStatus
 from ..job import Job
 from ..path import SpecPath
 from ..scheduler import JobQuery, SubmissionError
-from ..utils import logger, run_command, shell_quote
+from ..utils import (
+    logger,
+    merge_mounts,
+    place_named_mount,
+    run_command,
+    shell_quote,
+    split_named_mount,
+)
 from .local_scheduler import LocalScheduler, _exit_reason, _session_members
 
 # Runtime kinds, by the name of the binary.
@@ -54,7 +65,6 @@ APPTAINER = "apptainer"
 # output to the meta files) goes to this file in the metadir.
 CLIENT_LOG_NAME = "job.container.log"
 
-_NAMED_MOUNT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 _BAD_NAME_CHARS_RE = re.compile(r"[^a-zA-Z0-9_.-]")
 # Options a docker/podman volume may end with (host:inside:opts).
 _VOLUME_OPTIONS_RE = re.compile(r"^(ro|rw|z|Z|O|U|shared|slave|private|rshared|rslave|rprivate|nocopy|delegated|cached|consistent)(,[A-Za-z]+)*$")
@@ -91,18 +101,12 @@ def _as_list(value: Any, what: str) -> list[str]:
     raise TypeError(f"{what} must be a string or a list of strings, not {type(value).__name__}")
 
 
-class _Mount:
+class _Mount(NamedTuple):
     """One bind mount: a host path, the path inside, and docker-style options."""
 
-    __slots__ = ("host", "inside", "options")
-
-    def __init__(self, host: str, inside: str, options: str = "") -> None:
-        self.host = host
-        self.inside = inside
-        self.options = options
-
-    def __repr__(self) -> str:
-        return f"_Mount({self.host!r}, {self.inside!r}, {self.options!r})"
+    host: str
+    inside: str
+    options: str = ""
 
     def spec(self) -> str:
         """``host:inside[:options]``, the form -v and --bind take."""
@@ -138,35 +142,21 @@ def _join(base: str, rel: str) -> str:
     return base if rel in ("", ".") else str(PurePosixPath(base) / rel)
 
 
-def parse_mounts(specs: Sequence[str], mount_root: str) -> tuple[list[_Mount], dict[str, str]]:
-    """Mounts from ``host:inside[:options]`` and ``NAME=host`` specifications.
-
-    A named mount goes under ``<mount_root>/NAMED_MOUNTS/NAME/`` (a folder by its
-    own name, a file by its folder's name) as ``xqute.utils.sanitize_mounts``
-    lays them out for the other schedulers; the returned dict maps NAME to the
-    path inside the container, to be exported as an environment variable.
-    Host paths are made absolute.
-    """
+def _given_mounts(specs: Sequence[str], mount_root: str) -> tuple[list[_Mount], dict[str, str]]:
+    """Every mount the specifications give, before the mount rules drop any."""
     mounts: list[_Mount] = []
     named: dict[str, str] = {}
     for spec in specs:
         if not isinstance(spec, str) or not spec:
             raise ValueError(f"Invalid mount {spec!r}: expected 'host_path:path_inside' or 'NAME=host_path'")
-        if _NAMED_MOUNT_RE.match(spec):
-            name, host = spec.split("=", 1)
-            if not host:
-                raise ValueError(f"Invalid named mount {spec!r}: no host path after '='")
+        name_host = split_named_mount(spec)
+        if name_host is not None:
+            name, host = name_host
             host = os.path.abspath(os.path.expanduser(host))
-            inside_root = PurePosixPath(mount_root) / "NAMED_MOUNTS" / name
-            if os.path.isfile(host):
-                folder, filename = os.path.split(host)
-                inside = inside_root / os.path.basename(folder)
-                mounts.append(_Mount(folder, str(inside)))
-                named[name] = str(inside / filename)
-            else:
-                inside = inside_root / os.path.basename(host.rstrip("/"))
-                mounts.append(_Mount(host, str(inside)))
-                named[name] = str(inside)
+            folder, inside = place_named_mount(
+                name, PanPath(host), os.path.isfile(host), mount_root, named
+            )
+            mounts.append(_Mount(str(folder), str(inside)))
             continue
         parts = spec.split(":")
         options = ""
@@ -182,6 +172,23 @@ def parse_mounts(specs: Sequence[str], mount_root: str) -> tuple[list[_Mount], d
             raise ValueError(f"Invalid mount {spec!r}: the path inside ({inside!r}) must be absolute")
         mounts.append(_Mount(os.path.abspath(os.path.expanduser(host)), inside, options))
     return mounts, named
+
+
+def parse_mounts(specs: Sequence[str], mount_root: str) -> tuple[list[_Mount], dict[str, str]]:
+    """Mounts from ``host:inside[:options]`` and ``NAME=host`` specifications.
+
+    Named mounts are placed, and the mount rules applied, by the helpers
+    ``xqute.utils.sanitize_mounts`` uses: a named folder at exactly
+    ``<mount_root>/NAMED_MOUNTS/NAME``, a named file by its folder at
+    ``<mount_root>/NAMED_MOUNTS/NAME/<folder's name>``; the same mount twice
+    kept once; ValueError for two different host paths (or options) at one
+    place, or one NAME for two places; a mount nested in another at the same
+    relative place (with the same options) dropped. The returned dict maps
+    NAME to its path inside the container (the file itself for a file), to be
+    exported as an environment variable. Host paths are made absolute.
+    """
+    mounts, named = _given_mounts(specs, mount_root)
+    return merge_mounts(mounts), named
 
 
 class _Plan(NamedTuple):
@@ -205,8 +212,9 @@ class ContainerScheduler(LocalScheduler):
         bin: the runtime's binary, a name on PATH or a path: docker, podman,
             apptainer or singularity (the kind comes from the binary's name).
         volumes / mount: extra mounts, ``host:inside[:ro]`` or ``NAME=host``
-            (mounted under ``DEFAULT_MOUNTED_ROOT/NAMED_MOUNTS/NAME/``, its path
-            inside exported as ``$NAME``). One of the two names, not both.
+            (a folder mounted at ``DEFAULT_MOUNTED_ROOT/NAMED_MOUNTS/NAME``, a
+            file by its folder under that; its path inside exported as
+            ``$NAME``). One of the two names, not both.
         volume_as_cwd / mount_as_cwd: a host folder mounted at
             ``DEFAULT_MOUNTED_ROOT/.cwd`` and used as the jobs' working folder; a
             relative ``workdir`` is then taken inside it. Not with ``cwd``.
@@ -388,22 +396,13 @@ class ContainerScheduler(LocalScheduler):
         return _Plan(mounts, named, host, inside, None if cwd is None else str(cwd))
 
     def _parse_volumes(self, specs: Sequence[str]) -> tuple[list[_Mount], dict[str, str]]:
-        """Mounts from volume specs, identical ones once; ValueError for a spec
-        the runtime would misread or two different folders at one place."""
-        parsed, named = parse_mounts(specs, self.DEFAULT_MOUNTED_ROOT)
-        mounts: dict[str, _Mount] = {}
-        for m in parsed:
+        """The mounts to make from volume specs, by the rules of ``parse_mounts``;
+        ValueError also for a path the runtime would misread."""
+        mounts, named = _given_mounts(specs, self.DEFAULT_MOUNTED_ROOT)
+        for m in mounts:
             self._check_mount_path(m.host, "host")
             self._check_mount_path(m.inside, "container")
-            inside = os.path.normpath(m.inside)
-            other = mounts.get(inside)
-            if other is None:
-                mounts[inside] = m
-            elif (other.host, other.options) != (m.host, m.options):
-                raise ValueError(
-                    f"Two volumes at {m.inside!r} in the container: {other.spec()!r} and {m.spec()!r}"
-                )
-        return list(mounts.values()), named
+        return merge_mounts(mounts), named
 
     def _current_mounts(self) -> tuple[list[_Mount], dict[str, str]]:
         """The mounts ``volumes`` holds now, and the named ones' paths inside."""
@@ -420,8 +419,10 @@ class ContainerScheduler(LocalScheduler):
         it (pipen mounts its output folder before anything made it); podman and
         apptainer refuse it. Made here, as the manager's user, for every runtime.
         """
-        mounts, _ = self._current_mounts()
-        for m in mounts:
+        # every volume given (read by container_command just before), with those
+        # the mount rules dropped: the job expects their folders there too
+        given, _ = _given_mounts(self.volumes, self.DEFAULT_MOUNTED_ROOT)
+        for m in given:
             if not os.path.exists(m.host):
                 try:
                     os.makedirs(m.host, exist_ok=True)

@@ -17,12 +17,13 @@ import re
 import shutil
 import time
 import xml.etree.ElementTree as ET
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from ..defaults import JOBCMD_WRAPPER_LANG, JobStatus
+from ..directives import render_directives
 from ..job import Job
 from ..scheduler import JobQuery, Scheduler, SubmissionError
-from ..utils import logger, run_command
+from ..utils import chunks, logger, run_command
 
 # Characters Grid Engine refuses in a job name (sge_types(1), "name").
 _BAD_NAME_CHARS = re.compile(r"[\n\t\r /:@\\*?]")
@@ -52,6 +53,8 @@ _OWN_DIRECTIVES = ("N", "S", "o", "e", "wd", "cwd")
 # Meaning of qacct's ``failed`` codes that matter here (the rest are printed
 # by qacct itself, after the number).
 _QDEL_FAILED = "100"
+# Job numbers given to one qdel call at most.
+_QDEL_MAX_IDS = 500
 
 
 def _directive_value(value: Any, key: str) -> str:
@@ -75,6 +78,22 @@ def _directive_path(path: Any, key: str) -> str:
             f"or a double quote in it: {text!r}"
         )
     return f'"{text}"' if re.search(r"\s", text) else text
+
+
+def _flag(key: Any) -> str:
+    """``-l`` for ``l`` (or ``-l``)."""
+    if not _KEY_RE.fullmatch(str(key)):
+        raise ValueError(
+            f"Invalid Grid Engine option {key!r}: expected a qsub flag name such as 'l' or 'pe'"
+        )
+    return "-" + str(key).lstrip("-")
+
+
+def _with_value(flag: str, value: Any) -> str:
+    """``-l h_rt=60``; a path option's value quoted as one argument."""
+    key = flag[1:]
+    render = _directive_path if key in _PATH_OPTIONS else _directive_value
+    return f"{flag} {render(value, key)}"
 
 
 def _parse_qacct(text: str) -> dict[str, dict[str, str]]:
@@ -170,19 +189,14 @@ class SgeScheduler(Scheduler):
         self.kill_wait = float(kill_wait)
         self.command_timeout = float(command_timeout)
         self.user = getpass.getuser()
-        for key, value in self.config.items():
-            if not _KEY_RE.fullmatch(str(key)):
-                raise ValueError(
-                    f"Invalid Grid Engine option {key!r}: expected a qsub flag name such as 'l' or 'pe'"
-                )
-            if str(key).lstrip("-") == "N" and value not in (None, False):
-                if _BAD_NAME_CHARS.search(str(value)):
-                    raise ValueError(
-                        f"Invalid Grid Engine job name {value!r}: it may not contain "
-                        "spaces or any of / : @ \\ * ?"
-                    )
-        # Render the directives once now, so a bad value is refused at set-up
-        # (they are rendered again per job: clients may change ``config``).
+        name = self._user_name
+        if name is not None and _BAD_NAME_CHARS.search(name):
+            raise ValueError(
+                f"Invalid Grid Engine job name {name!r}: it may not contain "
+                "spaces or any of / : @ \\ * ?"
+            )
+        # Render the directives once now, so a bad key or value is refused at
+        # set-up (they are rendered again per job: clients may change ``config``).
         self._render_user_directives()
 
     @property
@@ -211,20 +225,8 @@ class SgeScheduler(Scheduler):
         return _BAD_NAME_CHARS.sub("_", super().job_name(job))
 
     def _render_user_directives(self) -> list[str]:
-        lines = []
-        for key, value in self.config.items():
-            flag = "-" + str(key).lstrip("-")
-            if value is None or value is False:
-                continue
-            render = _directive_path if flag[1:] in _PATH_OPTIONS else _directive_value
-            if value is True:
-                lines.append(f"#$ {flag}")
-            elif isinstance(value, (list, tuple)):
-                for item in value:
-                    lines.append(f"#$ {flag} {render(item, flag[1:])}")
-            else:
-                lines.append(f"#$ {flag} {render(value, flag[1:])}")
-        return lines
+        """``#$`` lines for the user's options (rules: ``xqute.directives``)."""
+        return render_directives("#$", self.config, _flag, _with_value)
 
     def _given(self, key: str) -> bool:
         return any(str(k).lstrip("-") == key for k, v in self.config.items() if v not in (None, False))
@@ -456,7 +458,7 @@ class SgeScheduler(Scheduler):
         jids = [job.jid for job in jobs if job.jid]
         if not jids:
             return
-        for chunk in _chunks(jids, 500):
+        for chunk in chunks(jids, _QDEL_MAX_IDS):
             result = await run_command(self.qdel, *chunk, timeout=self.command_timeout)
             if not result.ok:
                 # "does not exist" for jobs that ended meanwhile is expected
@@ -481,8 +483,3 @@ class SgeScheduler(Scheduler):
                 "sge scheduler: jobs %s were still listed by %s %.0f s after qdel",
                 ", ".join(sorted(pending)), self.qstat, self.kill_wait,
             )
-
-
-def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from ..defaults import JobStatus
+from ..directives import render_directives
 from ..job import Job
 from ..scheduler import JobQuery, Scheduler, SubmissionError
-from ..utils import logger, run_command
+from ..utils import chunks, logger, one_line, run_command
 
 # How Slurm's job states (squeue %T, sacct State) map onto xqute's view.
 PENDING_STATES = frozenset(
@@ -91,6 +92,9 @@ _SQUEUE_LINE_RE = re.compile(r"[0-9]+(?:[_+][0-9\[\]%,-]+)?\|[A-Z_]+(?:\|.*)?", 
 _SACCT_LINE_RE = re.compile(r"[0-9][0-9_+.\[\]%,-]*\|[A-Z_]*(?: .*)?\|[^|]*\|.*", re.ASCII)
 # scancel's complaints about jobs that ended meanwhile (nothing left to cancel)
 _ALREADY_GONE_RE = re.compile(r"already complet|invalid job id|job has finished", re.IGNORECASE)
+# what Slurm's commands put before each line of an error ("sbatch: error: "),
+# left out of the one-line messages xqute logs and fails jobs with
+_ERROR_PREFIX_RE = re.compile(r"\w+: error: ")
 # values that need no quoting in an #SBATCH line
 _PLAIN_VALUE_RE = re.compile(r"^[A-Za-z0-9_.,:/=@+%-]+$")
 
@@ -111,30 +115,28 @@ def format_directive_value(value: Any) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _flag(raw_key: Any) -> str:
+    """``-p`` for a one-letter key, ``--cpus-per-task`` for ``cpus_per_task``."""
+    key = str(raw_key).replace("_", "-")
+    if not _DIRECTIVE_KEY_RE.fullmatch(key):
+        raise ValueError(f"Invalid Slurm option name {raw_key!r}")
+    return f"-{key}" if len(key) == 1 else f"--{key}"
+
+
+def _with_value(flag: str, value: Any) -> str:
+    """``-p short``, ``--mem=4G``."""
+    return f"{flag}{' ' if len(flag) == 2 else '='}{format_directive_value(value)}"
+
+
 def directive_lines(options: dict[str, Any]) -> list[str]:
     """``#SBATCH`` lines for ``options``.
 
     ``_`` in a key becomes ``-``; a one-letter key gives ``-k value``, others
     ``--key=value``; ``True`` gives a bare flag; ``False``/``None`` leave the
-    option out; a list or tuple repeats the option once per item.
+    option out; a list or tuple repeats the option once per item (the last
+    three are the rules of ``xqute.directives``, shared with Grid Engine).
     """
-    lines = []
-    for raw_key, value in options.items():
-        key = str(raw_key).replace("_", "-")
-        if not _DIRECTIVE_KEY_RE.fullmatch(key):
-            raise ValueError(f"Invalid Slurm option name {raw_key!r}")
-        flag = f"-{key}" if len(key) == 1 else f"--{key}"
-        values = value if isinstance(value, (list, tuple)) else [value]
-        for item in values:
-            if item is None or item is False:
-                continue
-            if item is True:
-                lines.append(f"#SBATCH {flag}")
-            elif len(key) == 1:
-                lines.append(f"#SBATCH {flag} {format_directive_value(item)}")
-            else:
-                lines.append(f"#SBATCH {flag}={format_directive_value(item)}")
-    return lines
+    return render_directives("#SBATCH", options, _flag, _with_value)
 
 
 def _escape_filename_pattern(path: str) -> str:
@@ -242,7 +244,10 @@ class SlurmScheduler(Scheduler):
                 f"{result.stderr.strip()} (set the scheduler option sbatch= to its path)"
             )
         if not result.ok:
-            message = _one_line(result.stderr or result.stdout) or f"sbatch exited {result.rc}"
+            message = (
+                one_line(result.stderr or result.stdout, strip=_ERROR_PREFIX_RE)
+                or f"sbatch exited {result.rc}"
+            )
             transient = result.rc == -1 or bool(_TRANSIENT_SBATCH_RE.search(message))
             ambiguous = result.rc == -1 or bool(_AMBIGUOUS_SBATCH_RE.search(message))
             raise SubmissionError(message, transient=transient, ambiguous=ambiguous)
@@ -284,12 +289,13 @@ class SlurmScheduler(Scheduler):
     async def kill_jobs(self, jobs: Sequence[Job]) -> None:
         """``scancel`` all of ``jobs`` in one call (a few for thousands)."""
         jids = [str(job.jid) for job in jobs if job.jid]
-        for start in range(0, len(jids), MAX_LISTED_IDS):
-            chunk = jids[start : start + MAX_LISTED_IDS]
+        for chunk in chunks(jids, MAX_LISTED_IDS):
             result = await run_command(self.scancel, *chunk, timeout=self.command_timeout)
             if not result.ok:
                 # jobs that already ended are refused; the others are cancelled
-                message = _one_line(result.stderr) or f"scancel exited {result.rc}"
+                message = (
+                    one_line(result.stderr, strip=_ERROR_PREFIX_RE) or f"scancel exited {result.rc}"
+                )
                 if result.rc < 0 or result.rc == 127 or not _ALREADY_GONE_RE.search(message):
                     # missing, hanging or refusing: the jobs may still run
                     logger.warning("Slurm's scancel failed for %s: %s", " ".join(chunk), message)
@@ -347,7 +353,8 @@ class SlurmScheduler(Scheduler):
             if "invalid job id" in result.stderr.lower():
                 return {}  # none of them is in the queue any more
             logger.warning(
-                "Slurm's squeue failed (%s); asking again later", _one_line(result.stderr)
+                "Slurm's squeue failed (%s); asking again later",
+                one_line(result.stderr, strip=_ERROR_PREFIX_RE),
             )
             return None
         unreadable = [
@@ -372,8 +379,7 @@ class SlurmScheduler(Scheduler):
         if self._accounting is False:
             return {}
         found: dict[str, tuple[str, str]] = {}
-        for start in range(0, len(jids), MAX_LISTED_IDS):
-            chunk = jids[start : start + MAX_LISTED_IDS]
+        for chunk in chunks(jids, MAX_LISTED_IDS):
             result = await run_command(
                 self.sacct, "-n", "-P", "-X", "-j", ",".join(chunk),
                 "-o", "JobIDRaw,State,ExitCode,Reason",
@@ -381,7 +387,9 @@ class SlurmScheduler(Scheduler):
             )
             self.status_calls += 1
             if not result.ok:
-                message = _one_line(result.stderr) or f"sacct exited {result.rc}"
+                message = (
+                    one_line(result.stderr, strip=_ERROR_PREFIX_RE) or f"sacct exited {result.rc}"
+                )
                 if result.rc == 127 or "disabled" in message.lower():
                     self._accounting = False
                     logger.info(
@@ -460,16 +468,6 @@ class _Tracked:
 
     job: Job
     state: str
-
-
-def _one_line(text: str) -> str:
-    """Slurm's message without its ``sbatch: error:`` prefixes, on one line."""
-    parts = []
-    for line in text.strip().splitlines():
-        line = re.sub(r"^\w+: error: ", "", line.strip())
-        if line:
-            parts.append(line)
-    return "; ".join(parts)
 
 
 __all__: Iterable[str] = ["SlurmScheduler", "directive_lines", "format_directive_value"]
