@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import json
 import os
 import shlex
 import shutil
@@ -393,3 +394,162 @@ async def test_a_job_cancelled_while_queued_does_not_storm_grid_engine(workdir, 
     assert await jobs[0].get_rc() == -3
     status_calls = log.read_text().splitlines()
     assert len(status_calls) <= 2 * wall / 5 + 5, (wall, status_calls)
+
+
+# ------------------------------------- a rerun behind finished jobs (issue 13)
+RERUN_MANAGER = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    from xqute import Xqute
+
+    async def main(workdir, log, opts):
+        xq = Xqute("sge", workdir=workdir, forks=4, scheduler_opts=opts)
+        script = (
+            f'echo "$XQUTE_JOB_INDEX start $EPOCHREALTIME" >> "{log}"; sleep 4; '
+            f'echo "$XQUTE_JOB_INDEX end $EPOCHREALTIME" >> "{log}"'
+        )
+        for _ in range(12):
+            # xqute expands $NAME in a list command's arguments: bash's own are \\$
+            await xq.feed(["bash", "-c", script.replace("$", "\\\\$")])
+        await xq.run_until_complete()
+        print("rcs", [await j.get_rc() for j in xq.jobs], flush=True)
+
+    asyncio.run(main(sys.argv[1], sys.argv[2], json.loads(sys.argv[3])))
+    """
+)
+
+
+def submission_logger(folder: Path, log: Path) -> str:
+    """A wrapper around the real qsub that logs ``<time> <job index> <job number>``
+    per call (the time taken before the call; the index is the name of the folder
+    of the submitted wrapper script, the job's metadir)."""
+    real = shutil.which("qsub")
+    assert real, "qsub is not on PATH"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "logging-qsub"
+    path.write_text(
+        "#!/bin/bash\n"
+        "when=$(date +%s.%N)\n"
+        "for script; do :; done\n"
+        f"out=$({shlex.quote(real)} \"$@\"); rc=$?\n"
+        f'echo "$when $(basename "$(dirname "$script")") $out" >> {shlex.quote(str(log))}\n'
+        'printf "%s\\n" "$out"\n'
+        "exit $rc\n"
+    )
+    path.chmod(0o755)
+    return str(path)
+
+
+def submissions(log: Path) -> list[tuple[float, str, str]]:
+    """(time, job index, job number) per qsub call, in the order made
+    (the id is empty for a refused call)."""
+    found = []
+    for line in log.read_text().splitlines():
+        when, index, *jid = line.split()
+        found.append((float(when), index, jid[0] if jid else ""))
+    return found
+
+
+def peak_overlap(intervals: list[tuple[float, float]]) -> int:
+    """The most of ``intervals`` open at one time (an end before a start at a tie)."""
+    events = sorted([(a, 1) for a, _ in intervals] + [(b, -1) for _, b in intervals])
+    peak = current = 0
+    for _, step in events:
+        current += step
+        peak = max(peak, current)
+    return peak
+
+
+async def wait_until_out_of_grid_engine(jids: list[str], limit: float = 300) -> list[str]:
+    """Wait for the jobs ``jids`` to end by themselves; those Grid Engine still
+    lists after ``limit`` seconds are deleted and returned."""
+    jids = [jid for jid in jids if jid]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while loop.time() < deadline:
+        if not set(jids) & set(our_jobs()):
+            return []
+        await asyncio.sleep(1)
+    left = [jid for jid in jids if jid in our_jobs()]
+    if left:
+        subprocess.run(["qdel", *left], capture_output=True, timeout=60)
+    return left
+
+
+async def test_a_rerun_adopts_jobs_left_running_behind_finished_ones_at_once(workdir, tmp_path):
+    """The manager (12 jobs, forks 4) is SIGKILLed while Grid Engine has jobs 4-7
+    (0-3 done, 8-11 not submitted). A rerun at once, with the same 12 commands,
+    follows 4-7 from its start: they are never submitted again and count against
+    forks, though 0-3 (finished, so fed to run again) come first in its queue.
+
+    The queue has 2 slots, so Grid Engine itself keeps at most 2 jobs running:
+    forks is checked on the jobs handed to it (from qsub to their end) as well."""
+    log = tmp_path / "log"
+    log.touch()
+    submit_log = tmp_path / "submissions.log"
+    submit_log.touch()
+    qsub = submission_logger(tmp_path / "bin", submit_log)
+    # asked every second or two, so that the kill finds 4-7 listed and 8 not yet
+    opts = {"qsub": qsub, "query_interval": 1, "query_interval_max": 2}
+    args = [sys.executable, "-c", RERUN_MANAGER, str(workdir), str(log), json.dumps(opts)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    jid_files = [workdir / str(i) / "job.jid" for i in range(12)]
+    first = await asyncio.create_subprocess_exec(
+        *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    second = None
+    try:
+        async def four_to_seven_submitted():
+            assert first.returncode is None, await first.communicate()
+            return all(f.exists() and f.read_text().strip() for f in jid_files[4:8])
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 180
+        while not await four_to_seven_submitted():  # polled closely: the window is a few s
+            assert loop.time() < deadline, "jobs 4-7 were not all submitted"
+            await asyncio.sleep(0.05)
+        first.kill()
+        await first.wait()
+        assert not jid_files[8].exists(), "the kill came too late: job 8 was submitted"
+        ended = {line.split()[0] for line in log.read_text().splitlines() if " end " in line}
+        assert ended == {"0", "1", "2", "3"}, log.read_text()
+        left = [f.read_text().strip() for f in jid_files[4:8]]
+        listed = our_jobs()
+        assert all(listed.get(jid) in ("r", "t", "qw") for jid in left), (left, listed)
+
+        second = await asyncio.create_subprocess_exec(
+            *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(second.communicate(), 600)
+        assert second.returncode == 0, err.decode()
+        assert b"rcs [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]" in out, (out, err)
+        assert [f.read_text().strip() for f in jid_files[4:8]] == left  # the same jobs
+    finally:
+        for manager in (first, second):
+            if manager is not None and manager.returncode is None:
+                manager.kill()
+                await manager.wait()
+        stuck = await wait_until_out_of_grid_engine([jid for _, _, jid in submissions(submit_log)])
+    assert not stuck, f"jobs still listed by Grid Engine (deleted): {stuck}"
+
+    lines = log.read_text().splitlines()
+    starts = [line.split()[0] for line in lines if " start " in line]
+    # 0-3 ended before the kill and were fed again: twice; every other job once
+    assert [starts.count(str(i)) for i in range(4, 12)] == [1] * 8, lines
+    assert [starts.count(str(i)) for i in range(4)] == [2] * 4, lines
+    subs = submissions(submit_log)
+    submitted = [index for _, index, jid in subs if jid]  # refusals aside
+    assert [submitted.count(str(i)) for i in range(12)] == [2] * 4 + [1] * 8, subs
+
+    def times(index, what):
+        return sorted(float(line.split()[2]) for line in lines
+                      if line.split()[:2] == [str(index), what])
+
+    running, in_grid_engine = [], []
+    for i in range(12):
+        ends = times(i, "end")
+        running += zip(times(i, "start"), ends)
+        in_grid_engine += zip(sorted(when for when, index, jid in subs if jid and index == str(i)), ends)
+    assert len(running) == len(in_grid_engine) == 16
+    assert peak_overlap(running) <= 4, lines
+    assert peak_overlap(in_grid_engine) <= 4, (subs, lines)

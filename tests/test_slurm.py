@@ -10,6 +10,7 @@ exec the real binary.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -551,3 +552,151 @@ async def test_fake_squeue_failure_is_not_taken_for_ended_jobs(workdir, tmp_path
     job._jid = "777"
     assert await scheduler.query_jobs([job]) == {}  # unknown: asked again later
     assert scheduler.status_calls == 1
+
+
+# ------------------------------------- a rerun behind finished jobs (issue 13)
+RERUN_PROGRAM = """
+import asyncio, json, sys
+from xqute import Xqute
+async def main():
+    workdir, log, opts = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    xq = Xqute("slurm", workdir=workdir, forks=4, scheduler_opts=opts)
+    script = (
+        f'echo "$XQUTE_JOB_INDEX start $EPOCHREALTIME" >> "{log}"; sleep 4; '
+        f'echo "$XQUTE_JOB_INDEX end $EPOCHREALTIME" >> "{log}"'
+    )
+    for i in range(12):
+        # xqute expands $NAME in a list command's arguments: bash's own are \\$
+        await xq.feed(["bash", "-c", script.replace("$", "\\\\$")])
+    await xq.run_until_complete()
+    print("rcs", [await j.get_rc() for j in xq.jobs])
+asyncio.run(main())
+"""
+
+SLURM_ACTIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED"}
+
+
+def submission_logger(tmp_path: Path) -> tuple[str, Path]:
+    """A wrapper around the real sbatch that logs ``<time> <job index> <jid>`` per
+    call (the time taken before the call; the index is the name of the folder of
+    the submitted wrapper script, the job's metadir); returns it and its log."""
+    real = shutil.which("sbatch")
+    assert real, "sbatch not installed"
+    log = tmp_path / "submissions.log"
+    log.touch()
+    shim = tmp_path / "submit-shim" / "sbatch"
+    shim.parent.mkdir(exist_ok=True)
+    shim.write_text(
+        "#!/bin/bash\n"
+        "when=$(date +%s.%N)\n"
+        "for script; do :; done\n"
+        f"out=$('{real}' \"$@\"); rc=$?\n"
+        f'echo "$when $(basename "$(dirname "$script")") $out" >> \'{log}\'\n'
+        'printf "%s\\n" "$out"\n'
+        "exit $rc\n"
+    )
+    shim.chmod(0o755)
+    return str(shim), log
+
+
+def submissions(log: Path) -> list[tuple[float, str, str]]:
+    """(time, job index, Slurm job id) per sbatch call, in the order made
+    (the id is empty for a refused call)."""
+    found = []
+    for line in log.read_text().splitlines():
+        when, index, *jid = line.split()
+        found.append((float(when), index, jid[0].split(";")[0] if jid else ""))
+    return found
+
+
+def peak_overlap(intervals: list[tuple[float, float]]) -> int:
+    """The most of ``intervals`` open at one time (an end before a start at a tie)."""
+    events = sorted([(a, 1) for a, _ in intervals] + [(b, -1) for _, b in intervals])
+    peak = current = 0
+    for _, step in events:
+        current += step
+        peak = max(peak, current)
+    return peak
+
+
+def wait_until_out_of_slurm(jids: list[str], timeout: float = 300) -> list[str]:
+    """Wait for the Slurm jobs ``jids`` to end by themselves; those still queued or
+    running after ``timeout`` are cancelled and returned."""
+    jids = [jid for jid in jids if jid]
+    start = time.monotonic()
+    while jids and time.monotonic() - start < timeout:
+        states = squeue_states(jids)
+        if not SLURM_ACTIVE_STATES & set(states.values()):
+            return []
+        time.sleep(1)
+    left = [jid for jid, state in squeue_states(jids).items() if state in SLURM_ACTIVE_STATES] if jids else []
+    if left:
+        subprocess.run(["scancel", *left], capture_output=True, timeout=60)
+    return left
+
+
+def test_a_rerun_adopts_slurm_jobs_left_running_behind_finished_ones_at_once(slurm, workdir, tmp_path):
+    """The manager (12 jobs, forks 4) is SIGKILLed while Slurm has jobs 4-7
+    (0-3 done, 8-11 not submitted). A rerun at once, with the same 12 commands,
+    follows 4-7 from its start: they are never submitted again and count against
+    forks, though 0-3 (finished, so fed to run again) come first in its queue.
+
+    The node has 2 CPUs, so Slurm itself keeps at most 2 jobs running: forks is
+    checked on the jobs handed to Slurm (from sbatch to their end) as well."""
+    log = tmp_path / "log"
+    log.touch()
+    sbatch, submit_log = submission_logger(tmp_path)
+    # asked every second or two, so that the kill finds 4-7 in Slurm and 8 not yet
+    opts = {"sbatch": sbatch, "query_interval": 1, "query_interval_max": 2}
+    cmd = [sys.executable, "-c", RERUN_PROGRAM, str(workdir), str(log), json.dumps(opts)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XQUTE_LOG_LEVEL": "INFO"}
+    jid_files = [workdir / str(i) / "job.jid" for i in range(12)]
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        start = time.monotonic()
+        while not all(f.exists() and read(f).strip() for f in jid_files[4:8]):
+            assert first.poll() is None, first.communicate()
+            assert time.monotonic() - start < 180, "jobs 4-7 were not all submitted"
+            time.sleep(0.05)
+        first.kill()
+        _, first_err = first.communicate()
+        assert not jid_files[8].exists(), "the kill came too late: job 8 was submitted"
+        ended = {line.split()[0] for line in read(log).splitlines() if " end " in line}
+        assert ended == {"0", "1", "2", "3"}, read(log)
+        left = [read(f).strip() for f in jid_files[4:8]]
+        states = squeue_states(left)
+        assert set(states.values()) <= {"RUNNING", "PENDING"}, states
+
+        second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert second.returncode == 0, second.stderr
+        assert "rcs [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]" in second.stdout, second.stderr
+        assert [read(f).strip() for f in jid_files[4:8]] == left  # the same Slurm jobs
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+        stuck = wait_until_out_of_slurm([jid for _, _, jid in submissions(submit_log)])
+    assert not stuck, f"Slurm jobs still queued or running (cancelled): {stuck}"
+    managers = f"first:\n{first_err.decode()}\nsecond:\n{second.stderr}"
+
+    lines = read(log).splitlines()
+    starts = [line.split()[0] for line in lines if " start " in line]
+    # 0-3 ended before the kill and were fed again: twice; every other job once
+    assert [starts.count(str(i)) for i in range(4, 12)] == [1] * 8, (lines, managers)
+    assert [starts.count(str(i)) for i in range(4)] == [2] * 4, (lines, managers)
+    subs = submissions(submit_log)
+    submitted = [index for _, index, jid in subs if jid]  # refusals aside
+    assert [submitted.count(str(i)) for i in range(12)] == [2] * 4 + [1] * 8, (subs, managers)
+
+    def times(index, what):
+        return sorted(float(line.split()[2]) for line in lines
+                      if line.split()[:2] == [str(index), what])
+
+    running, in_slurm = [], []
+    for i in range(12):
+        ends = times(i, "end")
+        running += zip(times(i, "start"), ends)
+        in_slurm += zip(sorted(when for when, index, jid in subs if jid and index == str(i)), ends)
+    assert len(running) == len(in_slurm) == 16
+    assert peak_overlap(running) <= 4, (lines, managers)
+    assert peak_overlap(in_slurm) <= 4, (subs, lines, managers)
