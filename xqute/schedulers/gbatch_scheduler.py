@@ -49,7 +49,7 @@ from .. import defaults
 from ..job import Job
 from ..path import SpecPath, write_meta
 from ..scheduler import JobQuery, Scheduler, SubmissionError
-from ..utils import logger, run_command, sanitize_mounts, shell_quote
+from ..utils import logger, one_line, run_command, sanitize_mounts, shell_quote
 
 # Batch job ids: 1-63 characters, lowercase letters, digits and hyphens, starting
 # with a letter and not ending with a hyphen.
@@ -83,9 +83,8 @@ LIST_LAG = 10.0
 
 
 def _one_line(text: str) -> str:
-    lines = [line.strip() for line in (text or "").strip().splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("ERROR:")]
-    return (errors[-1] if errors else lines[-1] if lines else "")[:500]
+    """gcloud's message: its last ``ERROR:`` line, else its last line."""
+    return one_line(text, prefer="ERROR:", last=True, limit=500)
 
 
 def _load_json(text: str) -> Any:
