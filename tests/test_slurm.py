@@ -700,3 +700,76 @@ def test_a_rerun_adopts_slurm_jobs_left_running_behind_finished_ones_at_once(slu
     assert len(running) == len(in_slurm) == 16
     assert peak_overlap(running) <= 4, (lines, managers)
     assert peak_overlap(in_slurm) <= 4, (subs, lines, managers)
+
+
+ONE_JOB_PROGRAM = """
+import asyncio, json, sys
+from xqute import Xqute
+async def main():
+    xq = Xqute("slurm", workdir=sys.argv[1], forks=1, scheduler_opts=json.loads(sys.argv[2]))
+    log = sys.argv[3]
+    await xq.feed(["bash", "-c", f"echo start >> {log}; sleep 8; echo end >> {log}"])
+    await xq.run_until_complete()
+    print("rc", await xq.jobs[0].get_rc())
+asyncio.run(main())
+"""
+
+
+def _run_one_job(workdir, opts, log, wait=True):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    args = [sys.executable, "-c", ONE_JOB_PROGRAM, str(workdir), json.dumps(opts), str(log)]
+    if not wait:
+        return subprocess.Popen(args, env=env)
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _wait_path(path: Path, limit: float = 120) -> None:
+    start = time.monotonic()
+    while not path.exists():
+        assert time.monotonic() - start < limit, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def test_a_rerun_whose_first_squeue_fails_follows_the_job_left_running(slurm, tmp_path):
+    """An squeue that fails during adoption means 'unknown', not 'gone': the
+    rerun follows the job rather than starting a second copy of it."""
+    workdir, log = tmp_path / "wd", tmp_path / "log"
+    first = _run_one_job(workdir, {}, log, wait=False)
+    _wait_path(workdir / "0" / "job.jid")
+    _wait_path(log)
+    first.kill()
+    first.wait()
+    jid = read(workdir / "0" / "job.jid").strip()
+    flaky = fake_command(tmp_path, "fake-squeue-fails-once", f"""
+        if [ ! -e '{tmp_path}/failed-once' ]; then
+            touch '{tmp_path}/failed-once'
+            echo "squeue: error: slurm_load_jobs error: Socket timed out on send/recv operation" >&2
+            exit 1
+        fi
+        exec '{shutil.which("squeue")}' "$@"
+    """)
+    second = _run_one_job(workdir, {"squeue": flaky}, log)
+    assert "rc 0" in second.stdout, second.stderr
+    assert (tmp_path / "failed-once").exists()
+    assert read(log).split() == ["start", "end"]  # one copy only
+    assert read(workdir / "0" / "job.jid").strip() == jid
+
+
+def test_a_rerun_finds_by_name_a_job_whose_manager_died_before_its_jid_file(slurm, tmp_path):
+    """Killed after sbatch reached Slurm but before its reply (no jid file):
+    the rerun finds the job by its name and follows it."""
+    workdir, log = tmp_path / "wd", tmp_path / "log"
+    slow = fake_command(tmp_path, "fake-slow-reply-sbatch", f"""
+        out=$('{shutil.which("sbatch")}' "$@"); rc=$?
+        touch '{tmp_path}/submitted'
+        sleep 5
+        echo "$out"; exit $rc
+    """)
+    first = _run_one_job(workdir, {"sbatch": slow}, log, wait=False)
+    _wait_path(tmp_path / "submitted")
+    first.kill()
+    first.wait()
+    assert not (workdir / "0" / "job.jid").exists()
+    second = _run_one_job(workdir, {}, log)
+    assert "rc 0" in second.stdout, second.stderr
+    assert read(log).split() == ["start", "end"]  # one copy only

@@ -761,10 +761,18 @@ exit "$rc"
         candidates = []
         for job in jobs:
             if with_jid is not None and job.index not in with_jid:
+                # a cloud workdir: one listing instead of a read per job (a
+                # manager killed before writing the jid file is not looked for)
                 continue
             if await job.read_status_file() not in (JobStatus.SUBMITTED, JobStatus.RUNNING):
                 continue
             if await job.get_jid():
+                candidates.append(job)
+                continue
+            # killed between the submission and the jid file: look by name
+            jid = await self.find_submitted(job, False)
+            if jid is not None:
+                await job.set_jid(jid)
                 candidates.append(job)
         if not candidates:
             return []
@@ -772,12 +780,16 @@ exit "$rc"
         adopted = []
         for job in candidates:
             answer = answers.get(job)
-            if answer is None or not answer.alive:
+            if answer is not None and not answer.alive:
                 job._jid = None  # gone: the job runs anew when its turn comes
                 continue
+            # alive, or the scheduler did not answer (a failed query): follow
+            # it rather than risk a second copy; the status rounds settle it
             logger.info(
-                "Job %s is still running as %s from an earlier run; following it",
-                job.index, job._jid,
+                "Job %s is %s as %s from an earlier run; following it",
+                job.index,
+                "still running" if answer is not None else "perhaps running",
+                job._jid,
             )
             job._status = JobStatus.SUBMITTED
             job._submitted_at = time.monotonic()
