@@ -773,3 +773,28 @@ def test_a_rerun_finds_by_name_a_job_whose_manager_died_before_its_jid_file(slur
     second = _run_one_job(workdir, {}, log)
     assert "rc 0" in second.stdout, second.stderr
     assert read(log).split() == ["start", "end"]  # one copy only
+
+
+async def test_a_job_cancelled_while_queued_does_not_storm_slurm(slurm, workdir, tmp_path):
+    """One job cancelled while it waits (held) and five that run: Slurm is asked
+    at most once per query interval, at most 2*W/5 + 5 status calls (squeue and
+    sacct) for a run of W seconds."""
+    opts, log = count_calls(tmp_path)
+    opts.pop("scontrol")
+    xq = Xqute("slurm", workdir=workdir, forks=8, scheduler_opts={**opts, "hold": True})
+    jobs = [await xq.feed(["sleep", "2"]) for _ in range(6)]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    run = asyncio.ensure_future(xq.run_until_complete())
+    deadline = started + 120
+    while not all(job.jid for job in jobs):
+        assert loop.time() < deadline, "the jobs were never submitted"
+        await asyncio.sleep(0.2)
+    slurm_cli("scancel", jobs[0].jid)
+    slurm_cli("scontrol", "release", ",".join(job.jid for job in jobs[1:]))
+    await asyncio.wait_for(run, 180)
+    wall = loop.time() - started
+    assert [await job.get_rc() for job in jobs[1:]] == [0] * 5
+    assert jobs[0].status == JobStatus.FAILED
+    status_calls = calls(log, "squeue") + calls(log, "sacct")
+    assert len(status_calls) <= 2 * wall / 5 + 5, (wall, status_calls)
