@@ -797,4 +797,5 @@ async def test_a_job_cancelled_while_queued_does_not_storm_slurm(slurm, workdir,
     assert [await job.get_rc() for job in jobs[1:]] == [0] * 5
     assert jobs[0].status == JobStatus.FAILED
     status_calls = calls(log, "squeue") + calls(log, "sacct")
+    print(f"Slurm: {len(status_calls)} status calls in {wall:.1f} s (bound {2 * wall / 5 + 5:.0f})")
     assert len(status_calls) <= 2 * wall / 5 + 5, (wall, status_calls)
