@@ -27,7 +27,7 @@ from . import __version__, defaults
 from .command_input import feed_command_lines
 from .defaults import JobErrorStrategy
 from .progress import ProgressPlugin
-from .runkill import kill_left_running, scheduler_for_run, stop_manager
+from .runkill import scheduler_for_run, stop_manager
 from .runrecord import RUN_RECORD_NAME, RunRecord, manager_alive, read_run_record
 from .utils import log_to_file, logger
 from .workdir_state import STATUS_NAMES, collect_status, format_status, jobs_going, remove_stale_metadirs
@@ -156,7 +156,7 @@ async def kill_run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise CliError(str(exc)) from None
         try:
-            killed, gone = await kill_left_running(scheduler, going)
+            killed, gone = await scheduler.kill_left_running(going)
         finally:
             await scheduler.close()
         if gone:

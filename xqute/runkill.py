@@ -10,7 +10,7 @@ import signal
 import socket
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping
 
 from .runrecord import manager_alive, process_start_ticks
 from .schedulers import get_scheduler
@@ -120,26 +120,3 @@ def scheduler_for_run(
         )
     except (TypeError, ValueError) as exc:
         raise ValueError(f"cannot set up the {name} scheduler: {exc}") from None
-
-
-async def kill_left_running(scheduler: Scheduler, indexes: Sequence[int]) -> tuple[list[int], list[int]]:
-    """Kill the jobs ``indexes`` of ``scheduler``'s workdir that a manager left
-    going, known by their files (jid and status): those the scheduler still has
-    are killed through ``Scheduler.kill_running_jobs`` (recorded as failed).
-
-    Returns the indexes killed and those the scheduler says are not running;
-    the latter are left as they are: a job the scheduler cannot see from here
-    (another host, another workdir spelling) may still be running.
-    """
-    jobs = []
-    for index in indexes:
-        job = await scheduler.create_job(index, ["true"])
-        await job.get_jid()
-        await job.get_status(refresh=True)
-        jobs.append(job)
-    answers = await scheduler.query_jobs(jobs)
-    live = [job for job, answer in answers.items() if answer.alive]
-    if live:
-        await scheduler.kill_running_jobs(live)
-    gone = [job.index for job, answer in answers.items() if not answer.alive]
-    return sorted(job.index for job in live), sorted(gone)

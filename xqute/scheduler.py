@@ -502,10 +502,13 @@ exit "$rc"
                 )
         return text
 
+    # the wrapper of a job is ``<WRAPPED_SCRIPT_PREFIX><scheduler name>``
+    WRAPPED_SCRIPT_PREFIX = "job.wrapped."
+
     @property
     def wrapped_script_name(self) -> str:
         """The wrapper's file name in the job's metadir: ``job.wrapped.<name>``."""
-        return f"job.wrapped.{self.name}"
+        return f"{self.WRAPPED_SCRIPT_PREFIX}{self.name}"
 
     async def wrapped_job_script(self, job: Job) -> SpecPath:
         """Write the wrapper into the job's metadir; returns its path."""
@@ -823,6 +826,28 @@ exit "$rc"
         job._status = JobStatus.QUEUED
         logger.info("Job %s: retrying (trial %s of %s)", job.index, job.trial_count + 1, (job._num_retries or 0) + 1)
         await plugin.hooks.on_job_queued(self, job)
+
+    async def kill_left_running(self, indexes: Sequence[int]) -> tuple[list[int], list[int]]:
+        """Kill the jobs ``indexes`` of this workdir that a manager left going,
+        known by their files (jid and status): those the scheduler still has
+        are killed through ``kill_running_jobs`` (recorded as failed).
+
+        Returns the indexes killed and those the scheduler says are not
+        running; the latter are left as they are (a job the scheduler cannot
+        see from here, on another host, may still run). Used by ``xqute kill``.
+        """
+        jobs = []
+        for index in indexes:
+            job = await self.create_job(index, ["true"])
+            await job.get_jid()
+            await job.get_status(refresh=True)
+            jobs.append(job)
+        answers = await self.query_jobs(jobs)
+        live = [job for job, answer in answers.items() if answer.alive]
+        if live:
+            await self.kill_running_jobs(live)
+        gone = [job.index for job, answer in answers.items() if not answer.alive]
+        return sorted(job.index for job in live), sorted(gone)
 
     async def kill_running_jobs(self, jobs: Iterable[Job]) -> None:
         """Kill ``jobs`` (those a plugin does not veto) and record them as failed."""

@@ -18,6 +18,7 @@ from .job import Job
 from .job import parse_meta_int
 from .progress import format_seconds, tail_lines
 from .runrecord import manager_alive, read_run_record
+from .scheduler import Scheduler
 
 
 def _meta_names() -> tuple[str, str, str, str, str]:
@@ -29,7 +30,7 @@ def _meta_names() -> tuple[str, str, str, str, str]:
 STATUS_FILE, RC_FILE, JID_FILE, STDERR_FILE, RETRY_DIR = _meta_names()
 # the wrapper script the manager writes on submission (Scheduler.wrapped_script_name
 # is this prefix and the scheduler's name): its mtime is when the job was submitted
-WRAPPED_PREFIX = "job.wrapped."
+WRAPPED_PREFIX = Scheduler.WRAPPED_SCRIPT_PREFIX
 # what a job can be, as `xqute status` names it
 STATUS_NAMES = frozenset({name for name in vars(JobStatus) if name.isupper()} | {"UNKNOWN"})
 _VALID_CODES = frozenset(
