@@ -181,6 +181,11 @@ class Job:
         """The id the scheduler gave this trial (None before submission; no I/O)."""
         return self._jid
 
+    @property
+    def submitted_at(self) -> float | None:
+        """When this trial was submitted (``time.monotonic()``), or None."""
+        return self._submitted_at
+
     async def get_jid(self) -> str | None:
         """The scheduler's id of the job, read from the jid file when not known
         yet; None when there is none."""

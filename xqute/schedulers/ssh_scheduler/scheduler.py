@@ -347,7 +347,7 @@ class SshScheduler(Scheduler):
                 answers[job] = JobQuery(JobQuery.RUNNING)
                 # a job adopted from an earlier manager counts against its host too
                 self._placed.setdefault(job, host.label)
-            elif args is not None and job._submitted_at and now - job._submitted_at < _LAUNCH_SETTLE:
+            elif args is not None and job.submitted_at and now - job.submitted_at < _LAUNCH_SETTLE:
                 continue  # not exec'd yet: ask again next round
             else:
                 answers[job] = JobQuery(
