@@ -215,3 +215,44 @@ async def test_no_polling_tick_without_a_plugin_that_implements_it(workdir):
     await xq.feed(["sleep", "2.5"])
     await xq.run_until_complete()
     assert polled and polled == sorted(polled)
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from xqute.scheduler import shell_word  # noqa: E402
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), max_size=40))
+def test_an_escaped_argument_reaches_the_command_exactly(text):
+    """Whatever an argument holds, with its $ escaped it arrives byte for byte:
+    nothing in it is executed, globbed or split."""
+    import subprocess
+
+    from xqute.utils import shell_quote
+
+    # as the wrapper does it: cmd=<quoted command line>, then eval "$cmd"
+    line = f"printf %s {shell_word(text.replace('$', chr(92) + '$'))}"
+    out = subprocess.run(
+        ["bash", "-c", f'set -u; cmd={shell_quote(line)}; eval "$cmd"'], capture_output=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.decode("utf-8", "surrogateescape") == text
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), max_size=30))
+def test_an_expanded_name_stays_one_word_and_is_never_run(value):
+    import os
+    import subprocess
+
+    from xqute.utils import shell_quote
+
+    line = "printf '<%s>' " + " ".join(shell_word(a) for a in ["pre$V", "${V}post", "$V"])
+    out = subprocess.run(
+        ["bash", "-c", f'set -u; cmd={shell_quote(line)}; eval "$cmd"'],
+        capture_output=True, env={**os.environ, "V": value},
+    )
+    assert out.returncode == 0, out.stderr
+    got = out.stdout.decode("utf-8", "surrogateescape")
+    assert got == f"<pre{value}><{value}post><{value}>"
