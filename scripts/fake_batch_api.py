@@ -13,7 +13,20 @@ What it does, like the service:
   (also while the old job's deletion is in progress).
 - Jobs move QUEUED -> SCHEDULED -> RUNNING -> SUCCEEDED/FAILED; cancel goes through
   CANCELLATION_IN_PROGRESS to CANCELLED; delete through DELETION_IN_PROGRESS to gone.
-- The task really runs, on this machine: each runnable (``script.text``,
+- Task groups run several tasks, as the service does: ``taskGroups[0].taskCount``
+  N tasks (default 1; the length of ``taskEnvironments`` when that is given), at
+  most ``parallelism`` of them at once (default: all N), in index order.  Each gets
+  ``BATCH_TASK_INDEX`` (0..N-1), ``BATCH_TASK_COUNT``, its ``taskEnvironments``
+  entry and the job's own env.  A failed task does not stop the others.  The job is
+  RUNNING while its tasks run, then SUCCEEDED when every task succeeded and FAILED
+  when any failed (the documented meaning of those job states).
+  ``taskGroups.tasks.list`` (``gcloud batch tasks list``) gives each task's
+  ``name`` (``.../taskGroups/group0/tasks/<index>``) and ``status.state``
+  (PENDING, RUNNING, SUCCEEDED, FAILED) with its statusEvents;
+  ``status.taskGroups.group0.counts`` in the job counts tasks by state.
+  A cancelled or deleted job starts no more tasks and kills the running ones
+  (their states are left as they were).
+- Each task really runs, on this machine: each runnable (``script.text``,
   ``script.path``, or a container's ``entrypoint`` + ``commands``, run without the
   image) in order, in a private mount namespace where every GCS volume
   (``gcs.remotePath``) is bind-mounted at its ``mountPath``.  A volume is a local
@@ -65,10 +78,33 @@ JOBS_PATH_RE = re.compile(
 )
 TASKS_REST_RE = re.compile(r"^/taskGroups/(?P<group>[^/]+)/tasks(?:/(?P<task>\d+))?$")
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
+# parallelism defaults to min(taskCount, the parallel-tasks-per-job limit)
+MAX_PARALLEL_TASKS = 1000
 
 
 def now_rfc3339() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def task_count_and_parallelism(group: dict) -> tuple[int, int]:
+    """A task group's (taskCount, parallelism), with the service's defaults:
+    taskCount 1 (or the length of taskEnvironments, which then rules), and
+    parallelism min(taskCount, the per-job limit).  int64 fields come as strings."""
+    envs = group.get("taskEnvironments") or []
+    try:
+        count = len(envs) if envs else int(group.get("taskCount") or 1)
+        parallelism = int(group.get("parallelism") or 0) or count
+    except (TypeError, ValueError) as exc:
+        raise ApiError(
+            400, "INVALID_ARGUMENT", f"taskGroups[0].taskCount and parallelism must be integers: {exc}"
+        )
+    if count < 1:
+        raise ApiError(400, "INVALID_ARGUMENT", f"taskGroups[0].taskCount must be positive, got {count}")
+    if parallelism < 1:
+        raise ApiError(
+            400, "INVALID_ARGUMENT", f"taskGroups[0].parallelism must be positive, got {parallelism}"
+        )
+    return count, min(parallelism, count, MAX_PARALLEL_TASKS)
 
 
 class ApiError(Exception):
@@ -240,8 +276,7 @@ class FakeJob:
         self.lock = threading.Lock()
         self.stop_requested = threading.Event()
         self.stop_reason = ""  # "cancel" or "delete"
-        self.proc: subprocess.Popen | None = None
-        self.exit_code: int | None = None
+        self.procs: dict[int, subprocess.Popen] = {}  # running tasks, by index
         self.done = False
         created = now_rfc3339()
         self.resource = dict(body)
@@ -254,10 +289,15 @@ class FakeJob:
         groups = self.resource.setdefault("taskGroups", [{}])
         for index, group in enumerate(groups):
             group["name"] = f"{self.name}/taskGroups/group{index}"
-            group.setdefault("taskCount", "1")
-            group.setdefault("parallelism", "1")
+            count, parallelism = task_count_and_parallelism(group)
+            group["taskCount"] = str(count)
+            group["parallelism"] = str(parallelism)
+        self.task_count, self.parallelism = task_count_and_parallelism(groups[0])
         self.resource["status"] = {"state": "QUEUED", "statusEvents": []}
-        self.task_state = "PENDING"
+        # per task: state, exit code (once it ended on its own), statusEvents
+        self.task_states = ["PENDING"] * self.task_count
+        self.task_exits: list[int | None] = [None] * self.task_count
+        self.task_events: list[list[dict]] = [[] for _ in range(self.task_count)]
         self._event("STATUS_CHANGED", "Job state is set from  to QUEUED for job " + self.name)
 
     @property
@@ -284,33 +324,75 @@ class FakeJob:
                 "STATUS_CHANGED",
                 description or f"Job state is set from {old} to {state} for job {self.name}",
             )
-            if state == "RUNNING":
-                self.task_state = "RUNNING"
-            elif state in ("SUCCEEDED", "FAILED"):
-                self.task_state = state if self.task_state == "RUNNING" else "FAILED"
-                if self.task_state == "SUCCEEDED":
-                    counts = {"SUCCEEDED": "1"}
-                else:
-                    counts = {"FAILED": "1"}
-                self.resource["status"]["taskGroups"] = {"group0": {"counts": counts}}
+            if state in ("SUCCEEDED", "FAILED"):
+                # the job ended: a task that never ended on its own failed with it
+                # (no VM, or an internal error)
+                for index, task_state in enumerate(self.task_states):
+                    if task_state not in ("SUCCEEDED", "FAILED"):
+                        self._set_task_state_locked(index, "FAILED")
+                self._update_counts_locked()
+
+    def _set_task_state_locked(self, index: int, state: str, exit_code: int | None = None) -> None:
+        old = self.task_states[index]
+        self.task_states[index] = state
+        event: dict = {
+            "type": "STATUS_CHANGED",
+            "description": f"Task state is updated from {old} to {state}"
+            + (f" with exit code {exit_code}." if exit_code is not None else "."),
+            "eventTime": now_rfc3339(),
+            "taskState": state,
+        }
+        if exit_code is not None:
+            event["taskExecution"] = {"exitCode": exit_code}
+        self.task_events[index].append(event)
+
+    def _update_counts_locked(self) -> None:
+        counts = Counter(self.task_states)
+        self.resource["status"]["taskGroups"] = {
+            "group0": {"counts": {state: str(n) for state, n in sorted(counts.items())}}
+        }
+
+    def set_task_state(self, index: int, state: str, exit_code: int | None = None) -> None:
+        with self.lock:
+            self._set_task_state_locked(index, state, exit_code)
+            if exit_code is not None:
+                self.task_exits[index] = exit_code
+            self.resource["updateTime"] = now_rfc3339()
+            self._update_counts_locked()
 
     def view(self) -> dict:
         with self.lock:
             return json.loads(json.dumps(self.resource))
 
     def task_view(self, index: int = 0) -> dict:
+        if not 0 <= index < self.task_count:
+            raise ApiError(404, "NOT_FOUND", f"Task {index} of {self.name} not found")
         with self.lock:
-            status: dict = {"state": self.task_state, "statusEvents": []}
-            if self.exit_code is not None:
+            events = [dict(event) for event in self.task_events[index]]
+            status: dict = {"state": self.task_states[index], "statusEvents": events}
+            code = self.task_exits[index]
+            if code is not None:
                 status["statusEvents"].append(
                     {
                         "type": "TASK_EXIT",
-                        "description": f"Task exited with code {self.exit_code}",
-                        "eventTime": self.resource["updateTime"],
-                        "taskExecution": {"exitCode": self.exit_code},
+                        "description": f"Task exited with code {code}",
+                        "eventTime": events[-1]["eventTime"] if events else self.resource["updateTime"],
+                        "taskExecution": {"exitCode": code},
                     }
                 )
             return {"name": f"{self.name}/taskGroups/group0/tasks/{index}", "status": status}
+
+    def tasks_view(self, page_size: int = 0, page_token: str = "") -> dict:
+        try:
+            start = int(page_token or 0)
+        except ValueError:
+            raise ApiError(400, "INVALID_ARGUMENT", f"Invalid page token {page_token!r}")
+        end = start + page_size if page_size > 0 else self.task_count
+        end = min(end, self.task_count)
+        answer: dict = {"tasks": [self.task_view(i) for i in range(start, end)]}
+        if end < self.task_count:
+            answer["nextPageToken"] = str(end)
+        return answer
 
     # -- lifecycle (runs in its own thread) ---------------------------------
     def _pause(self, seconds: float) -> bool:
@@ -351,18 +433,66 @@ class FakeJob:
             )
             return
         self.set_state("RUNNING")
-        code = self._execute()
+        self._run_tasks()
         if self.stop_requested.is_set():
             return
-        self.exit_code = code
-        if code == 0:
+        with self.lock:
+            codes = list(self.task_exits)
+        failed = [(i, code) for i, code in enumerate(codes) if code != 0]
+        if not failed:
             self.set_state("SUCCEEDED")
-        else:
+        elif self.task_count == 1:
             self.set_state(
                 "FAILED",
                 f"Job state is set from RUNNING to FAILED for job {self.name}. "
-                f"Job failed due to task failure. Task exited with code {code}.",
+                f"Job failed due to task failure. Task exited with code {failed[0][1]}.",
             )
+        else:
+            which = ", ".join(f"task {i} exited with code {code}" for i, code in failed)
+            self.set_state(
+                "FAILED",
+                f"Job state is set from RUNNING to FAILED for job {self.name}. "
+                f"Job failed due to task failure. {len(failed)} of {self.task_count} "
+                f"tasks failed: {which}.",
+            )
+
+    def _run_tasks(self) -> None:
+        """Run the tasks in index order, at most ``parallelism`` at once; a task
+        that fails does not stop the others.  Cancel or delete starts no more."""
+        pending = iter(range(self.task_count))
+        pick = threading.Lock()
+
+        def worker() -> None:
+            while not self.stop_requested.is_set():
+                with pick:
+                    index = next(pending, None)
+                if index is None:
+                    return
+                self._run_task(index)
+
+        workers = min(self.parallelism, self.task_count)
+        if workers <= 1:
+            worker()
+            return
+        threads = [
+            threading.Thread(target=worker, name=f"job-{self.job_id}-w{n}", daemon=True)
+            for n in range(workers)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    def _run_task(self, index: int) -> None:
+        with self.lock:
+            if self.stop_requested.is_set():
+                return
+            self._set_task_state_locked(index, "RUNNING")
+            self._update_counts_locked()
+        code = self._execute(index)
+        if self.stop_requested.is_set():
+            return  # killed by a cancel or delete: its state is left as it was
+        self.set_task_state(index, "SUCCEEDED" if code == 0 else "FAILED", code)
 
     def _after_stop(self, reason: str) -> None:
         if reason == "cancel":
@@ -383,12 +513,12 @@ class FakeJob:
             threading.Thread(target=self._after_stop, args=(reason,), daemon=True).start()
             return
         self.stop_requested.set()
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        for proc in list(self.procs.values()):
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
 
     # -- running the task for real -------------------------------------------
     def _task_script(self, mounts: list[tuple[Path, str]]) -> str:
@@ -430,8 +560,9 @@ class FakeJob:
         lines.append("exit 0")
         return "\n".join(lines) + "\n"
 
-    def _execute(self) -> int:
-        spec = (self.resource["taskGroups"][0].get("taskSpec")) or {}
+    def _execute(self, index: int = 0) -> int:
+        group = self.resource["taskGroups"][0]
+        spec = group.get("taskSpec") or {}
         mounts: list[tuple[Path, str]] = []
         mirrors: list[BucketMirror] = []
         for volume in spec.get("volumes") or []:
@@ -453,21 +584,29 @@ class FakeJob:
             mirrors.append(mirror)
             mounts.append((mirror.root, volume["mountPath"]))
 
-        workspace = self.service.state_dir / "tasks" / self.resource["uid"]
+        # one task: the paths of old; several: one workspace and log per task
+        suffix = "" if self.task_count == 1 else f"-{index}"
+        workspace = self.service.state_dir / "tasks" / f"{self.resource['uid']}{suffix}"
         workspace.mkdir(parents=True, exist_ok=True)
         script = workspace / "task.sh"
         script.write_text(self._task_script(mounts))
         env = dict(os.environ)
+        task_envs = group.get("taskEnvironments") or []
+        if index < len(task_envs):
+            env.update(
+                {k: str(v) for k, v in ((task_envs[index] or {}).get("variables") or {}).items()}
+            )
         env.update(
-            BATCH_TASK_INDEX="0",
-            BATCH_TASK_COUNT="1",
+            BATCH_TASK_INDEX=str(index),
+            BATCH_TASK_COUNT=str(self.task_count),
             BATCH_TASK_RETRY_ATTEMPT="0",
             BATCH_JOB_UID=self.resource["uid"],
         )
-        log = open(self.service.state_dir / "logs" / f"{self.resource['uid']}.log", "wb")
+        log = open(self.service.state_dir / "logs" / f"{self.resource['uid']}{suffix}.log", "wb")
+        proc = None
         try:
             # unshare -m: the bind mounts exist only for this task, like a VM's.
-            self.proc = subprocess.Popen(
+            proc = self.procs[index] = subprocess.Popen(
                 ["unshare", "-m", "--propagation", "private", "bash", str(script)],
                 cwd=workspace,
                 env=env,
@@ -478,15 +617,17 @@ class FakeJob:
             )
             while True:
                 try:
-                    code = self.proc.wait(timeout=self.service.sync_interval)
+                    code = proc.wait(timeout=self.service.sync_interval)
                     break
                 except subprocess.TimeoutExpired:
                     for mirror in mirrors:
                         self._sync_up(mirror)
                     if self.stop_requested.is_set():
-                        self._kill_task()
+                        self._kill_task(proc)
         finally:
             log.close()
+            if proc is not None:
+                self.procs.pop(index, None)
             for mirror in mirrors:
                 self._sync_up(mirror)
                 self.service.release(mirror)
@@ -500,8 +641,7 @@ class FakeJob:
             with self.lock:
                 self._event("VOLUME", f"sync to gs://{mirror.bucket_name} failed: {exc}")
 
-    def _kill_task(self) -> None:
-        proc = self.proc
+    def _kill_task(self, proc: subprocess.Popen | None) -> None:
         if proc is None or proc.poll() is not None:
             return
         try:
@@ -717,11 +857,11 @@ class Handler(BaseHTTPRequestHandler):
                 job = self.service.get(parent, job_id)
                 task = TASKS_REST_RE.match(rest)["task"]
                 if task is None:
-                    self._reply(200, {"tasks": [job.task_view(0)]})
-                elif task == "0":
-                    self._reply(200, job.task_view(0))
+                    size = int(query.get("pageSize", ["0"])[0] or 0)
+                    token = query.get("pageToken", [""])[0]
+                    self._reply(200, job.tasks_view(size, token))
                 else:
-                    raise ApiError(404, "NOT_FOUND", f"Task {task} of {job.name} not found")
+                    self._reply(200, job.task_view(int(task)))
             else:
                 raise ApiError(404, "NOT_FOUND", f"No such API path: {method} {url.path}")
         except ApiError as err:
@@ -773,11 +913,12 @@ def main(argv: list[str] | None = None) -> None:
             job.request_stop("delete")
         time.sleep(0.5)
         for job in jobs:
-            if job.proc is not None and job.proc.poll() is None:
-                try:
-                    os.killpg(job.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            for proc in list(job.procs.values()):
+                if proc.poll() is None:
+                    try:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
 
 
 if __name__ == "__main__":
