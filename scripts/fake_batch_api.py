@@ -235,25 +235,37 @@ class BucketMirror:
 
     def sync_up(self) -> None:
         """Upload files written or changed here; delete objects removed here."""
+        sync_up_in_write_order([self])
+
+    def changed_files(self) -> tuple[set[str], list[tuple[int, str, Path, tuple[int, int]]]]:
+        """(every file here, the changed ones as (mtime_ns, rel, path, sig))."""
+        present: set[str] = set()
+        changed = []
+        for dirpath, _dirs, files in os.walk(self.root):
+            for name in files:
+                local = Path(dirpath) / name
+                rel = local.relative_to(self.root).as_posix()
+                present.add(rel)
+                sig = self._local_sig(local)
+                entry = self.entries.get(rel)
+                if sig is None or (entry and entry[1:] == sig):
+                    continue
+                changed.append((sig[1], rel, local, sig))
+        return present, changed
+
+    def upload(self, rel: str, local: Path, sig: tuple[int, int]) -> None:
+        blob = self.bucket.blob(self._key(rel))
+        try:
+            blob.upload_from_filename(str(local))
+        except FileNotFoundError:
+            return
+        self.stats.count_storage("upload")
+        self._log("upload", rel)
+        self.entries[rel] = (blob.generation or 0, *sig)
+
+    def delete_gone(self, present: set[str]) -> None:
+        """Delete the objects of files removed here."""
         with self.lock:
-            present = set()
-            for dirpath, _dirs, files in os.walk(self.root):
-                for name in files:
-                    local = Path(dirpath) / name
-                    rel = local.relative_to(self.root).as_posix()
-                    present.add(rel)
-                    sig = self._local_sig(local)
-                    entry = self.entries.get(rel)
-                    if sig is None or (entry and entry[1:] == sig):
-                        continue
-                    blob = self.bucket.blob(self._key(rel))
-                    try:
-                        blob.upload_from_filename(str(local))
-                    except FileNotFoundError:
-                        continue
-                    self.stats.count_storage("upload")
-                    self._log("upload", rel)
-                    self.entries[rel] = (blob.generation or 0, *sig)
             for rel in list(self.entries):
                 if rel not in present:
                     try:
@@ -620,26 +632,26 @@ class FakeJob:
                     code = proc.wait(timeout=self.service.sync_interval)
                     break
                 except subprocess.TimeoutExpired:
-                    for mirror in mirrors:
-                        self._sync_up(mirror)
+                    self._sync_up(mirrors)
                     if self.stop_requested.is_set():
                         self._kill_task(proc)
         finally:
             log.close()
             if proc is not None:
                 self.procs.pop(index, None)
+            self._sync_up(mirrors)
             for mirror in mirrors:
-                self._sync_up(mirror)
                 self.service.release(mirror)
             shutil.rmtree(workspace, ignore_errors=True)
         return code
 
-    def _sync_up(self, mirror: BucketMirror) -> None:
+    def _sync_up(self, mirrors: list[BucketMirror]) -> None:
         try:
-            mirror.sync_up()
+            sync_up_in_write_order(mirrors)
         except Exception as exc:  # the emulator hiccuped; the next sync retries
             with self.lock:
-                self._event("VOLUME", f"sync to gs://{mirror.bucket_name} failed: {exc}")
+                names = ", ".join(f"gs://{m.bucket_name}" for m in mirrors)
+                self._event("VOLUME", f"sync to {names} failed: {exc}")
 
     def _kill_task(self, proc: subprocess.Popen | None) -> None:
         if proc is None or proc.poll() is not None:
@@ -651,6 +663,31 @@ class FakeJob:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def sync_up_in_write_order(mirrors: list["BucketMirror"]) -> None:
+    """Upload the changed files of ``mirrors`` oldest first, across mirrors, as
+    gcsfuse uploads each file when it is closed: a reader that sees a job's rc
+    file also sees the outputs written before it, whatever volume holds them."""
+    # shared mirrors: every task takes their locks in one order (no deadlock)
+    unique = sorted(set(mirrors), key=id)
+    for mirror in unique:
+        mirror.lock.acquire()
+    try:
+        changes = []
+        presents = []
+        for mirror in unique:
+            present, changed = mirror.changed_files()
+            presents.append(present)
+            changes.extend((mtime, id(mirror), mirror, rel, local, sig)
+                           for mtime, rel, local, sig in changed)
+        for _mtime, _id, mirror, rel, local, sig in sorted(changes, key=lambda c: (c[0], c[1], c[3])):
+            mirror.upload(rel, local, sig)
+    finally:
+        for mirror in unique:
+            mirror.lock.release()
+    for mirror, present in zip(unique, presents):
+        mirror.delete_gone(present)
 
 
 class FakeBatchService:
