@@ -871,6 +871,8 @@ exit "$rc"
     async def _mark_killed(self, job: Job) -> None:
         """Record that xqute killed ``job``: FAILED, with the wrapper's rc when
         it wrote one (else -3 and a line in its stderr), then ``on_job_killed``."""
+        # no longer followed: a grace it was in must not keep pacing the queries
+        self._ended_since.pop(job, None)
         rc = await job.read_rc_file()
         if rc is None:
             rc = RC_VANISHED
