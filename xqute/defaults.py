@@ -81,3 +81,10 @@ POLL_BACKOFF: float = 1.5
 DEFAULT_HOOK_POLL_INTERVAL: float = 1.0
 # Seconds a killed job gets to end after SIGTERM before SIGKILL.
 KILL_GRACE: float = 5.0
+
+# Jobs fed within this many seconds of each other count as one burst, which a
+# backend with arrays submits as one array (pipen feeds a process's jobs in a
+# loop while the run goes on).
+ARRAY_BURST_GAP: float = 0.2
+# ...and a burst fed steadily is submitted at the latest this long after it began.
+ARRAY_BURST_MAX_WAIT: float = 2.0

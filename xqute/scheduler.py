@@ -17,7 +17,7 @@ import shutil
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Sequence
 
 from diot import Diot
 from panpath import LocalPath
@@ -175,8 +175,9 @@ class Scheduler(ABC):
             ``poll_interval`` / ``poll_interval_max`` (seconds between status
             rounds, backing off while nothing changes), ``submit_rate``
             (submissions per second at most), ``submit_retries`` (tries for a
-            transiently refused submission); all other keys go to ``config``
-            and become scheduler directives.
+            transiently refused submission), ``array`` (False: one submission
+            per job, even where the backend submits bursts as arrays); all
+            other keys go to ``config`` and become scheduler directives.
     """
 
     name: str = "base"
@@ -254,6 +255,9 @@ class Scheduler(ABC):
         if self.end_grace < 0:
             raise ValueError(f"end_grace must be >= 0 seconds, got {self.end_grace!r}")
         self.submit_retries = int(kwargs.pop("submit_retries", 5))
+        # ``array: False`` turns arrays off; any other value (2.x passed a raw
+        # ``array``/``t`` directive through) stays a directive
+        self.array = kwargs.pop("array") if isinstance(kwargs.get("array"), bool) else True
         if self.poll_interval <= 0 or self.poll_interval_max < self.poll_interval:
             raise ValueError("poll_interval must be > 0 and <= poll_interval_max")
         if submit_rate is not None and float(submit_rate) <= 0:
@@ -568,6 +572,28 @@ exit "$rc"
         """
         return None
 
+    async def submit_array(self, jobs: Sequence[Job], throttle: int) -> list[Any]:
+        """Hand ``jobs`` (two or more) to the scheduler as one array job, at most
+        ``throttle`` of them running at once; return each member's job id, in
+        order. Backends that can implement it (and the base class then submits
+        bursts of jobs this way unless the ``array`` option is False).
+
+        Each member runs its own wrapper (``wrapped_job_script``), picked by
+        the task id (``array_dispatch``). Raise SubmissionError on a refusal.
+        """
+        raise NotImplementedError
+
+    async def max_array_size(self) -> int:
+        """The most members one array may have (backends read their
+        scheduler's limit, once)."""
+        return 1000
+
+    async def find_submitted_array(self, jobs: Sequence[Job], ran: bool) -> list[Any] | None:
+        """After an array submission whose reply was lost: the member job ids
+        under which ``jobs`` reached the scheduler anyway (look for an array
+        named ``array_name(jobs)``), or None if it did not."""
+        return None
+
     # ------------------------------------------------------ state transitions
     async def _mark_started(self, job: Job) -> None:
         if not job._started:
@@ -656,6 +682,19 @@ exit "$rc"
         (Jobs an earlier manager left running are found when they are fed, by
         ``adopt_left_running``, and never reach this.)
         """
+        ready = await self._prepare_submission(job)
+        if ready is False:
+            return False
+        if ready:
+            await self._submit_single(job)
+        return True
+
+    async def _prepare_submission(self, job: Job) -> bool | None:
+        """``on_job_submitting``, then the job's files for a new trial.
+
+        Returns False when a plugin vetoed the job, None when it cannot be
+        submitted (it is failed with rc -2, its hooks fired), True when ready.
+        """
         if await plugin.hooks.on_job_submitting(self, job) is False:
             logger.info("Job %s: submission skipped by a plugin", job.index)
             return False
@@ -668,26 +707,35 @@ exit "$rc"
                 raise SubmissionError(empty)
             # written before the job exists, so it can never overwrite RUNNING
             await job.set_status(JobStatus.SUBMITTED)
+        except Exception as exc:
+            await self._fail_submission([job], exc)
+            return None
+        return True
+
+    async def _fail_submission(self, jobs: Sequence[Job], exc: BaseException) -> None:
+        """Fail ``jobs`` with rc -2 and the reason their submission did not happen."""
+        if isinstance(exc, OSError):
+            reason = "cannot prepare the job in {metadir}: " + str(exc)
+        elif isinstance(exc, SubmissionError):
+            reason = f"submission to {self.name} failed: {exc}"
+        else:  # a broken backend must not bring the run down silently
+            logger.error("Submission to %s raised", self.name, exc_info=exc)
+            reason = f"submission to {self.name} raised {type(exc).__name__}: {exc}"
+        for job in jobs:
+            await self._mark_ended(
+                job, RC_SUBMISSION_FAILED, reason.replace("{metadir}", str(job.metadir)), write=True
+            )
+
+    async def _submit_single(self, job: Job) -> None:
+        try:
             jid = await self._submit_with_retries(job)
-        except OSError as exc:
-            await self._mark_ended(
-                job, RC_SUBMISSION_FAILED, f"cannot prepare the job in {job.metadir}: {exc}", write=True
-            )
-            return True
-        except SubmissionError as exc:
-            await self._mark_ended(
-                job, RC_SUBMISSION_FAILED, f"submission to {self.name} failed: {exc}", write=True
-            )
-            return True
-        except Exception as exc:  # a broken backend must not bring the run down silently
-            logger.exception("Job %s: submission raised", job.index)
-            await self._mark_ended(
-                job,
-                RC_SUBMISSION_FAILED,
-                f"submission to {self.name} raised {type(exc).__name__}: {exc}",
-                write=True,
-            )
-            return True
+        except Exception as exc:
+            await self._fail_submission([job], exc)
+            return
+        await self._record_submitted(job, jid)
+        self.reset_pace()
+
+    async def _record_submitted(self, job: Job, jid: Any) -> None:
         try:
             await job.set_jid(jid)
         except OSError as exc:  # the job runs: keep following it by the id in memory
@@ -695,17 +743,28 @@ exit "$rc"
             logger.warning("Job %s: could not write its jid file: %s", job.index, exc)
         logger.debug("Job %s submitted as %s", job.index, jid)
         await plugin.hooks.on_job_submitted(self, job)
-        self.reset_pace()
-        return True
 
     async def _submit_with_retries(self, job: Job) -> Any:
+        return await self._retry_submission(
+            [job], lambda: self.submit_job(job), lambda ran: self.find_submitted(job, ran)
+        )
+
+    async def _retry_submission(
+        self,
+        jobs: Sequence[Job],
+        submit: Callable[[], Awaitable[Any]],
+        find: Callable[[bool], Awaitable[Any]],
+    ) -> Any:
+        """Run ``submit`` (one job or one array), retrying transient refusals
+        with backoff; after a lost reply, ``find`` says whether it got there."""
+        label = f"Job {jobs[0].index}" if len(jobs) == 1 else f"An array of {len(jobs)} jobs"
         delay = 1.0
         lost_reply = False
         for attempt in range(1, self.submit_retries + 1):
             if lost_reply:  # the last attempt may have gone through after all
-                jid = await self._find_lost_submission(job)
-                if jid is not None:
-                    return jid
+                found = await self._find_lost_submission(jobs, find)
+                if found is not None:
+                    return found
             if self._submit_lock is not None:
                 async with self._submit_lock:
                     wait = self._next_submit_at - time.monotonic()
@@ -713,31 +772,38 @@ exit "$rc"
                         await asyncio.sleep(wait)
                     self._next_submit_at = time.monotonic() + self._min_submit_gap
             try:
-                return await self.submit_job(job)
+                return await submit()
             except SubmissionError as exc:
                 lost_reply = exc.ambiguous
                 if not exc.transient or attempt == self.submit_retries:
                     if lost_reply:
-                        jid = await self._find_lost_submission(job)
-                        if jid is not None:
-                            return jid
+                        found = await self._find_lost_submission(jobs, find)
+                        if found is not None:
+                            return found
                     raise
                 logger.warning(
-                    "Job %s: %s refused the submission for now (%s); retrying in %.0f s",
-                    job.index, self.name, exc, delay,
+                    "%s: %s refused the submission for now (%s); retrying in %.0f s",
+                    label, self.name, exc, delay,
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 60.0)
         raise SubmissionError("no submission attempt was made")  # pragma: no cover
 
-    async def _find_lost_submission(self, job: Job) -> Any:
+    async def _find_lost_submission(
+        self, jobs: Sequence[Job], find: Callable[[bool], Awaitable[Any]]
+    ) -> Any:
         """The one recovery path for a lost submission reply: ask the backend
-        whether the job got there; refuse to submit again a job that has run."""
-        ran = await job.read_status_file() not in (None, JobStatus.SUBMITTED)
-        jid = await self.find_submitted(job, ran)
-        if jid is not None:
-            logger.info("Job %s: the submission went through after all (%s)", job.index, jid)
-            return jid
+        whether the job (or array) got there; refuse to submit again one that
+        has run."""
+        ran = False
+        for job in jobs:
+            if await job.read_status_file() not in (None, JobStatus.SUBMITTED):
+                ran = True
+                break
+        found = await find(ran)
+        if found is not None:
+            logger.info("Job %s: the submission went through after all (%s)", jobs[0].index, found)
+            return found
         if ran:
             raise SubmissionError(
                 f"the reply to a submission was lost and the job has run already (its "
@@ -745,6 +811,95 @@ exit "$rc"
                 "not submitting it again"
             )
         return None
+
+    # ------------------------------------------------------------------ arrays
+    @property
+    def arrays_enabled(self) -> bool:
+        """Whether bursts of jobs go to the scheduler as arrays: the backend
+        implements ``submit_array`` and the ``array`` option is not False."""
+        return self.array and type(self).submit_array is not Scheduler.submit_array
+
+    async def submit_burst(self, jobs: Sequence[Job], room: int) -> tuple[dict[Job, bool], list[Job]]:
+        """Submit queued ``jobs`` as arrays, at most ``room`` of them running at
+        once (each array's throttle; several arrays share ``room``).
+
+        Every member keeps its own hooks, in the order a single submission
+        fires them: ``on_job_submitting`` for each (a veto leaves the job out),
+        one submission per array, then ``on_job_submitted`` for each. Past the
+        backend's ``max_array_size`` the jobs are split into several arrays; when
+        there are more arrays than ``room``, the rest are returned for later.
+
+        Returns {job: False if vetoed, else True} for the jobs taken, and the
+        jobs left for later.
+        """
+        limit = max(1, int(await self.max_array_size()))
+        room = max(1, room)
+        taken = list(jobs[: limit * room])
+        later = list(jobs[limit * room :])
+        went: dict[Job, bool] = {}
+        ready: list[Job] = []
+        for job in taken:
+            result = await self._prepare_submission(job)
+            went[job] = result is not False
+            if result:
+                ready.append(job)
+        groups = [ready[i : i + limit] for i in range(0, len(ready), limit)]
+        # the throttle: ``room`` shared out, the first arrays get the remainder
+        share, extra = divmod(room, max(1, len(groups)))
+        await asyncio.gather(
+            *(
+                self._submit_group(group, share + (1 if i < extra else 0))
+                for i, group in enumerate(groups)
+            )
+        )
+        if ready:
+            self.reset_pace()
+        return went, later
+
+    async def _submit_group(self, jobs: list[Job], throttle: int) -> None:
+        if len(jobs) == 1:  # an array of one is a job like any other
+            await self._submit_single(jobs[0])
+            return
+        try:
+            jids = await self._retry_submission(
+                jobs,
+                lambda: self.submit_array(jobs, throttle),
+                lambda ran: self.find_submitted_array(jobs, ran),
+            )
+            if len(jids) != len(jobs):
+                raise SubmissionError(
+                    f"{self.name} returned {len(jids)} job ids for an array of {len(jobs)} jobs"
+                )
+        except Exception as exc:
+            await self._fail_submission(jobs, exc)
+            return
+        logger.debug(
+            "Jobs %s..%s submitted as one array (%s members)", jobs[0].index, jobs[-1].index, len(jobs)
+        )
+        for job, jid in zip(jobs, jids):
+            await self._record_submitted(job, jid)
+
+    def array_name(self, jobs: Sequence[Job]) -> str:
+        """``<prefix>-<hash of workdir>-<first index>-a<hash of members>``: the
+        scheduler's name of an array, unique per set of members and trials (so
+        a lost reply is looked for under a name no other array has)."""
+        members = ",".join(f"{job.index}.{job.trial_count}" for job in jobs)
+        digest = hashlib.sha256(members.encode()).hexdigest()[:6]
+        return f"{self.job_name(jobs[0])}-a{digest}"
+
+    def array_dispatch(self, jobs: Sequence[Job], task_var: str, first_task: int) -> str:
+        """Bash text that runs the member of the current task: ``jobs[i]`` is
+        task ``first_task + i``, read from ``$task_var``; its own wrapper is
+        exec'd, so it runs exactly as a job submitted alone."""
+        lines = [f'case "${{{task_var}:-}}" in']
+        for task, job in enumerate(jobs, start=first_task):
+            wrapper = job.metadir.mounted / self.wrapped_script_name
+            lines.append(f"    {task}) exec {defaults.JOBCMD_WRAPPER_LANG} {shell_quote(wrapper)} ;;")
+        lines.append(
+            f'    *) echo "xqute: no job for array task ${{{task_var}:-}}" >&2; exit 1 ;;'
+        )
+        lines.append("esac")
+        return "\n".join(lines)
 
     async def adopt_left_running(self, jobs: Sequence[Job]) -> list[Job]:
         """Those of ``jobs`` (just fed) that an earlier manager of the same

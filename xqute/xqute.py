@@ -90,6 +90,9 @@ class Xqute:
         self._shutdown_notified = False
         self._signal_handlers: dict[int, Any] = {}
         self._started_at: float | None = None
+        # the burst being fed (arrays): when it began, when its last job came
+        self._burst_began_at = 0.0
+        self._last_fed_at = 0.0
 
         self.plugin_context = plugin.plugins_context(plugins)
         self.plugin_context.__enter__()
@@ -107,6 +110,10 @@ class Xqute:
             job = await self.scheduler.create_job(len(self.jobs), cmd, envs)
         self.jobs.append(job)
         await self.scheduler.queue_job(job)
+        now = time.monotonic()
+        if not self._queue and not self._unchecked:
+            self._burst_began_at = now
+        self._last_fed_at = now
         self._unchecked.append(job)
         self._wake.set()
         return job
@@ -219,7 +226,7 @@ class Xqute:
                 if not self._queue and not self._unchecked and not self._feeding:
                     return
                 if not progressed:
-                    await self._wake.wait()
+                    await self._wait_for_wake(self._burst_wait() or 3600.0)
                 continue
 
             if scheduler.event_driven or scheduler.round_delay() == 0:
@@ -240,10 +247,28 @@ class Xqute:
             timeout = min(next_hook_at - now, 3600.0)
             if not scheduler.event_driven:
                 timeout = min(timeout, scheduler.round_delay())
-            try:
-                await asyncio.wait_for(self._wake.wait(), max(timeout, 0.0))
-            except asyncio.TimeoutError:
-                pass
+            timeout = min(timeout, self._burst_wait() or timeout)
+            await self._wait_for_wake(timeout)
+
+    async def _wait_for_wake(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._wake.wait(), max(timeout, 0.0))
+        except asyncio.TimeoutError:
+            pass
+
+    def _burst_wait(self) -> float:
+        """Seconds to hold queued jobs back for more of the burst being fed,
+        so that it goes out as one array (0: submit now). Only while feeding
+        goes on (``keep_feeding``), and never longer than ARRAY_BURST_MAX_WAIT
+        after the burst began."""
+        if not (self._feeding and self._queue and self.scheduler.arrays_enabled):
+            return 0.0
+        now = time.monotonic()
+        due = min(
+            self._last_fed_at + defaults.ARRAY_BURST_GAP,
+            self._burst_began_at + defaults.ARRAY_BURST_MAX_WAIT,
+        )
+        return max(0.0, due - now)
 
     async def _adopt_unchecked(self) -> None:
         """Follow the newly fed jobs that an earlier manager left running (they
@@ -259,6 +284,8 @@ class Xqute:
     async def _submit_ready(self) -> bool:
         """Submit queued jobs while there are free forks; True if any was."""
         scheduler = self.scheduler
+        if scheduler.arrays_enabled:
+            return await self._submit_as_arrays()
         submitted = False
         while self._queue and len(self._active) < scheduler.forks and not (
             self._cancelled or self._halted
@@ -283,6 +310,31 @@ class Xqute:
             if ended:
                 await self._handle_ended(ended)
         return submitted
+
+    async def _submit_as_arrays(self) -> bool:
+        """Submit all queued jobs as arrays whose throttles add up to the free
+        forks: ``forks`` still caps the jobs that run at once, while the
+        scheduler, not the manager, holds the members back."""
+        room = self.scheduler.forks - len(self._active)
+        if room <= 0 or not self._queue or self._cancelled or self._halted or self._burst_wait():
+            return False
+        jobs = list(self._queue)
+        self._queue.clear()
+        for job in jobs:
+            self._active[job] = None
+        went, later = await self.scheduler.submit_burst(jobs, room)
+        for job in reversed(later):
+            self._active.pop(job, None)
+            self._queue.appendleft(job)
+        ended = []
+        for job, submitted in went.items():
+            if not submitted:  # vetoed by a plugin: not run, not waited for
+                self._active.pop(job, None)
+            elif JobStatus.is_final(job._status):  # refused by the scheduler
+                ended.append(job)
+        if ended:
+            await self._handle_ended(ended)
+        return True
 
     async def _handle_ended(self, jobs: list[Job]) -> None:
         scheduler = self.scheduler
