@@ -14,15 +14,23 @@ Being a good citizen of a shared cluster is the point of this backend:
 - Transient ``sbatch`` refusals (a busy controller, a per-user submit limit) are
   retried with backoff by the base class; ``submit_rate`` caps submissions.
 - Killing is one ``scancel`` call for many jobs.
+- A burst of jobs goes out as one job array (``sbatch --array=0-<n-1>%<throttle>``;
+  the base class gathers the burst and sets the throttle from ``forks``). Each
+  member runs its own wrapper, picked by ``$SLURM_ARRAY_TASK_ID``; its job id is
+  ``<array id>_<task id>``. Arrays are cut at the cluster's ``MaxArraySize``
+  (read once from ``scontrol show config``). ``array: False`` submits one job
+  per ``sbatch`` as before.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from ..defaults import JobStatus
+from ..defaults import JOBCMD_WRAPPER_LANG, JobStatus
 from ..directives import render_directives
 from ..job import Job
 from ..scheduler import JobQuery, Scheduler, SubmissionError
@@ -86,10 +94,14 @@ _AMBIGUOUS_SBATCH_RE = re.compile(r"timed out|connection reset|zero bytes", re.I
 _JOB_ID_RE = re.compile(r"([0-9]+)(?:;\S+)?", re.ASCII)
 _DIRECTIVE_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*", re.ASCII)
 # A line of `squeue -o %i|%T|%r` (ids of array and het jobs too: 12_3, 12_[1-4%2],
-# 12+0) and of `sacct -P -o JobIDRaw,State,ExitCode,Reason`: anything else means
+# 12+0) and of `sacct -P -o JobID,State,ExitCode,Reason`: anything else means
 # the command printed something xqute cannot read, which says nothing of the jobs.
 _SQUEUE_LINE_RE = re.compile(r"[0-9]+(?:[_+][0-9\[\]%,-]+)?\|[A-Z_]+(?:\|.*)?", re.ASCII)
 _SACCT_LINE_RE = re.compile(r"[0-9][0-9_+.\[\]%,-]*\|[A-Z_]*(?: .*)?\|[^|]*\|.*", re.ASCII)
+# A pending array's compressed squeue/sacct id: 123_[5-99%8], 123_[1,3,5-7].
+_ARRAY_RANGE_RE = re.compile(r"([0-9]+)_\[([0-9,%-]+)\]", re.ASCII)
+# Slurm's default MaxArraySize, when scontrol cannot tell.
+DEFAULT_MAX_ARRAY_SIZE = 1001
 # scancel's complaints about jobs that ended meanwhile (nothing left to cancel)
 _ALREADY_GONE_RE = re.compile(r"already complet|invalid job id|job has finished", re.IGNORECASE)
 # what Slurm's commands put before each line of an error ("sbatch: error: "),
@@ -142,6 +154,28 @@ def directive_lines(options: dict[str, Any]) -> list[str]:
 def _escape_filename_pattern(path: str) -> str:
     """Slurm expands ``%j`` and friends in --output/--error; keep ``%`` literal."""
     return path.replace("%", "%%")
+
+
+def expand_job_ids(field: str) -> list[str]:
+    """The job ids one squeue/sacct id field stands for: ``123_[5-7%2]`` is
+    ``123_5 123_6 123_7`` (a pending array's tasks on one line); any other
+    id (``123``, ``123_4``, ``12+0``) stands for itself."""
+    match = _ARRAY_RANGE_RE.fullmatch(field)
+    if match is None:
+        return [field]
+    base, spec = match.group(1), match.group(2).split("%")[0]
+    ids = []
+    for part in spec.split(","):
+        first, _, last = part.partition("-")
+        if not first.isdigit() or (last and not last.isdigit()):
+            continue
+        ids.extend(f"{base}_{task}" for task in range(int(first), int(last or first) + 1))
+    return ids
+
+
+def array_id_of(jid: str) -> str:
+    """``123`` for a member ``123_5``; a plain job id for itself."""
+    return jid.partition("_")[0]
 
 
 class SlurmScheduler(Scheduler):
@@ -197,21 +231,35 @@ class SlurmScheduler(Scheduler):
         self._tracked: dict[str, _Tracked] = {}
         self._accounting: bool | None = None  # unknown until sacct is first needed
         self._warned_states: set[str] = set()
+        # array id -> its members, as submitted by this manager (to cancel a
+        # whole array in one call when all its live members go)
+        self._arrays: dict[str, list[Job]] = {}
+        self._max_array_size: int | None = None
         # counters, for benchmarks and tests
         self.status_calls = 0
+        self.submit_calls = 0
 
     # --------------------------------------------------------------- set-up
     def jobcmd_shebang(self, job: Job) -> str:
         """The shebang and the ``#SBATCH`` directives: job name, Slurm's own
         output in the metadir, ``--chdir`` for ``cwd``, then the user's options."""
-        user_keys = {str(key).replace("_", "-") for key in self.config}
         meta = str(job.metadir.mounted)
+        return self._script_head(
+            self.job_name(job),
+            _escape_filename_pattern(f"{meta}/job.stdout"),
+            _escape_filename_pattern(f"{meta}/job.stderr"),
+        )
+
+    def _script_head(self, name: str, output: str, error: str) -> str:
+        """Shebang and directives of a job or array script: xqute's own (those
+        the user did not give), then the user's options."""
+        user_keys = {str(key).replace("_", "-") for key in self.config}
         own: dict[str, Any] = {
-            "job-name": self.job_name(job),
+            "job-name": name,
             # Slurm's messages (a cancel, a time limit) land after the job's own
             # output; append mode keeps either side from overwriting the other
-            "output": _escape_filename_pattern(f"{meta}/job.stdout"),
-            "error": _escape_filename_pattern(f"{meta}/job.stderr"),
+            "output": output,
+            "error": error,
             "open-mode": "append",
         }
         if self.cwd:
@@ -221,7 +269,7 @@ class SlurmScheduler(Scheduler):
             for key, value in own.items()
             if key not in user_keys and _OWN_DIRECTIVES.get(key) not in user_keys
         }
-        lines = [super().jobcmd_shebang(job), *directive_lines(own), *directive_lines(dict(self.config))]
+        lines = [f"#!{JOBCMD_WRAPPER_LANG}", *directive_lines(own), *directive_lines(dict(self.config))]
         return "\n".join(lines)
 
     def wrapper_meta_functions(self, job: Job) -> str:
@@ -236,8 +284,15 @@ class SlurmScheduler(Scheduler):
     async def submit_job(self, job: Job) -> str:
         """``sbatch --parsable`` the wrapper; returns Slurm's job id."""
         script = await self.wrapped_job_script(job)
+        jid = await self._sbatch(str(script))
+        self._tracked[jid] = _Tracked(job, "PENDING")
+        return jid
+
+    async def _sbatch(self, *args: str) -> str:
+        """Run ``sbatch --parsable *args``; Slurm's job id, or SubmissionError."""
+        self.submit_calls += 1
         result = await run_command(
-            self.sbatch, "--parsable", str(script), timeout=self.command_timeout
+            self.sbatch, "--parsable", *args, timeout=self.command_timeout
         )
         if result.rc == 127:
             raise SubmissionError(
@@ -259,37 +314,103 @@ class SlurmScheduler(Scheduler):
             raise SubmissionError(
                 f"sbatch succeeded but printed no job id: {result.stdout.strip()[:200]!r}"
             )
-        jid = match.group(1)
-        self._tracked[jid] = _Tracked(job, "PENDING")
-        return jid
+        return match.group(1)
+
+    async def max_array_size(self) -> int:
+        """Slurm's ``MaxArraySize`` (task ids run from 0 to one less), read
+        once from ``scontrol show config``."""
+        if self._max_array_size is None:
+            size = DEFAULT_MAX_ARRAY_SIZE
+            result = await run_command(self.scontrol, "show", "config", timeout=self.command_timeout)
+            match = re.search(r"^MaxArraySize\s*=\s*([0-9]+)", result.stdout, re.MULTILINE)
+            if result.ok and match:
+                size = int(match.group(1))
+            else:
+                logger.debug("scontrol show config did not tell MaxArraySize; taking %s", size)
+            self._max_array_size = max(1, size)
+        return self._max_array_size
+
+    async def submit_array(self, jobs: Sequence[Job], throttle: int) -> list[str]:
+        """One ``sbatch --array=0-<n-1>%<throttle>`` for ``jobs``: task ``i``
+        runs ``jobs[i]``'s own wrapper. Slurm's own output of task ``i`` goes
+        through a link in the array's folder (``<workdir>/.arrays/<name>/``) to
+        the member's ``job.stdout``/``job.stderr``, as for a job alone.
+
+        Returns the members' job ids, ``<array id>_<task id>``.
+        """
+        await asyncio.gather(*(self.wrapped_job_script(job) for job in jobs))
+        name = self.array_name(jobs)
+        folder = self.workdir / ".arrays" / name
+        os.makedirs(folder, exist_ok=True)
+        for task, job in enumerate(jobs):
+            meta = str(job.metadir.mounted)
+            for ext, target in (("out", "job.stdout"), ("err", "job.stderr")):
+                link = os.path.join(folder, f"{task}.{ext}")
+                if os.path.lexists(link):
+                    os.unlink(link)
+                os.symlink(f"{meta}/{target}", link)
+        mounted = _escape_filename_pattern(str(folder.mounted))
+        script = "\n".join(
+            [
+                self._script_head(name, f"{mounted}/%a.out", f"{mounted}/%a.err"),
+                f"# An array of {len(jobs)} xqute jobs: task i runs job i's own wrapper",
+                self.array_dispatch(jobs, "SLURM_ARRAY_TASK_ID", 0),
+                "",
+            ]
+        )
+        path = os.path.join(folder, "array.sh")
+        with open(path, "w") as handle:
+            handle.write(script)
+        array_id = await self._sbatch(f"--array=0-{len(jobs) - 1}%{max(1, throttle)}", path)
+        return self._record_array(array_id, jobs)
+
+    def _record_array(self, array_id: str, jobs: Sequence[Job]) -> list[str]:
+        jids = [f"{array_id}_{task}" for task in range(len(jobs))]
+        self._arrays[array_id] = list(jobs)
+        for jid, job in zip(jids, jobs):
+            self._tracked[jid] = _Tracked(job, "PENDING")
+        return jids
+
+    async def find_submitted_array(self, jobs: Sequence[Job], ran: bool) -> list[str] | None:
+        """The array named ``array_name(jobs)`` that reached Slurm after all."""
+        name = self.array_name(jobs)
+        ids = await self._ids_named(name)
+        if not ids and ran:
+            ids = await self._ids_named(name, any_state=True)
+        if not ids:
+            return None
+        return self._record_array(max((array_id_of(jid) for jid in ids), key=int), jobs)
 
     async def find_submitted(self, job: Job, ran: bool) -> str | None:
         """The Slurm job of ``job``'s name that is queued or running; when its
         wrapper has run, the latest of that name in any state."""
-        jid = await self._find_by_name(job)
-        if jid is None and ran:
-            jid = await self._find_by_name(job, any_state=True)
-        if jid is not None:
-            self._tracked[jid] = _Tracked(job, "PENDING")
+        ids = await self._ids_named(self.job_name(job))
+        if not ids and ran:
+            ids = await self._ids_named(self.job_name(job), any_state=True)
+        plain = [jid for jid in ids if _JOB_ID_RE.fullmatch(jid)]
+        if not plain:
+            return None
+        jid = max(plain, key=int)
+        self._tracked[jid] = _Tracked(job, "PENDING")
         return jid
 
-    async def _find_by_name(self, job: Job, any_state: bool = False) -> str | None:
-        """The id of the latest Slurm job carrying ``job``'s name that is queued
-        or running (or, with ``any_state``, still known to squeue at all)."""
+    async def _ids_named(self, name: str, any_state: bool = False) -> list[str]:
+        """The ids squeue lists for Slurm jobs named ``name`` that are queued or
+        running (or, with ``any_state``, still known to squeue at all)."""
         states = ["-t", "all"] if any_state else []
         result = await run_command(
-            self.squeue, "--me", "-h", *states, "--name", self.job_name(job), "-o", "%i",
+            self.squeue, "--me", "-h", *states, "--name", name, "-o", "%i",
             timeout=self.command_timeout,
         )
         self.status_calls += 1
-        ids = [word for word in result.stdout.split() if _JOB_ID_RE.fullmatch(word)] if result.ok else []
-        return max(ids, key=int) if ids else None
+        return result.stdout.split() if result.ok else []
 
     # --------------------------------------------------------------- killing
     async def kill_jobs(self, jobs: Sequence[Job]) -> None:
-        """``scancel`` all of ``jobs`` in one call (a few for thousands)."""
+        """``scancel`` all of ``jobs`` in one call (a few for thousands); an
+        array whose live members all go is cancelled by its array id."""
         jids = [str(job.jid) for job in jobs if job.jid]
-        for chunk in chunks(jids, MAX_LISTED_IDS):
+        for chunk in chunks(self._collapse_arrays(jobs, jids), MAX_LISTED_IDS):
             result = await run_command(self.scancel, *chunk, timeout=self.command_timeout)
             if not result.ok:
                 # jobs that already ended are refused; the others are cancelled
@@ -301,9 +422,31 @@ class SlurmScheduler(Scheduler):
                     logger.warning("Slurm's scancel failed for %s: %s", " ".join(chunk), message)
                 else:
                     logger.debug("scancel %s: %s", " ".join(chunk), message)
-            for jid in chunk:
-                if jid in self._tracked:
-                    self._tracked[jid].state = "CANCELLED"
+        for jid in jids:
+            if jid in self._tracked:
+                self._tracked[jid].state = "CANCELLED"
+
+    def _collapse_arrays(self, jobs: Sequence[Job], jids: list[str]) -> list[str]:
+        """``jids`` with the members of an array this manager submitted
+        replaced by the array's id when every member still live is among them."""
+        killing = set(jobs)
+        whole = {
+            array_id
+            for array_id, members in self._arrays.items()
+            if all(
+                job in killing or JobStatus.is_final(job._status) or job.jid != f"{array_id}_{task}"
+                for task, job in enumerate(members)
+            )
+        }
+        collapsed: list[str] = []
+        for jid in jids:
+            array_id = array_id_of(jid)
+            if array_id in whole and jid != array_id:
+                if array_id not in collapsed:
+                    collapsed.append(array_id)
+            else:
+                collapsed.append(jid)
+        return collapsed
 
     # -------------------------------------------------------------- querying
     async def query_jobs(self, jobs: Sequence[Job]) -> dict[Job, JobQuery]:
@@ -343,10 +486,12 @@ class SlurmScheduler(Scheduler):
     async def _squeue(self, by_jid: dict[str, Job]) -> dict[str, tuple[str, str]] | None:
         """{jid: (state, reason)} for the jobs squeue still lists; None on failure."""
         args = [self.squeue, "-h", "-t", "all", "-o", "%i|%T|%r"]
-        if len(by_jid) > MAX_LISTED_IDS:
+        # an array's members are listed by asking for the array
+        asked = list(dict.fromkeys(array_id_of(jid) for jid in by_jid))
+        if len(asked) > MAX_LISTED_IDS:
             args.append("--me")
         else:
-            args.append("--jobs=" + ",".join(by_jid))
+            args.append("--jobs=" + ",".join(asked))
         result = await run_command(*args, timeout=self.command_timeout)
         self.status_calls += 1
         if not result.ok:
@@ -370,8 +515,11 @@ class SlurmScheduler(Scheduler):
         found = {}
         for line in result.stdout.splitlines():
             fields = line.strip().split("|")
-            if len(fields) >= 2 and fields[0] in by_jid:
-                found[fields[0]] = (fields[1].strip(), "|".join(fields[2:]).strip())
+            if len(fields) < 2:
+                continue
+            for jid in expand_job_ids(fields[0]):
+                if jid in by_jid:
+                    found[jid] = (fields[1].strip(), "|".join(fields[2:]).strip())
         return found
 
     async def _sacct(self, jids: list[str]) -> dict[str, tuple[str, str]]:
@@ -382,7 +530,7 @@ class SlurmScheduler(Scheduler):
         for chunk in chunks(jids, MAX_LISTED_IDS):
             result = await run_command(
                 self.sacct, "-n", "-P", "-X", "-j", ",".join(chunk),
-                "-o", "JobIDRaw,State,ExitCode,Reason",
+                "-o", "JobID,State,ExitCode,Reason",
                 timeout=self.command_timeout,
             )
             self.status_calls += 1
@@ -413,7 +561,8 @@ class SlurmScheduler(Scheduler):
             self._accounting = True
             for line in result.stdout.splitlines():
                 fields = line.strip().split("|")
-                if len(fields) < 4 or fields[0] not in chunk:
+                members = [jid for jid in expand_job_ids(fields[0]) if jid in chunk]
+                if len(fields) < 4 or not members:
                     continue
                 # "CANCELLED by 1000" -> CANCELLED, keeping who did it for the reason
                 state, _, by_whom = fields[1].partition(" ")
@@ -422,7 +571,8 @@ class SlurmScheduler(Scheduler):
                     details.insert(0, by_whom)
                 if fields[3] and fields[3] != "None":
                     details.append(fields[3])
-                found[fields[0]] = (state, ", ".join(details))
+                for jid in members:
+                    found[jid] = (state, ", ".join(details))
         return found
 
     def _to_query(self, jid: str, state: str, reason: str) -> JobQuery:
