@@ -1,18 +1,24 @@
 """Benchmark: N trivial jobs through the real local Slurm, this package vs xqute 2.2.1.
 
-For each package it measures the wall time of ``Xqute("slurm").run_until_complete()``
-over N jobs running ``true`` and counts how often Slurm's CLIs were called.  The
-calls are counted by wrapper scripts put first on PATH: each appends its name to a
-log and execs the real binary, so Slurm does the real work.
+For each variant it measures the wall time of ``Xqute("slurm").run_until_complete()``
+over N jobs running ``true`` at ``--forks`` (50), the manager's own CPU time, and
+how often Slurm's CLIs were called. The variants: this package with job arrays
+(the default), the same with ``array: False`` (one ``sbatch`` per job), and
+xqute 2.2.1 in its own venv. The calls are counted by wrapper scripts put first
+on PATH: each appends its name to a log and execs the real binary, so Slurm does
+the real work.
 
-Needs the cluster: ``bash scripts/slurm.sh start``.  Run:
+Needs the cluster: ``bash scripts/slurm.sh start`` (32 CPUs declared, so the
+jobs are not queued behind 2 slots; MaxArraySize 100, so 1,000 jobs are 10
+arrays). Run:
 
-    python benchmarks/bench_slurm.py            # 100 jobs, both packages, once
-    python benchmarks/bench_slurm.py -n 100 -r 3 --only this
+    python benchmarks/bench_slurm.py                 # 100 jobs, every variant, once
+    python benchmarks/bench_slurm.py -n 1000         # the issue-14 figure
+    python benchmarks/bench_slurm.py -n 100 -r 3 --only arrays,no-arrays
 
-Each repeat also times the same number of plain ``sbatch --wrap true`` jobs with
-no manager at all (the cluster's own speed; ``--no-floor`` skips it), and the
-packages take turns, so a busy spell on a shared machine hits all of them.
+Each repeat also times the same number of plain ``sbatch --wrap true`` jobs,
+submitted in a loop with no manager (the floor; ``--no-floor`` skips it), and the
+variants take turns, so a busy spell on a shared machine hits all of them.
 Prints a Markdown table (medians over the repeats).
 """
 
@@ -36,15 +42,16 @@ SLURM_BINARIES = ("sbatch", "squeue", "sacct", "scontrol", "scancel")
 # Runs in the package's own interpreter; both packages share the 2.x API.
 RUNNER = textwrap.dedent(
     """
-    import asyncio, json, sys, time
+    import asyncio, json, resource, sys, time
     from pathlib import Path
     import xqute
     from xqute import Xqute
 
     njobs, workdir, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    forks, opts = int(sys.argv[4]), json.loads(sys.argv[5])
 
     async def main():
-        xq = Xqute("slurm", workdir=workdir, forks=njobs)
+        xq = Xqute("slurm", workdir=workdir, forks=forks, scheduler_opts=opts)
         for _ in range(njobs):
             await xq.feed(["true"])
         await xq.run_until_complete()
@@ -52,12 +59,14 @@ RUNNER = textwrap.dedent(
     start = time.monotonic()
     asyncio.run(main())
     wall = time.monotonic() - start
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     rcs = []
     for i in range(njobs):
         rc_file = Path(workdir) / str(i) / "job.rc"
         rcs.append(rc_file.read_text().strip() if rc_file.exists() else "missing")
     Path(out).write_text(json.dumps({
         "version": xqute.__version__, "wall": wall,
+        "cpu": usage.ru_utime + usage.ru_stime,
         "succeeded": sum(rc == "0" for rc in rcs),
     }))
     """
@@ -81,7 +90,15 @@ def make_shims(shim_dir: Path, call_log: Path) -> None:
         shim.chmod(0o755)
 
 
-def run_once(python: str, njobs: int, label: str) -> dict:
+# variant -> (which package, scheduler_opts)
+VARIANTS = {
+    "arrays": ("this", {}),
+    "no-arrays": ("this", {"array": False}),
+    "xqute2": ("xqute2", {}),
+}
+
+
+def run_once(python: str, njobs: int, label: str, forks: int, opts: dict) -> dict:
     """One run of ``njobs`` jobs under ``python``; returns wall time and call counts."""
     with tempfile.TemporaryDirectory(prefix=f"bench-slurm-{label}-") as tmp:
         tmp_path = Path(tmp)
@@ -100,7 +117,8 @@ def run_once(python: str, njobs: int, label: str) -> dict:
             env.pop("PYTHONPATH", None)
         # cwd is the temp dir: xqute 2.x leaves Slurm's slurm-<id>.out files there.
         subprocess.run(
-            [python, str(runner), str(njobs), str(tmp_path / "workdir"), str(out)],
+            [python, str(runner), str(njobs), str(tmp_path / "workdir"), str(out),
+             str(forks), json.dumps(opts)],
             cwd=tmp, env=env, check=True,
         )
         result = json.loads(out.read_text())
@@ -111,21 +129,18 @@ def run_once(python: str, njobs: int, label: str) -> dict:
 
 
 def run_floor(njobs: int) -> float:
-    """Seconds for ``njobs`` plain ``sbatch --wrap true`` jobs (8 submissions at a
-    time) to leave the queue: what the cluster itself takes, with no manager."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def submit(_: int) -> str:
-        return subprocess.run(
+    """Seconds for ``njobs`` plain ``sbatch --wrap true`` jobs, submitted in a
+    loop, to leave the queue: what the cluster itself takes, with no manager."""
+    start = time.monotonic()
+    jids = [
+        subprocess.run(
             ["sbatch", "--parsable", "-o", "/dev/null", "--wrap", "true"],
             capture_output=True, text=True, check=True,
         ).stdout.strip().split(";")[0]
-
-    start = time.monotonic()
-    with ThreadPoolExecutor(8) as pool:
-        jids = list(pool.map(submit, range(njobs)))
+        for _ in range(njobs)
+    ]
     while subprocess.run(
-        ["squeue", "-h", "-t", "PD,R,CG,CF", "--jobs=" + ",".join(jids), "-o", "%i"],
+        ["squeue", "-h", "-t", "PD,R,CG,CF", "--me", "-o", "%i"],
         capture_output=True, text=True,
     ).stdout.strip():
         time.sleep(0.2)
@@ -136,7 +151,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--jobs", type=int, default=100)
     parser.add_argument("-r", "--repeat", type=int, default=1)
-    parser.add_argument("--only", choices=["this", "xqute2"], default=None)
+    parser.add_argument("--forks", type=int, default=50)
+    parser.add_argument("--only", default=",".join(VARIANTS),
+                        help=f"comma-separated variants of {', '.join(VARIANTS)}")
     parser.add_argument("--no-floor", action="store_true",
                         help="skip the plain-sbatch run that shows the cluster's own speed")
     args = parser.parse_args()
@@ -147,51 +164,49 @@ def main() -> None:
     if status.returncode != 0:
         sys.exit(f"Slurm is not up ({status.stdout.strip()}): bash scripts/slurm.sh start")
 
-    pythons = {}
-    if args.only in (None, "this"):
-        pythons["this"] = sys.executable
-    if args.only in (None, "xqute2"):
+    variants = [name for name in args.only.split(",") if name]
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        sys.exit(f"unknown variant(s) {', '.join(sorted(unknown))}; use {', '.join(VARIANTS)}")
+    pythons = {"this": sys.executable}
+    if "xqute2" in variants:
         pythons["xqute2"] = subprocess.run(
             ["bash", str(ROOT / "benchmarks" / "xqute2-venv.sh")],
             capture_output=True, text=True, check=True,
         ).stdout.strip()
 
-    # Alternate the packages run by run, so a busy spell on a shared machine
-    # does not land on one package only.
-    runs_by_label: dict[str, list[dict]] = {label: [] for label in pythons}
+    # Alternate the variants run by run, so a busy spell on a shared machine
+    # does not land on one variant only.
+    runs_by_label: dict[str, list[dict]] = {label: [] for label in variants}
     floors = []
     for _ in range(args.repeat):
         if not args.no_floor:
             floors.append(run_floor(args.jobs))
-            print(f"# floor (plain sbatch): {floors[-1]:.1f} s, load {os.getloadavg()[0]:.1f}",
-                  file=sys.stderr)
-        for label, python in pythons.items():
-            run = run_once(python, args.jobs, label)
+            print(f"# floor (plain sbatch loop): {floors[-1]:.1f} s, "
+                  f"load {os.getloadavg()[0]:.1f}", file=sys.stderr)
+        for label in variants:
+            package, opts = VARIANTS[label]
+            run = run_once(pythons[package], args.jobs, package, args.forks, opts)
             run["load"] = os.getloadavg()[0]
             print(f"# {label}: {json.dumps(run)}", file=sys.stderr)
             runs_by_label[label].append(run)
 
-    rows = []
-    for label, runs in runs_by_label.items():
-        row = {"package": f"xqute {runs[0]['version']}" + (" (this)" if label == "this" else "")}
-        row["wall"] = statistics.median(r["wall"] for r in runs)
-        row["succeeded"] = min(r["succeeded"] for r in runs)
-        for name in SLURM_BINARIES:
-            row[name] = statistics.median(r[name] for r in runs)
-        rows.append(row)
-
-    print(f"\n{args.jobs} trivial jobs (`true`) through the local Slurm, "
-          f"median of {args.repeat} run(s):\n")
-    print("| package | wall time (s) | jobs rc 0 | sbatch | squeue | sacct | scontrol | scancel |")
+    print(f"\n{args.jobs} trivial jobs (`true`) through the local Slurm at forks "
+          f"{args.forks}, median of {args.repeat} run(s):\n")
+    print("| variant | wall time (s) | jobs rc 0 | submit calls (sbatch) | status queries "
+          "(squeue + sacct) | manager CPU (s) | scontrol | scancel |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     if floors:
-        print(f"| plain `sbatch --wrap true`, no manager | {statistics.median(floors):.1f} "
+        print(f"| plain `sbatch --wrap true` loop, no manager | {statistics.median(floors):.1f} "
               f"| - | {args.jobs} | - | - | - | - |")
-    for row in rows:
+    for label, runs in runs_by_label.items():
+        def median(key: str) -> float:
+            return statistics.median(r[key] for r in runs)
+        name = f"xqute {runs[0]['version']}" + ("" if label == "xqute2" else f" ({label})")
         print(
-            f"| {row['package']} | {row['wall']:.1f} | {row['succeeded']}/{args.jobs} | "
-            + " | ".join(f"{row[name]:g}" for name in SLURM_BINARIES)
-            + " |"
+            f"| {name} | {median('wall'):.1f} | {min(r['succeeded'] for r in runs)}/{args.jobs} "
+            f"| {median('sbatch'):g} | {statistics.median(r['squeue'] + r['sacct'] for r in runs):g} "
+            f"| {median('cpu'):.2f} | {median('scontrol'):g} | {median('scancel'):g} |"
         )
 
 

@@ -467,11 +467,20 @@ class SlurmScheduler(Scheduler):
         found = await self._squeue(by_jid)
         if found is None:  # Slurm did not answer: unknown for now
             return answers
+        # arrays still listed: a member missing from one left it without running
+        listed = {array_id_of(jid) for jid in found}
         gone = [jid for jid in by_jid if jid not in found]
         if gone:
             found.update(await self._sacct(gone))
         for jid, job in by_jid.items():
             state, reason = found.get(jid, ("", ""))
+            if not state and "_" in jid and array_id_of(jid) in listed:
+                # Slurm keeps no record of a pending task cancelled on its own
+                reason = (
+                    f"Slurm job {jid} left array {array_id_of(jid)} before it ran "
+                    "(cancelled while pending?)"
+                )
+                state = "CANCELLED"
             self._tracked.setdefault(jid, _Tracked(job, "")).state = state
             answers[job] = self._to_query(jid, state, reason)
         return answers
@@ -586,6 +595,8 @@ class SlurmScheduler(Scheduler):
         if state in RUNNING_STATES:
             return JobQuery(JobQuery.RUNNING)
         why = f" ({reason})" if reason and reason != "None" else ""
+        if reason.startswith(f"Slurm job {jid} "):  # the whole story already
+            return JobQuery(JobQuery.ENDED, f"{reason} and it did not record its return code")
         if state in ENDED_STATES:
             return JobQuery(
                 JobQuery.ENDED,
