@@ -191,7 +191,7 @@ async def test_a_job_just_submitted_missing_from_the_list_gets_no_answer_for_a_w
     scheduler = make()
     fresh, old = (scheduler.job_class(i, ["true"], scheduler.workdir) for i in (0, 1))
     fresh._jid, old._jid = "gbatch-fresh-0", "gbatch-old-1"
-    scheduler._record_submitted(fresh.jid, "u-1")
+    scheduler._remember_submitted(fresh.jid, "u-1")
 
     async def empty_list(*_args, **_kwargs):
         return CommandResult(0, "[]", "")

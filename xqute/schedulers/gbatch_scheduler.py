@@ -1,6 +1,9 @@
 """Run jobs on Google Cloud Batch through the ``gcloud`` CLI.
 
-Each job is one Batch job with one task. Its wrapper lives in the ``gs://``
+A job submitted alone is one Batch job with one task; a burst of jobs (the
+base class's ``submit_burst``) is one Batch job whose task group has a task per
+job (``taskCount``) and runs at most ``parallelism`` of them at once (see
+"Arrays" below). Its wrapper lives in the ``gs://``
 workdir, which Batch mounts into the VM (a GCS volume, at ``mounted_workdir``,
 ``/mnt/disks/<defaults.DEFAULT_WORKDIR_NAME>`` by default), so the wrapper writes
 its meta files there as plain files and the manager reads them from the bucket.
@@ -27,6 +30,30 @@ Economy of calls, since a ``gcloud`` call costs one to three seconds of CPU:
   deletion to finish.
 - Kill: ``gcloud batch jobs cancel`` of every job (a few at a time), falling
   back to ``delete`` when a job cannot be cancelled.
+
+Arrays (on unless the ``array`` option is False):
+
+- ``submit_array`` writes each member's wrapper, then a dispatch script,
+  ``<workdir>/.arrays/<name>/dispatch.sh``, which execs the wrapper of member
+  ``$BATCH_TASK_INDEX`` (and the Batch JSON beside it, ``job.json``), and submits
+  ONE Batch job named after ``array_name`` (made a Batch id as job names are):
+  the JSON a single job gets, its runnable running the dispatch script, with
+  ``taskCount`` = the members and ``parallelism`` = the throttle. The script is
+  a file, not inlined in the JSON: the runnable (script or container, with its
+  ``{script}`` placeholders) is built exactly as for a single job, and the job
+  definition stays small whatever the size (Batch refuses one over 1 MB).
+- A member's job id is ``<Batch job name>:<task index>`` (``:`` is never in a
+  Batch job id, so a plain job's id, the bare name, is told apart). The ids
+  are written to the members' jid files before the submission, so a manager
+  killed after Batch took the array leaves them for a rerun to follow.
+- Status: the ``jobs list`` of each round gives the array job's state; only an
+  array job that is RUNNING is asked for its tasks' states, one ``gcloud batch
+  tasks list`` per array job per round (never per member).
+- Kill: Batch cannot stop one task. When every live member of an array job
+  goes, the Batch job is cancelled once. A member killed while others live is
+  recorded killed (the base class); its task is not touched: not started yet,
+  it will not start (the dispatch script finds a ``killed.<task>`` marker in
+  the array's folder), but one already running runs on to its end.
 """
 
 from __future__ import annotations
@@ -46,6 +73,7 @@ from diot import Diot
 from panpath import GSPath
 
 from .. import defaults
+from ..defaults import JobStatus
 from ..job import Job
 from ..path import SpecPath, write_meta
 from ..scheduler import JobQuery, Scheduler, SubmissionError
@@ -80,6 +108,65 @@ KILL_CONCURRENCY = 4
 # Seconds a job just submitted may be missing from `gcloud batch jobs list`
 # (lists lag behind creation) before it is taken as gone.
 LIST_LAG = 10.0
+
+# Task states (gcloud batch tasks list), as JobQuery sees them.
+TASK_PENDING_STATES = frozenset({"STATE_UNSPECIFIED", "PENDING", "ASSIGNED"})
+TASK_RUNNING_STATES = frozenset({"RUNNING"})
+TASK_ENDED_STATES = frozenset({"SUCCEEDED", "FAILED", "UNEXECUTED"})
+# Batch's system limits (https://cloud.google.com/batch/quotas): tasks per task
+# group, and tasks running at once in one job.
+MAX_TASKS_PER_GROUP = 100_000
+MAX_PARALLEL_TASKS = 5_000
+# The most members one array job gets by default: every task's bash parses the
+# whole dispatch script, and each status round lists all tasks of a running
+# array job, so a smaller array is cheaper than Batch's 100,000.
+DEFAULT_ARRAY_LIMIT = 10_000
+# The folder of the workdir that holds each array job's dispatch script and JSON.
+ARRAYS_FOLDER = ".arrays"
+# How many files of an array (wrappers, jid files) are written at once.
+WRITE_CONCURRENCY = 16
+
+
+def member_jid(name: str, task: int) -> str:
+    """The job id of task ``task`` of the array job ``name``: ``<name>:<task>``."""
+    return f"{name}:{task}"
+
+
+def parse_member_jid(jid: Any) -> tuple[str, int] | None:
+    """(Batch job name, task index) of an array member's job id; None for the
+    id of a job submitted alone (a bare Batch job name)."""
+    name, sep, task = str(jid).rpartition(":")
+    if not sep or not name or not task.isdigit():
+        return None
+    return name, int(task)
+
+
+def _tasks_from_list(listed: Any) -> dict[int, str] | None:
+    """``{task index: state}`` from ``gcloud batch tasks list``'s JSON; None when
+    it is not a list of tasks."""
+    if not isinstance(listed, list):
+        return None
+    states: dict[int, str] = {}
+    for item in listed:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            return None
+        index = item["name"].rsplit("/", 1)[-1]
+        status = item.get("status") or {}
+        if not index.isdigit() or not isinstance(status, dict):
+            return None
+        states[int(index)] = str(status.get("state", "STATE_UNSPECIFIED"))
+    return states
+
+
+async def _bounded(coroutines: Any, limit: int = WRITE_CONCURRENCY) -> list:
+    """Await ``coroutines``, at most ``limit`` at once."""
+    gate = asyncio.Semaphore(limit)
+
+    async def run(coroutine: Any) -> Any:
+        async with gate:
+            return await coroutine
+
+    return await asyncio.gather(*(run(c) for c in coroutines))
 
 
 def _one_line(text: str) -> str:
@@ -190,6 +277,9 @@ class GbatchScheduler(Scheduler):
         deletion_timeout: seconds to wait for an old job's deletion when its
             name is needed again (600).
         command_timeout: seconds any one gcloud command may take (120).
+        array_limit: the most jobs one array job holds (its ``taskCount``;
+            10,000 by default, at most Batch's 100,000 tasks per task group).
+            ``array: False`` (a base option) submits every job alone.
         **kwargs: the base scheduler's options (``cwd`` is a folder in the VM; a
             relative ``workdir`` is then taken inside the mounted bucket folder
             that holds it); any other key is merged into the job JSON:
@@ -228,6 +318,7 @@ class GbatchScheduler(Scheduler):
         start_timeout: float | None = None,
         deletion_timeout: float = 600.0,
         command_timeout: float = 120.0,
+        array_limit: int = DEFAULT_ARRAY_LIMIT,
         **kwargs: Any,
     ) -> None:
         # Problems with the options are collected here and raised by post_init:
@@ -247,6 +338,15 @@ class GbatchScheduler(Scheduler):
             problems.append("command_timeout and deletion_timeout must be > 0")
         if start_timeout is not None and start_timeout <= 0:
             problems.append("start_timeout must be a number of seconds > 0, or None")
+        if (
+            not isinstance(array_limit, int)
+            or isinstance(array_limit, bool)
+            or not 1 <= array_limit <= MAX_TASKS_PER_GROUP
+        ):
+            problems.append(
+                f"array_limit must be an integer from 1 to {MAX_TASKS_PER_GROUP} "
+                f"(Batch's tasks per task group), got {array_limit!r}"
+            )
         runnables = list(runnables or [])
         problems.extend(
             f"Each of runnables must be a dict (Batch's JSON), got {r!r}"
@@ -280,6 +380,7 @@ class GbatchScheduler(Scheduler):
         self.start_timeout = None if start_timeout is None else float(start_timeout)
         self.deletion_timeout = float(deletion_timeout)
         self.command_timeout = float(command_timeout)
+        self.array_limit = array_limit
 
         self._path_envs: dict[str, str] = {}
         self._runnables_before: list[dict] = []
@@ -307,6 +408,15 @@ class GbatchScheduler(Scheduler):
         # scheduler submitted (or found after a lost reply)
         self._uids: dict[str, str] = {}
         self._submitted_at: dict[str, float] = {}
+        # array job name -> {task index: member}: the members this scheduler
+        # submitted, found or was asked about; and how many tasks it has, when
+        # known (to cancel the array job once none of its members is left)
+        self._array_members: dict[str, dict[int, Job]] = {}
+        self._array_sizes: dict[str, int] = {}
+        # array jobs given up as never started (start_timeout): killing any
+        # member cancels the whole job; and array jobs cancelled already
+        self._timed_out_arrays: set[str] = set()
+        self._cancelled_arrays: set[str] = set()
         # counters, for benchmarks and tests
         self.gcloud_calls = 0
         self.status_calls = 0
@@ -621,7 +731,17 @@ class GbatchScheduler(Scheduler):
     def batch_job_name(self, job: Job) -> str:
         """The Batch job id of ``job``: its job name made what Batch takes (lower
         case letters, digits and hyphens, starting with a letter, 63 at most)."""
-        name = _BATCH_BAD_NAME_CHARS.sub("-", self.job_name(job).lower())
+        return self._batch_id(self.job_name(job))
+
+    def array_batch_name(self, jobs: Sequence[Job]) -> str:
+        """The Batch job id of the array of ``jobs``: ``array_name(jobs)`` made a
+        Batch id as ``batch_job_name`` does (it ends in ``-a<hash of the
+        members>``, where a single job's ends in its index)."""
+        return self._batch_id(self.array_name(jobs))
+
+    @staticmethod
+    def _batch_id(text: str) -> str:
+        name = _BATCH_BAD_NAME_CHARS.sub("-", text.lower())
         if not name[:1].isalpha():
             name = f"x-{name}"
         if len(name) > 63:  # shortened, and a hash keeps it unique
@@ -632,6 +752,12 @@ class GbatchScheduler(Scheduler):
                 "hyphens, starting with a letter, not ending with a hyphen)"
             )
         return name
+
+    def array_folder(self, name: str) -> SpecPath:
+        """``<workdir>/.arrays/<name>``: the dispatch script, JSON and kill
+        markers of the array job ``name`` (the VM sees it through the workdir's
+        volume)."""
+        return self.workdir / ARRAYS_FOLDER / name
 
     # ------------------------------------------------------------ gcloud
     async def _gcloud(self, *args: str, input: str | None = None, timeout: float | None = None):
@@ -654,6 +780,84 @@ class GbatchScheduler(Scheduler):
         script = await self.wrapped_job_script(job)
         config_text = json.dumps(self.job_json(job, script), indent=2)
         await write_meta(job.metadir / f"{self.wrapped_script_name}.json", config_text)
+        await self._submit_config(name, config_text, f"Job {job.index}")
+        return name
+
+    async def submit_array(self, jobs: Sequence[Job], throttle: int) -> list[str]:
+        """Submit ``jobs`` as ONE Batch job of ``len(jobs)`` tasks, at most
+        ``throttle`` running at once; task ``i`` runs ``jobs[i]``'s own wrapper.
+
+        Writes each member's wrapper, the dispatch script and the Batch JSON
+        (``<workdir>/.arrays/<name>/dispatch.sh`` and ``job.json``) and the
+        members' jid files, then makes one ``gcloud batch jobs submit``.
+        Returns the members' job ids, ``<Batch job name>:<task index>``.
+        """
+        name = self.array_batch_name(jobs)
+        jids = [member_jid(name, task) for task in range(len(jobs))]
+        self._sync_mount_as_cwd()  # before the wrappers, which cd to the cwd
+        folder = self.array_folder(name)
+        dispatch = folder / "dispatch.sh"
+        config = self.job_json(jobs[0], dispatch)
+        group = config["taskGroups"][0]
+        if group.get("taskEnvironments"):
+            raise SubmissionError(
+                "taskGroups[0].taskEnvironments sets the task count of a Batch job, so "
+                "jobs cannot go as arrays with it: give the scheduler option array: False"
+            )
+        try:
+            # the user's own parallelism, if any, caps the throttle
+            wanted = int(group.get("parallelism") or MAX_PARALLEL_TASKS)
+        except (TypeError, ValueError):
+            raise SubmissionError(
+                f"taskGroups[0].parallelism must be an integer, got {group['parallelism']!r}"
+            ) from None
+        group["taskCount"] = str(len(jobs))
+        group["parallelism"] = str(max(1, min(throttle, len(jobs), wanted, MAX_PARALLEL_TASKS)))
+        config_text = json.dumps(config, indent=2)
+        # the jid files first too: a manager killed once Batch has the array,
+        # before the base class records the ids, leaves them for a rerun
+        await _bounded(
+            [
+                *(self.wrapped_job_script(job) for job in jobs),
+                *(job.set_jid(jid) for job, jid in zip(jobs, jids)),
+                write_meta(dispatch, self._dispatch_script(name, jobs)),
+                write_meta(folder / "job.json", config_text),
+            ]
+        )
+        label = f"An array of {len(jobs)} jobs ({jobs[0].index}..{jobs[-1].index})"
+        await self._submit_config(name, config_text, label)
+        self._remember_array(name, jobs)
+        return jids
+
+    def _dispatch_script(self, name: str, jobs: Sequence[Job]) -> str:
+        """The script every task of the array job ``name`` runs: it execs the
+        wrapper of member ``$BATCH_TASK_INDEX``, unless that member was killed
+        before its task started (a ``killed.<task>`` file in the array's folder)."""
+        marker = shell_quote(str(self.array_folder(name).mounted / "killed."))
+        return "\n".join(
+            [
+                f"#!{defaults.JOBCMD_WRAPPER_LANG}",
+                f"# Batch job {name}: {len(jobs)} xqute jobs; task i runs job i's own wrapper.",
+                f'if [ -e {marker}"${{BATCH_TASK_INDEX:-}}" ]; then',
+                '    echo "xqute: the job of task ${BATCH_TASK_INDEX:-} was killed before it started" >&2',
+                "    exit 1",
+                "fi",
+                self.array_dispatch(jobs, "BATCH_TASK_INDEX", 0),
+                "",
+            ]
+        )
+
+    def _remember_array(self, name: str, jobs: Sequence[Job]) -> None:
+        self._array_members[name] = dict(enumerate(jobs))
+        self._array_sizes[name] = len(jobs)
+
+    async def max_array_size(self) -> int:
+        """The most members one array job gets: the ``array_limit`` option."""
+        return self.array_limit
+
+    async def _submit_config(self, name: str, config_text: str, label: str) -> None:
+        """``gcloud batch jobs submit name`` with the job JSON ``config_text``;
+        a name taken by an old job is freed first. Raises SubmissionError."""
         for attempt in (1, 2):
             result = await self._gcloud(
                 "batch", "jobs", "submit", name, "--config", "-", "--format", "json",
@@ -669,7 +873,7 @@ class GbatchScheduler(Scheduler):
                 )
             if "ALREADY_EXISTS" in message and attempt == 1:
                 # taken by an old job (after a lost reply, find_submitted saw it is not this one)
-                await self._free_name(job, name)
+                await self._free_name(label, name)
                 continue
             raise SubmissionError(
                 message,
@@ -680,11 +884,10 @@ class GbatchScheduler(Scheduler):
         resource = _load_json(result.stdout)
         uid = str(resource.get("uid", "")) if isinstance(resource, dict) else ""
         if not isinstance(resource, dict):
-            logger.debug("Job %s: gcloud printed no JSON on submit: %r", job.index, result.stdout[:200])
-        self._record_submitted(name, uid)
-        return name
+            logger.debug("%s: gcloud printed no JSON on submit: %r", label, result.stdout[:200])
+        self._remember_submitted(name, uid)
 
-    def _record_submitted(self, name: str, uid: str) -> None:
+    def _remember_submitted(self, name: str, uid: str) -> None:
         self._uids[name] = uid
         self._submitted_at[name] = time.monotonic()
 
@@ -712,23 +915,38 @@ class GbatchScheduler(Scheduler):
         there is none, or Batch cannot be asked and the job has not run (a
         submit again then meets the name taken, and frees it)."""
         name = self.batch_job_name(job)
+        return name if await self._find_by_name(name, ran) else None
+
+    async def find_submitted_array(self, jobs: Sequence[Job], ran: bool) -> list[str] | None:
+        """After an array submit whose reply was lost: the members' job ids when
+        Batch has the array job of ``array_batch_name(jobs)`` (one ``describe``;
+        the same rules as ``find_submitted``), else None."""
+        name = self.array_batch_name(jobs)
+        if not await self._find_by_name(name, ran):
+            return None
+        self._remember_array(name, jobs)
+        return [member_jid(name, task) for task in range(len(jobs))]
+
+    async def _find_by_name(self, name: str, ran: bool) -> bool:
+        """Whether Batch has job ``name`` of this workdir (``find_submitted``'s
+        rules); it is then followed as submitted."""
         try:
             state, resource = await self._describe_state(name)
         except SubmissionError:
             if ran:
                 raise
-            return None
+            return False
         labels = resource.get("labels")
         if state is None or not isinstance(labels, dict) or labels.get("xqute-run") != self.run_label:
-            return None
+            return False
         if not ran and state not in PENDING_STATES | RUNNING_STATES:
-            return None  # an old job of the same name: freed when submitting again
-        self._record_submitted(name, str(resource.get("uid", "")))
-        return name
+            return False  # an old job of the same name: freed when submitting again
+        self._remember_submitted(name, str(resource.get("uid", "")))
+        return True
 
-    async def _free_name(self, job: Job, name: str) -> None:
+    async def _free_name(self, label: str, name: str) -> None:
         """Delete the old Batch job holding ``name`` and wait until it is gone."""
-        logger.info("Job %s: Batch job %s exists from before; deleting it first", job.index, name)
+        logger.info("%s: Batch job %s exists from before; deleting it first", label, name)
         result = await self._gcloud("batch", "jobs", "delete", name, "--quiet")
         if not result.ok and "NOT_FOUND" not in result.stderr:
             raise SubmissionError(
@@ -755,8 +973,32 @@ class GbatchScheduler(Scheduler):
     # ------------------------------------------------------------ killing
     async def kill_jobs(self, jobs: Sequence[Job]) -> None:
         """Cancel every job (a few gcloud calls at a time); delete those that
-        cannot be cancelled."""
-        names = [str(job.jid) for job in jobs if job.jid]
+        cannot be cancelled.
+
+        Array members: Batch cannot stop one task, so the array job is
+        cancelled (once) when every member it still runs or holds is among
+        ``jobs`` (or was given up as never started). A member killed while
+        others of its array live is left to the base class, which records it
+        killed; its task gets a ``killed.<task>`` marker, so it does not start
+        if it has not yet (one already running runs on to its end)."""
+        names: list[str] = []
+        arrays: dict[str, dict[int, Job]] = {}
+        for job in jobs:
+            if not job.jid:
+                continue
+            member = parse_member_jid(job.jid)
+            if member is None:
+                names.append(str(job.jid))
+            else:
+                arrays.setdefault(member[0], {})[member[1]] = job
+        for name, killing in arrays.items():
+            if name in self._cancelled_arrays:
+                continue  # all of its tasks are going already
+            if name in self._timed_out_arrays or not await self._others_live(name, killing):
+                self._cancelled_arrays.add(name)
+                names.append(name)
+            else:
+                await self._skip_tasks(name, killing)
         limit = asyncio.Semaphore(KILL_CONCURRENCY)
 
         async def kill(name: str) -> None:
@@ -774,37 +1016,126 @@ class GbatchScheduler(Scheduler):
 
         await asyncio.gather(*(kill(name) for name in names))
 
+    async def _others_live(self, name: str, killing: dict[int, Job]) -> bool:
+        """Whether the array job ``name`` holds a member that is not being
+        killed (``killing``: task -> job) and has not ended: a queued or running
+        task whose job has not ended or moved on to another trial. Answered
+        from memory when this scheduler knows every member (it submitted the
+        array), else from one ``gcloud batch tasks list``; when Batch cannot
+        be asked, the others are taken as live (they are spared)."""
+        known = self._array_members.get(name, {})
+
+        def settled(task: int) -> bool:
+            if task in killing:
+                return True
+            job = known.get(task)
+            return job is not None and (
+                JobStatus.is_final(job._status) or job.jid != member_jid(name, task)
+            )
+
+        size = self._array_sizes.get(name)
+        if size is not None and all(task in known or task in killing for task in range(size)):
+            return not all(settled(task) for task in range(size))
+        states, gone = await self._list_tasks(name)
+        if gone:
+            return False
+        if states is None:
+            return True
+        return any(
+            state not in TASK_ENDED_STATES and not settled(task) for task, state in states.items()
+        )
+
+    async def _skip_tasks(self, name: str, killing: dict[int, Job]) -> None:
+        """Mark the tasks ``killing`` of the array job ``name`` killed, so the
+        dispatch script does not start them."""
+        folder = self.array_folder(name)
+        await _bounded(
+            write_meta(folder / f"killed.{task}", "killed by xqute\n") for task in killing
+        )
+        logger.warning(
+            "Batch cannot stop one task of a job: job(s) %s (task(s) %s of Batch job %s, "
+            "whose other tasks go on) are recorded as killed; a task not started yet will "
+            "not start, one already running runs on to its end",
+            ", ".join(str(job.index) for job in killing.values()),
+            ", ".join(map(str, killing)),
+            name,
+        )
+
     # ------------------------------------------------------------ querying
     async def query_jobs(self, jobs: Sequence[Job]) -> dict[Job, JobQuery]:
         """What Batch says about ``jobs``: one ``gcloud batch jobs list`` for all
-        of them. (The base class paces these calls and gives ended jobs' files
-        their grace.)"""
+        of them, and for the members of an array job that is RUNNING one
+        ``gcloud batch tasks list`` per array job (not per member). (The base
+        class paces these calls and gives ended jobs' files their grace.)"""
         answers: dict[Job, JobQuery] = {}
         by_name: dict[str, Job] = {}
+        arrays: dict[str, dict[int, Job]] = {}
         for job in jobs:
-            name = job.jid or await job.get_jid()
-            if not name:
+            jid = job.jid or await job.get_jid()
+            member = parse_member_jid(jid) if jid else None
+            if not jid:
                 answers[job] = JobQuery(JobQuery.ENDED, f"no Batch job name was recorded for job {job.index}")
+            elif member is None:
+                by_name[str(jid)] = job
             else:
-                by_name[str(name)] = job
-        if not by_name:
+                name, task = member
+                arrays.setdefault(name, {})[task] = job
+                # followed (say adopted on a rerun): known when it is killed
+                self._array_members.setdefault(name, {})[task] = job
+        if not by_name and not arrays:
             return answers
         found = await self._list_jobs()
         if found is None:  # Batch did not answer: unknown for now
             return answers
         now = time.monotonic()
         for name, job in by_name.items():
-            entry = found.get(name)
-            uid = self._uids.get(name)
-            if entry is not None and uid and entry["uid"] and entry["uid"] != uid:
-                entry = None  # an older job of the same name
+            entry = self._entry(found, name)
             if entry is None:
                 query = self._missing(name, now)
             else:
                 query = self._to_query(name, entry["state"], entry["event"], now)
             if query is not None:
                 answers[job] = query
+        running: list[str] = []
+        for name, members in arrays.items():
+            entry = self._entry(found, name)
+            if entry is not None and entry["state"] in RUNNING_STATES:
+                running.append(name)  # its tasks say which members run
+                continue
+            for task, job in members.items():
+                if entry is None:
+                    query = self._missing(name, now)
+                else:
+                    query = self._member_query(name, task, entry["state"], entry["event"], now)
+                if query is not None:
+                    answers[job] = query
+        limit = asyncio.Semaphore(KILL_CONCURRENCY)
+
+        async def tasks_of(name: str) -> tuple[dict[int, str] | None, bool]:
+            async with limit:
+                return await self._list_tasks(name)
+
+        listed = await asyncio.gather(*(tasks_of(name) for name in running))
+        for name, (states, gone) in zip(running, listed):
+            for task, job in arrays[name].items():
+                if gone:  # deleted since the jobs list
+                    query = self._missing(name, now)
+                elif states is None:  # Batch did not answer: unknown for now
+                    continue
+                else:
+                    query = self._task_query(name, task, states.get(task))
+                if query is not None:
+                    answers[job] = query
         return answers
+
+    def _entry(self, found: dict[str, dict[str, str]], name: str) -> dict[str, str] | None:
+        """The listed job ``name``; None when not listed, or when the listed one
+        is an older job of the same name (another uid than the one submitted)."""
+        entry = found.get(name)
+        uid = self._uids.get(name)
+        if entry is not None and uid and entry["uid"] and entry["uid"] != uid:
+            return None
+        return entry
 
     def _missing(self, name: str, now: float) -> JobQuery | None:
         """A job the list did not show: just submitted (the list may lag behind
@@ -818,7 +1149,10 @@ class GbatchScheduler(Scheduler):
             f"{self.location} (deleted outside xqute?) and left no return code",
         )
 
-    def _to_query(self, name: str, state: str, event: str, now: float) -> JobQuery:
+    def _to_query(self, name: str, state: str, event: str, now: float, what: str = "") -> JobQuery:
+        """The answer for a job (or a member, ``what`` naming its task) of the
+        Batch job ``name`` in ``state``."""
+        what = what or f"Batch job {name}"
         detail = f": {event}" if event else ""
         if state in RUNNING_STATES:
             return JobQuery(JobQuery.RUNNING)
@@ -827,20 +1161,73 @@ class GbatchScheduler(Scheduler):
             if self.start_timeout is not None and now - submitted > self.start_timeout:
                 return JobQuery(
                     JobQuery.ERROR,
-                    f"Batch job {name} did not start within {self.start_timeout:.0f} s "
+                    f"{what} did not start within {self.start_timeout:.0f} s "
                     f"(still {state}{detail})",
                 )
             return JobQuery(JobQuery.PENDING)
         if state == "SUCCEEDED":
             return JobQuery(
                 JobQuery.ENDED,
-                f"Batch job {name} SUCCEEDED but its wrapper recorded no return code "
+                f"{what} SUCCEEDED but its wrapper recorded no return code "
                 f"in {self.workdir}",
             )
         if state in ENDED_STATES:
-            return JobQuery(JobQuery.ENDED, f"Batch job {name} ended in state {state}{detail}")
+            return JobQuery(JobQuery.ENDED, f"{what} ended in state {state}{detail}")
         logger.warning("Batch job %s is in state %s, unknown to xqute; taken as pending", name, state)
         return JobQuery(JobQuery.PENDING)
+
+    def _member_query(self, name: str, task: int, state: str, event: str, now: float) -> JobQuery:
+        """A member of the array job ``name`` that is not RUNNING: the job's
+        state answers for all its tasks (queued: all pending; ended: all ended)."""
+        query = self._to_query(name, state, event, now, what=f"Batch job {name} (task {task})")
+        if query.state == JobQuery.ERROR:  # never started: the whole job is given up
+            self._timed_out_arrays.add(name)
+        return query
+
+    def _task_query(self, name: str, task: int, state: str | None) -> JobQuery:
+        """A member of the RUNNING array job ``name``, by its task's state."""
+        what = f"Task {task} of Batch job {name}"
+        if state is None:
+            return JobQuery(JobQuery.ENDED, f"Batch job {name} has no task {task}")
+        if state in TASK_RUNNING_STATES:
+            return JobQuery(JobQuery.RUNNING)
+        if state in TASK_PENDING_STATES:
+            return JobQuery(JobQuery.PENDING)
+        if state == "SUCCEEDED":
+            return JobQuery(
+                JobQuery.ENDED,
+                f"{what} SUCCEEDED but its wrapper recorded no return code in {self.workdir}",
+            )
+        if state == "UNEXECUTED":
+            return JobQuery(JobQuery.ENDED, f"{what} was never run (UNEXECUTED)")
+        if state in TASK_ENDED_STATES:
+            return JobQuery(JobQuery.ENDED, f"{what} ended in state {state}")
+        logger.warning("%s is in state %s, unknown to xqute; taken as pending", what, state)
+        return JobQuery(JobQuery.PENDING)
+
+    async def _list_tasks(self, name: str) -> tuple[dict[int, str] | None, bool]:
+        """({task index: state} of the array job ``name``, or None on failure;
+        whether Batch has no such job)."""
+        self.status_calls += 1
+        result = await self._gcloud(
+            "batch", "tasks", "list", "--job", name, "--format", "json(name,status.state)"
+        )
+        if not result.ok:
+            message = result.stderr + result.stdout
+            if "NOT_FOUND" in message:
+                return None, True
+            logger.warning(
+                "gcloud batch tasks list --job %s failed (%s); asking again later",
+                name, _one_line(message),
+            )
+            return None, False
+        states = _tasks_from_list(_load_json(result.stdout or "[]"))
+        if states is None:
+            logger.warning(
+                "gcloud batch tasks list --job %s printed no list of tasks; asking again "
+                "later: %r", name, result.stdout[:200],
+            )
+        return states, False
 
     async def _list_jobs(self) -> dict[str, dict[str, str]] | None:
         """{name: {uid, state, event}} of this workdir's jobs; None on failure."""
