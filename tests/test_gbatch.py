@@ -501,7 +501,9 @@ async def read_text(path) -> str:
 
 async def test_jobs_run_on_batch_and_leave_their_files_in_the_bucket(batch):
     before = fake_api(batch, "/fake/stats")["api"]
-    xq = batch_xqute(batch)
+    # one Batch job per job (a burst goes as one array job unless array is
+    # False: see tests/test_gbatch_arrays.py)
+    xq = batch_xqute(batch, array=False)
     await xq.feed(["bash", "-c", "echo hello from $XQUTE_JOB_INDEX; echo warn >&2"])
     await xq.feed(["bash", "-c", "exit 4"])
     await asyncio.wait_for(xq.run_until_complete(), 300)
@@ -650,7 +652,8 @@ async def test_kill_cancels_the_batch_jobs(batch):
     sleeper, failing = xq.jobs
     assert await failing.get_rc() == 2
     assert await sleeper.get_status(refresh=True) == JobStatus.FAILED
-    name = await sleeper.get_jid()
+    # both went as one array job (<name>:<task>): cancelled as a whole
+    name = (await sleeper.get_jid()).partition(":")[0]
     for _ in range(50):
         if fake_state(batch, name) == "CANCELLED":
             break
