@@ -7,21 +7,31 @@ Engine in one ``qstat -xml`` call per status round (the base class paces the
 rounds and backs off while nothing changes). A job that leaves ``qstat``
 without having written its return code is looked up in ``qacct`` so the
 reason (exit status, ``failed`` code) lands in its stderr file.
+
+A burst of queued jobs goes to Grid Engine as ONE array job (``qsub -t 1-N
+-tc <throttle>``): each task execs its member's own wrapper, and a member's job
+id is ``<job number>.<task id>`` (``123.5``). ``qstat``, ``qacct`` and ``qdel``
+answer and act on members by that id; plain ids (``123``) work as before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import getpass
+import os
 import re
+import shlex
 import shutil
 import time
 import xml.etree.ElementTree as ET
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
+
+from panpath import LocalPath
 
 from ..defaults import JOBCMD_WRAPPER_LANG, JobStatus
 from ..directives import render_directives
 from ..job import Job
+from ..path import read_meta, write_meta
 from ..scheduler import JobQuery, Scheduler, SubmissionError
 from ..utils import chunks, logger, run_command
 
@@ -55,6 +65,94 @@ _OWN_DIRECTIVES = ("N", "S", "o", "e", "wd", "cwd")
 _QDEL_FAILED = "100"
 # Job numbers given to one qdel call at most.
 _QDEL_MAX_IDS = 500
+
+# A member of an array job: ``<job number>.<task id>``.
+_MEMBER_JID_RE = re.compile(r"([0-9]+)\.([0-9]+)", re.ASCII)
+# One item of a task list as qstat prints it: ``5``, ``1-10`` or ``1-10:2``.
+_TASK_RANGE_RE = re.compile(r"([0-9]+)(?:-([0-9]+)(?::([0-9]+))?)?", re.ASCII)
+# A case arm of an array script (``Scheduler.array_dispatch``): task and wrapper.
+_DISPATCH_ARM_RE = re.compile(r"^\s*([0-9]+)\) exec \S+ (.+) ;;$", re.ASCII)
+# The most tasks of one array when Grid Engine's max_aj_tasks is 0 (no limit),
+# or when it cannot be read: Grid Engine's own default.
+UNLIMITED_ARRAY_SIZE = 75000
+# The folder under the workdir holding the array scripts, and per array a
+# folder of links that route Grid Engine's output of each task to its member.
+ARRAYS_DIR = ".arrays"
+
+
+def split_jid(jid: Any) -> tuple[str, int | None]:
+    """``("123", 5)`` for an array member's ``123.5``, ``("123", None)`` for a
+    plain job id."""
+    match = _MEMBER_JID_RE.fullmatch(str(jid))
+    if match:
+        return match.group(1), int(match.group(2))
+    return str(jid), None
+
+
+def parse_task_ranges(text: str) -> list[tuple[int, int, int]]:
+    """qstat's task list (``1-10:1``, ``3``, ``1,4-9:1``, ``2-10:2``) as
+    (first, last, step) triples; items it cannot read are left out."""
+    ranges = []
+    for item in text.split(","):
+        match = _TASK_RANGE_RE.fullmatch(item.strip())
+        if not match:
+            continue
+        first = int(match.group(1))
+        last = int(match.group(2) or first)
+        step = max(1, int(match.group(3) or 1))
+        ranges.append((first, last, step))
+    return ranges
+
+
+def _in_ranges(task: int, ranges: Iterable[tuple[int, int, int]]) -> bool:
+    return any(first <= task <= last and (task - first) % step == 0 for first, last, step in ranges)
+
+
+def task_ranges(tasks: Iterable[int]) -> list[str]:
+    """Task ids as the fewest ``a-b`` (or ``a``) ranges, for qdel/qacct ``-t``."""
+    ranges: list[list[int]] = []
+    for task in sorted(set(tasks)):
+        if ranges and task == ranges[-1][1] + 1:
+            ranges[-1][1] = task
+        else:
+            ranges.append([task, task])
+    return [str(a) if a == b else f"{a}-{b}" for a, b in ranges]
+
+
+class QstatListing:
+    """What one ``qstat -xml`` call lists, by job number: each entry's name,
+    state and the tasks it covers (None for a job that is not an array).
+
+    Grid Engine lists a pending array as one entry whose ``<tasks>`` holds
+    ranges (``1-10:1``), and each running task as an entry of its own
+    (``<tasks>3</tasks>``)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, list[tuple[str, str, list[tuple[int, int, int]] | None]]] = {}
+
+    def add(self, number: str, name: str, state: str, tasks: str | None) -> None:
+        ranges = parse_task_ranges(tasks) if tasks is not None and tasks.strip() else None
+        self.entries.setdefault(number, []).append((name, state, ranges))
+
+    def find(self, jid: Any) -> tuple[str, str] | None:
+        """(name, state) of the job or member ``jid``, None when not listed. A
+        plain id stands for the whole job, its most advanced entry (one with a
+        slot) first."""
+        number, task = split_jid(jid)
+        found = None
+        for name, state, ranges in self.entries.get(number, ()):
+            if task is not None and (ranges is None or not _in_ranges(task, ranges)):
+                continue
+            if found is None or (set(state) & _RUNNING_LETTERS and not set(found[1]) & _RUNNING_LETTERS):
+                found = (name, state)
+        return found
+
+    def numbers_named(self, name: str) -> list[str]:
+        return [number for number, entries in self.entries.items() if any(e[0] == name for e in entries)]
+
+    def names(self) -> dict[str, str]:
+        """{job number: name} of everything listed."""
+        return {number: entries[0][0] for number, entries in self.entries.items()}
 
 
 def _directive_value(value: Any, key: str) -> str:
@@ -98,25 +196,34 @@ def _with_value(flag: str, value: Any) -> str:
 
 def _parse_qacct(text: str) -> dict[str, dict[str, str]]:
     """qacct -j output as {job number: {field: value}} (the last record wins:
-    a rescheduled job has one record per run)."""
+    a rescheduled job has one record per run). An array task's record is also
+    under ``<job number>.<task id>`` (its ``taskid`` field)."""
     records: dict[str, dict[str, str]] = {}
     current: dict[str, str] = {}
+
+    def keep() -> None:
+        if "jobnumber" in current:
+            records[current["jobnumber"]] = current
+            task = current.get("taskid", "")
+            if task.isdigit():
+                records[f"{current['jobnumber']}.{task}"] = current
+
     for line in text.splitlines():
         if line.startswith("====="):
-            if "jobnumber" in current:
-                records[current["jobnumber"]] = current
+            keep()
             current = {}
             continue
         key, _, value = line.partition(" ")
         if key:
             current[key] = value.strip()
-    if "jobnumber" in current:
-        records[current["jobnumber"]] = current
+    keep()
     return records
 
 
-def _parse_error_reasons(text: str) -> dict[str, str]:
-    """``qstat -j ID,ID`` output as {job number: its error reason lines}."""
+def _parse_error_reasons(text: str, by_task: bool = False) -> dict[str, str]:
+    """``qstat -j ID,ID`` output as {job number: its error reason lines}; with
+    ``by_task`` also {``<job number>.<task id>``: that task's lines} (the
+    number after ``error reason`` is the task id)."""
     reasons: dict[str, list[str]] = {}
     jid = None
     for line in text.splitlines():
@@ -127,6 +234,9 @@ def _parse_error_reasons(text: str) -> dict[str, str]:
             reasons.setdefault(jid, [])
         elif jid is not None and key.startswith("error reason") and value.strip():
             reasons[jid].append(value.strip())
+            task = key[len("error reason"):].strip()
+            if by_task and task.isdigit():
+                reasons.setdefault(f"{jid}.{task}", []).append(value.strip())
     return {jid: "; ".join(lines) for jid, lines in reasons.items() if lines}
 
 
@@ -134,8 +244,8 @@ class SgeScheduler(Scheduler):
     """Submit jobs to Grid Engine with ``qsub``.
 
     Args:
-        qsub, qstat, qdel, qacct: the Grid Engine commands (names on PATH or
-            paths).
+        qsub, qstat, qdel, qacct, qconf: the Grid Engine commands (names on
+            PATH or paths; ``qconf`` only reads ``max_aj_tasks``).
         qacct_wait: seconds to keep looking in ``qacct`` for a job that left
             ``qstat`` without writing its return code (accounting can lag
             behind by its ``flush_time``) before failing it without a reason
@@ -145,17 +255,22 @@ class SgeScheduler(Scheduler):
         kill_wait: seconds ``kill_jobs`` waits for deleted jobs to leave
             ``qstat``, so nothing is left running when a run ends.
         command_timeout: seconds any one Grid Engine command may take.
-        **kwargs: the base Scheduler's options; every other key becomes a
-            ``#$`` directive: ``True`` a bare flag (``notify=True`` ->
-            ``#$ -notify``), a list repeats the flag (``l=["h_rt=60",
-            "h_vmem=1G"]``), anything else ``-key value``; ``None``/``False``
-            leave the flag out. ``N``, ``o``, ``e``, ``S``, ``wd``/``cwd``
-            replace the ones xqute sets.
+        **kwargs: the base Scheduler's options (``array=False``: one ``qsub``
+            per job); every other key becomes a ``#$`` directive: ``True`` a
+            bare flag (``notify=True`` -> ``#$ -notify``), a list repeats the
+            flag (``l=["h_rt=60", "h_vmem=1G"]``), anything else ``-key
+            value``; ``None``/``False`` leave the flag out. ``N``, ``o``,
+            ``e``, ``S``, ``wd``/``cwd`` replace the ones xqute sets.
 
     Jobs are named ``<prefix>-<short hash of workdir>-<index>``; ``-wd`` is the
     scheduler's ``cwd`` when given, else ``-cwd``; Grid Engine's own output
     files (anything the wrapper prints outside the command) go into the job's
     metadir as ``job.sge.stdout`` / ``job.sge.stderr``.
+
+    Arrays: a burst of jobs is submitted as one array job (``submit_array``);
+    the member that is task ``T`` of Grid Engine job ``N`` has the job id
+    ``N.T`` (``"123.5"``), written to its ``job.jid`` like any id.
+    ``submit_calls`` and ``kill_calls`` count the ``qsub`` and ``qdel`` calls.
     """
 
     name = "sge"
@@ -173,6 +288,7 @@ class SgeScheduler(Scheduler):
         qstat: str = "qstat",
         qdel: str = "qdel",
         qacct: str = "qacct",
+        qconf: str = "qconf",
         qacct_wait: float | None = None,
         kill_wait: float = 15.0,
         command_timeout: float = 60.0,
@@ -185,6 +301,7 @@ class SgeScheduler(Scheduler):
         self.qstat = str(qstat)
         self.qdel = str(qdel)
         self.qacct = str(qacct)
+        self.qconf = str(qconf)
         self.qacct_wait = self.end_grace
         self.kill_wait = float(kill_wait)
         self.command_timeout = float(command_timeout)
@@ -198,6 +315,21 @@ class SgeScheduler(Scheduler):
         # Render the directives once now, so a bad key or value is refused at
         # set-up (they are rendered again per job: clients may change ``config``).
         self._render_user_directives()
+        # how many times qsub and qdel were called
+        self.submit_calls = 0
+        self.kill_calls = 0
+        # max_aj_tasks, read once
+        self._max_array_size: int | None = None
+        # the arrays this scheduler submitted (or found after a lost reply):
+        # job number -> {task id: member}, and job number -> array name
+        self._arrays: dict[str, dict[int, Job]] = {}
+        self._array_names: dict[str, str] = {}
+        # array name -> {member wrapper path: task id}, read from its script
+        self._script_tasks: dict[str, dict[str, int]] = {}
+        # while adopting jobs an earlier manager left: one qstat listing for
+        # all the jobs looked for by name (see _listing_for_find)
+        self._adoption_listing: QstatListing | None = None
+        self._adopting = False
 
     @property
     def _user_name(self) -> str | None:
@@ -231,12 +363,12 @@ class SgeScheduler(Scheduler):
     def _given(self, key: str) -> bool:
         return any(str(k).lstrip("-") == key for k, v in self.config.items() if v not in (None, False))
 
-    def jobcmd_shebang(self, job: Job) -> str:
-        """The shebang, then xqute's directives, then the user's."""
-        meta = job.metadir.mounted
-        lines = [f"#!{JOBCMD_WRAPPER_LANG}"]
+    def _directives(self, name: str, stdout: Any, stderr: Any) -> list[str]:
+        """xqute's ``#$`` lines (each unless the user gives that option), then
+        the user's."""
+        lines = []
         if not self._given("N"):
-            lines.append(f"#$ -N {self.job_name(job)}")
+            lines.append(f"#$ -N {name}")
         # the wrapper is bash whatever the queue's shell_start_mode says
         if not self._given("S"):
             lines.append(f"#$ -S {JOBCMD_WRAPPER_LANG}")
@@ -246,17 +378,90 @@ class SgeScheduler(Scheduler):
             else:
                 lines.append("#$ -cwd")
         if not self._given("o"):
-            lines.append(f"#$ -o {_directive_path(meta / 'job.sge.stdout', 'o')}")
+            lines.append(f"#$ -o {_directive_path(stdout, 'o')}")
         if not self._given("e"):
-            lines.append(f"#$ -e {_directive_path(meta / 'job.sge.stderr', 'e')}")
+            lines.append(f"#$ -e {_directive_path(stderr, 'e')}")
         lines.extend(self._render_user_directives())
-        return "\n".join(lines)
+        return lines
+
+    def jobcmd_shebang(self, job: Job) -> str:
+        """The shebang, then xqute's directives, then the user's."""
+        meta = job.metadir.mounted
+        return "\n".join(
+            [f"#!{JOBCMD_WRAPPER_LANG}",
+             *self._directives(self.job_name(job), meta / "job.sge.stdout", meta / "job.sge.stderr")]
+        )
+
+    def array_folder(self, name: str) -> Any:
+        """``<workdir>/.arrays/<name>``: the links of array ``name``'s tasks to
+        their members' Grid Engine output files (its script is ``<name>.sh``
+        beside it)."""
+        return self.workdir / ARRAYS_DIR / name
+
+    def array_script(self, jobs: Sequence[Job], name: str) -> str:
+        """The script of array ``name``: the directives a single job gets
+        (``-N name``; ``-o``/``-e`` through the task's link, ``$TASK_ID`` being
+        Grid Engine's pseudo variable), then the dispatch that execs the
+        member's own wrapper (``array_dispatch``; the exec keeps the process,
+        so qdel's kill of the process group reaches the command)."""
+        links = self.array_folder(name).mounted
+        lines = [
+            f"#!{JOBCMD_WRAPPER_LANG}",
+            *self._directives(name, links / "$TASK_ID.stdout", links / "$TASK_ID.stderr"),
+        ]
+        for line in lines:
+            if not line.startswith("#") or "\r" in line or "\0" in line:
+                raise ValueError(
+                    f"Invalid scheduler option: the {self.name} directives of an array "
+                    f"would hold a line that is not a directive: {line!r}"
+                )
+        indexes = ", ".join(str(job.index) for job in jobs)
+        if len(indexes) > 200:
+            indexes = f"{jobs[0].index} ... {jobs[-1].index}"
+        lines.append(
+            f"# Jobs {indexes} of an xqute run ({self.name} scheduler), task i is the "
+            "i-th of them. Generated by xqute."
+        )
+        lines.append(self.array_dispatch(jobs, "SGE_TASK_ID", 1))
+        return "\n".join(lines) + "\n"
+
+    def _link_outputs(self, jobs: Sequence[Job], name: str) -> None:
+        """Make the array's folder of links: ``<task>.stdout`` and
+        ``<task>.stderr`` point at the member's ``job.sge.stdout`` /
+        ``job.sge.stderr`` (as jobs see them), so Grid Engine writes each
+        task's output into its member's metadir, as for a single job."""
+        folder = self.array_folder(name)
+        if not isinstance(folder, LocalPath):
+            return
+        os.makedirs(folder, exist_ok=True)
+        kinds = [kind for kind, key in (("stdout", "o"), ("stderr", "e")) if not self._given(key)]
+        for task, job in enumerate(jobs, start=1):
+            for kind in kinds:
+                link = os.path.join(folder, f"{task}.{kind}")
+                target = str(job.metadir.mounted / f"job.sge.{kind}")
+                try:
+                    if os.readlink(link) == target:
+                        continue
+                except OSError:
+                    pass
+                tmp = f"{link}.{os.getpid()}.tmp"
+                try:
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass
+                os.symlink(target, tmp)
+                os.replace(tmp, link)
 
     # ------------------------------------------------------------ submitting
     async def submit_job(self, job: Job) -> str:
         script = await self.wrapped_job_script(job)
         # the job's folder is set by -wd/-cwd in the script, not by qsub's cwd
-        result = await run_command(self.qsub, "-terse", str(script), timeout=self.command_timeout)
+        return await self._qsub(str(script))
+
+    async def _qsub(self, *args: str) -> str:
+        """``qsub -terse *args``; the job number it prints."""
+        self.submit_calls += 1
+        result = await run_command(self.qsub, "-terse", *args, timeout=self.command_timeout)
         if result.ok:
             for token in result.stdout.split():
                 match = _JOB_NUMBER_RE.match(token)
@@ -275,16 +480,143 @@ class SgeScheduler(Scheduler):
             raise SubmissionError(f"{self.qsub} {message}", transient=True, ambiguous=True)
         raise SubmissionError(f"{self.qsub}: {message}", transient=bool(_TRANSIENT_RE.search(message)))
 
+    async def max_array_size(self) -> int:
+        """``max_aj_tasks`` from ``qconf -sconf``, read once (0, no limit, and
+        an unreadable value give ``UNLIMITED_ARRAY_SIZE``, 75000)."""
+        if self._max_array_size is None:
+            size = None
+            result = await run_command(self.qconf, "-sconf", timeout=self.command_timeout)
+            if result.ok:
+                match = re.search(r"^max_aj_tasks\s+([0-9]+)\s*$", result.stdout, re.M)
+                if match:
+                    size = int(match.group(1)) or UNLIMITED_ARRAY_SIZE
+            if size is None:
+                logger.debug(
+                    "sge scheduler: no max_aj_tasks from %s -sconf (rc %s: %s); using %s",
+                    self.qconf, result.rc, (result.stderr or result.stdout).strip()[:200],
+                    UNLIMITED_ARRAY_SIZE,
+                )
+                size = UNLIMITED_ARRAY_SIZE
+            self._max_array_size = size
+        return self._max_array_size
+
+    async def submit_array(self, jobs: Sequence[Job], throttle: int) -> list[str]:
+        """Submit ``jobs`` as one array job: ``qsub -terse -t 1-<n> -tc
+        <throttle> <workdir>/.arrays/<array name>.sh``. Member ``i`` (from 0)
+        is task ``i + 1``; its job id is ``<job number>.<task id>``."""
+        name = self.array_name(jobs)
+        await asyncio.gather(*(self.wrapped_job_script(job) for job in jobs))
+        text = self.array_script(jobs, name)
+        script = self.workdir / ARRAYS_DIR / f"{name}.sh"
+        if isinstance(script, LocalPath):
+            await asyncio.to_thread(self._link_outputs, jobs, name)
+        await write_meta(script, text)
+        number = await self._qsub(
+            "-t", f"1-{len(jobs)}", "-tc", str(max(1, int(throttle))), str(script)
+        )
+        self._remember_array(number, name, jobs)
+        return [f"{number}.{task}" for task in range(1, len(jobs) + 1)]
+
+    def _remember_array(self, number: str, name: str, jobs: Sequence[Job]) -> None:
+        self._arrays[number] = dict(enumerate(jobs, start=1))
+        self._array_names[number] = name
+
+    # ------------------------------------------------- lost replies, adoption
     async def find_submitted(self, job: Job, ran: bool) -> str | None:
         """The Grid Engine job of ``job``'s name that ``qstat`` lists; when its
-        wrapper has run, the latest of that name in ``qacct``."""
+        wrapper has run, the latest of that name in ``qacct``. Not found so, a
+        listed array task of this workdir that runs ``job``'s wrapper (a
+        manager killed between an array's qsub and its members' jid files)."""
         # (with a user-chosen -N all jobs share it: then nothing is found, and
         # the job is submitted again rather than mistaken for another)
         name = self.job_name(job)
-        jid = await self._find_by_name(name)
+        listing = await self._listing_for_find()
+        jid = None
+        if listing is not None:
+            numbers = listing.numbers_named(name)
+            jid = max(numbers, key=int) if numbers else None
+            if jid is None and not self._user_name:
+                jid = await self._find_member(job, listing)
         if jid is None and ran:
             jid = await self._find_in_accounting(name)
         return jid
+
+    async def find_submitted_array(self, jobs: Sequence[Job], ran: bool) -> list[str] | None:
+        """After a lost qsub reply: the members' ids of the array named
+        ``array_name(jobs)`` that ``qstat`` lists (or, when a member has run,
+        that ``qacct`` knows), else None."""
+        if self._user_name:  # every array has the user's name: cannot tell
+            return None
+        name = self.array_name(jobs)
+        listing = await self._listing_for_find()
+        number = None
+        if listing is not None:
+            numbers = listing.numbers_named(name)
+            number = max(numbers, key=int) if numbers else None
+        if number is None and ran:
+            number = await self._find_in_accounting(name)
+        if number is None:
+            return None
+        self._remember_array(number, name, jobs)
+        return [f"{number}.{task}" for task in range(1, len(jobs) + 1)]
+
+    async def adopt_left_running(self, jobs: Sequence[Job]) -> list[Job]:
+        """The base class's adoption; the jobs it looks for by name (those
+        without a jid file) are all looked for in one qstat listing."""
+        self._adopting = True
+        try:
+            return await super().adopt_left_running(jobs)
+        finally:
+            self._adopting = False
+            self._adoption_listing = None
+
+    async def _listing_for_find(self) -> QstatListing | None:
+        """A qstat listing to look for a lost submission in: a new one, but
+        during an adoption (no qsub runs then) one for all the jobs."""
+        if self._adopting and self._adoption_listing is not None:
+            return self._adoption_listing
+        listing = await self._qstat_listing()
+        if self._adopting:
+            self._adoption_listing = listing
+        return listing
+
+    async def _find_member(self, job: Job, listing: QstatListing) -> str | None:
+        """``<number>.<task>`` of a listed array of this workdir whose script
+        dispatches task ``task`` to ``job``'s wrapper."""
+        wrapper = str(job.metadir.mounted / self.wrapped_script_name)
+        for number, name in sorted(listing.names().items(), key=lambda item: -int(item[0])):
+            first = self._array_first_index(name)
+            if first is None or first > job.index:
+                continue
+            tasks = await self._tasks_of_script(name)
+            task = tasks.get(wrapper)
+            if task is not None and listing.find(f"{number}.{task}") is not None:
+                return f"{number}.{task}"
+        return None
+
+    def _array_first_index(self, name: str) -> int | None:
+        """The first member's index when ``name`` is an array name of this
+        workdir (``<prefix>-<hash>-<first index>-a<hash>``), else None."""
+        base = re.escape(self.job_name(_IndexOnly(0)).rsplit("-", 1)[0])  # type: ignore[arg-type]
+        match = re.fullmatch(base + r"-([0-9]+)-a[0-9a-f]{6}", name)
+        return int(match.group(1)) if match else None
+
+    async def _tasks_of_script(self, name: str) -> dict[str, int]:
+        """{member wrapper path: task id} read from array ``name``'s script."""
+        if name not in self._script_tasks:
+            text = await read_meta(self.workdir / ARRAYS_DIR / f"{name}.sh") or ""
+            tasks = {}
+            for line in text.splitlines():
+                match = _DISPATCH_ARM_RE.match(line)
+                if match:
+                    try:
+                        words = shlex.split(match.group(2))
+                    except ValueError:
+                        continue
+                    if len(words) == 1:
+                        tasks[words[0]] = int(match.group(1))
+            self._script_tasks[name] = tasks
+        return self._script_tasks[name]
 
     async def _find_in_accounting(self, name: str) -> str | None:
         """The latest finished job named ``name``, from qacct."""
@@ -296,19 +628,10 @@ class SgeScheduler(Scheduler):
         numbers = [jid for jid in _parse_qacct(result.stdout) if _JOB_NUMBER_RE.fullmatch(jid)]
         return max(numbers, key=int) if numbers else None
 
-    async def _find_by_name(self, name: str) -> str | None:
-        states = await self._qstat_states()
-        if states is None:
-            return None
-        for jid, (job_name, _) in states.items():
-            if job_name == name:
-                return jid
-        return None
-
     # ------------------------------------------------------------ asking
-    async def _qstat_states(self) -> dict[str, tuple[str, str]] | None:
-        """{job number: (name, state)} of this user's jobs, from one ``qstat -xml``
-        call; None when qstat failed (then nothing is concluded this round)."""
+    async def _qstat_listing(self) -> QstatListing | None:
+        """This user's jobs from one ``qstat -xml`` call; None when qstat
+        failed (then nothing is concluded this round)."""
         result = await run_command(
             self.qstat, "-xml", "-u", self.user, timeout=self.command_timeout
         )
@@ -330,33 +653,34 @@ class SgeScheduler(Scheduler):
                 self.qstat, root.tag, result.stdout[:200],
             )
             return None
-        states: dict[str, tuple[str, str]] = {}
+        listing = QstatListing()
         for entry in root.iter("job_list"):
-            jid = (entry.findtext("JB_job_number") or "").strip()
-            if not jid:
+            number = (entry.findtext("JB_job_number") or "").strip()
+            if not number:
                 continue
-            name = (entry.findtext("JB_name") or "").strip()
-            state = (entry.findtext("state") or "").strip()
-            # an array job appears once per task: keep the most advanced state
-            if jid in states and set(states[jid][1]) & _RUNNING_LETTERS:
-                continue
-            states[jid] = (name, state)
-        return states
+            listing.add(
+                number,
+                (entry.findtext("JB_name") or "").strip(),
+                (entry.findtext("state") or "").strip(),
+                entry.findtext("tasks"),
+            )
+        return listing
 
     async def query_jobs(self, jobs: Sequence[Job]) -> dict[Job, JobQuery]:
-        """One ``qstat -xml`` for all ``jobs``; ``qstat -j`` only for jobs in an
-        error state and ``qacct`` only for jobs that vanished without an rc file."""
+        """One ``qstat -xml`` for all ``jobs`` (array members found in their
+        array's task ranges); ``qstat -j`` only for jobs in an error state and
+        ``qacct`` only for jobs that vanished without an rc file."""
         asked = [job for job in jobs if job.jid]
         if not asked:
             return {}
-        states = await self._qstat_states()
-        if states is None:
+        listing = await self._qstat_listing()
+        if listing is None:
             return {}
         answers: dict[Job, JobQuery] = {}
         in_error: list[Job] = []
         vanished: list[Job] = []
         for job in asked:
-            entry = states.get(job.jid)  # type: ignore[arg-type]
+            entry = listing.find(job.jid)
             if entry is None or not self._is_ours(job, entry[0]):
                 vanished.append(job)
                 continue
@@ -375,21 +699,35 @@ class SgeScheduler(Scheduler):
 
     def _is_ours(self, job: Job, name: str) -> bool:
         """Job numbers restart when a cluster is re-created: a number is only
-        taken as this job's when the name matches too."""
-        return name == (self._user_name or self.job_name(job))
+        taken as this job's when the name matches too. A member's array is
+        known by its name when this scheduler submitted it; one an earlier
+        manager submitted (adopted) by having a name of this workdir's arrays
+        that begins at or before the member."""
+        if self._user_name:
+            return name == self._user_name
+        number, task = split_jid(job.jid)
+        if task is None:
+            return name == self.job_name(job)
+        known = self._array_names.get(number)
+        if known is not None:
+            return name == known
+        first = self._array_first_index(name)
+        return first is not None and first <= job.index
 
     async def _error_answers(self, jobs: list[Job]) -> dict[Job, JobQuery]:
-        jids = ",".join(job.jid for job in jobs)  # type: ignore[misc]
-        result = await run_command(self.qstat, "-j", jids, timeout=self.command_timeout)
-        reasons = _parse_error_reasons(result.stdout) if result.ok else {}
-        return {
-            job: JobQuery(
+        numbers = sorted({split_jid(job.jid)[0] for job in jobs}, key=int)
+        result = await run_command(self.qstat, "-j", ",".join(numbers), timeout=self.command_timeout)
+        reasons = _parse_error_reasons(result.stdout, by_task=True) if result.ok else {}
+        answers = {}
+        for job in jobs:
+            jid: str = job.jid  # type: ignore[assignment]
+            reason = reasons.get(jid) or reasons.get(split_jid(jid)[0])
+            answers[job] = JobQuery(
                 JobQuery.ERROR,
-                f"Grid Engine put job {job.jid} in an error state (Eqw)"
-                + (f": {reasons[job.jid]}" if job.jid in reasons else ""),
+                f"Grid Engine put job {jid} in an error state (Eqw)"
+                + (f": {reason}" if reason else ""),
             )
-            for job in jobs
-        }
+        return answers
 
     async def _vanished_answers(self, jobs: list[Job]) -> dict[Job, JobQuery]:
         """Jobs Grid Engine no longer lists: ended. The reason is qacct's when it
@@ -408,9 +746,7 @@ class SgeScheduler(Scheduler):
         for job in unexplained:
             jid: str = job.jid  # type: ignore[assignment]
             record = records.get(jid)
-            if record is not None and record.get("jobname") not in (
-                None, self._user_name or self.job_name(job)
-            ):
+            if record is not None and "jobname" in record and not self._is_ours(job, record["jobname"]):
                 record = None  # a job of an earlier cluster with the same number
             if record is not None:
                 answers[job] = JobQuery(JobQuery.ENDED, self._accounting_reason(jid, record))
@@ -423,18 +759,24 @@ class SgeScheduler(Scheduler):
         return answers
 
     async def _accounting(self, jobs: list[Job]) -> dict[str, dict[str, str]]:
-        """qacct records of ``jobs`` in one call: by number for one job, by the
-        workdir's job-name pattern for several (qacct takes one -j)."""
+        """qacct records of ``jobs`` in one call: by number for one job (and
+        ``-t <tasks>`` for members of one array), by the workdir's job-name
+        pattern for several jobs (qacct takes one -j)."""
         if shutil.which(self.qacct) is None:
             return {}
-        if len(jobs) == 1:
-            target = jobs[0].jid
+        ids = [split_jid(job.jid) for job in jobs]
+        numbers = {number for number, _ in ids}
+        if len(numbers) == 1:
+            args = ["-j", numbers.pop()]
+            tasks = sorted(task for _, task in ids if task is not None)
+            if tasks and len(tasks) == len(ids):
+                args += ["-t", str(tasks[0]) if len(tasks) == 1 else f"{tasks[0]}-{tasks[-1]}"]
         elif self._user_name:
-            target = self._user_name
+            args = ["-j", self._user_name]
         else:
-            # every default name of this workdir: <prefix>-<hash>-*
-            target = self.job_name(jobs[0]).rsplit("-", 1)[0] + "-*"
-        result = await run_command(self.qacct, "-j", str(target), timeout=self.command_timeout)
+            # every default name of this workdir, jobs' and arrays': <prefix>-<hash>-*
+            args = ["-j", self.job_name(jobs[0]).rsplit("-", 1)[0] + "-*"]
+        result = await run_command(self.qacct, *args, timeout=self.command_timeout)
         if not result.ok:
             return {}
         return _parse_qacct(result.stdout)
@@ -452,34 +794,77 @@ class SgeScheduler(Scheduler):
         return reason
 
     # ------------------------------------------------------------ killing
+    def _qdel_targets(self, jobs: Sequence[Job]) -> tuple[list[str], list[tuple[str, str]]]:
+        """What to delete for ``jobs``: whole jobs (plain ids, and arrays this
+        scheduler submitted whose every live member is among ``jobs``) and
+        (job number, task range) pairs for the other members."""
+        whole: list[str] = []
+        members: dict[str, list[int]] = {}
+        killing = {job.jid for job in jobs if job.jid}
+        for jid in killing:
+            number, task = split_jid(jid)
+            if task is None:
+                whole.append(number)
+            else:
+                members.setdefault(number, []).append(task)
+        parts = []
+        for number, tasks in members.items():
+            array = self._arrays.get(number)
+            if array is not None and all(
+                f"{number}.{task}" in killing
+                or member.jid != f"{number}.{task}"  # resubmitted since (a retry)
+                or JobStatus.is_final(member._status)
+                for task, member in array.items()
+            ):
+                whole.append(number)
+                continue
+            parts.extend((number, tasks_) for tasks_ in task_ranges(tasks))
+        return sorted(set(whole), key=int), parts
+
     async def kill_jobs(self, jobs: Sequence[Job]) -> None:
-        """``qdel`` all ``jobs`` in one call (a few for thousands), then wait
-        up to ``kill_wait`` seconds for them to leave ``qstat``."""
+        """``qdel`` all ``jobs`` in one call (a few for thousands): plain jobs
+        and whole arrays by number, ``<number> -t <tasks>`` for members of an
+        array whose other members go on; then wait up to ``kill_wait`` seconds
+        for them to leave ``qstat``."""
         jids = [job.jid for job in jobs if job.jid]
         if not jids:
             return
-        for chunk in chunks(jids, _QDEL_MAX_IDS):
-            result = await run_command(self.qdel, *chunk, timeout=self.command_timeout)
-            if not result.ok:
-                # "does not exist" for jobs that ended meanwhile is expected
-                other = [
-                    line for line in (result.stdout + result.stderr).splitlines()
-                    if line.strip() and "does not exist" not in line
-                    and "registered" not in line and "has deleted" not in line
-                ]
-                if other:
-                    logger.warning("sge scheduler: %s: %s", self.qdel, "; ".join(other))
+        whole, parts = self._qdel_targets(jobs)
+        # qdel takes ids and "<id> -t <tasks>" groups together: one call
+        targets = [[number] for number in whole] + [[n, "-t", tasks] for n, tasks in parts]
+        for chunk in chunks(targets, _QDEL_MAX_IDS):
+            await self._qdel(*(arg for target in chunk for arg in target))
         deadline = time.monotonic() + self.kill_wait
         pending = set(jids)
         delay = 0.25
         while pending and time.monotonic() < deadline:
             await asyncio.sleep(delay)
-            states = await self._qstat_states()
-            if states is not None:
-                pending &= set(states)
+            listing = await self._qstat_listing()
+            if listing is not None:
+                pending = {jid for jid in pending if listing.find(jid) is not None}
             delay = min(delay * 1.5, 2.0)
         if pending:
             logger.warning(
                 "sge scheduler: jobs %s were still listed by %s %.0f s after qdel",
                 ", ".join(sorted(pending)), self.qstat, self.kill_wait,
             )
+
+    async def _qdel(self, *args: str) -> None:
+        self.kill_calls += 1
+        result = await run_command(self.qdel, *args, timeout=self.command_timeout)
+        if not result.ok:
+            # "does not exist" for jobs that ended meanwhile is expected
+            other = [
+                line for line in (result.stdout + result.stderr).splitlines()
+                if line.strip() and "does not exist" not in line
+                and "registered" not in line and "has deleted" not in line
+            ]
+            if other:
+                logger.warning("sge scheduler: %s: %s", self.qdel, "; ".join(other))
+
+
+class _IndexOnly:
+    """Stands in for a job where only its index is read (``job_name``)."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
