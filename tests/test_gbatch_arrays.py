@@ -185,6 +185,23 @@ async def test_a_failed_tasks_list_leaves_the_members_unknown(monkeypatch):
     assert await scheduler.query_jobs([job]) == {}  # asked again later, not ended
 
 
+@pytest.mark.parametrize(
+    "output",
+    ["", "not json", "{}", "[1]", '[{"name": 3}]', '[{"name": "x/tasks/one"}]',
+     '[{"name": "x/tasks/0", "status": []}]', "[" * 5000 + "]" * 5000],
+)
+async def test_a_tasks_list_that_is_not_a_list_of_tasks_leaves_the_members_unknown(monkeypatch, output):
+    scheduler = make()
+    (job,) = jobs_of(scheduler, 1)
+    job._jid = member_jid("arr", 0)
+    FakeGcloud(monkeypatch, jobs_list=listed(("arr", "RUNNING")), tasks_list=CommandResult(0, output, ""))
+    answers = await scheduler.query_jobs([job])
+    # "" is an empty list: Batch has no task 0 (ended); the rest say nothing
+    assert answers == ({job: answers[job]} if output == "" else {})
+    if output == "":
+        assert answers[job].state == "ended" and "has no task 0" in answers[job].reason
+
+
 async def test_an_array_never_started_is_given_up_for_all_members_and_cancelled_once(monkeypatch):
     scheduler = make(start_timeout=5)
     jobs = jobs_of(scheduler, 3)
@@ -594,11 +611,12 @@ RERUN_PROGRAM = """
 import asyncio, json, sys
 from xqute import Xqute
 async def main():
-    workdir, log, opts = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    workdir, log, go, opts = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
     xq = Xqute("gbatch", workdir=workdir, forks=2, scheduler_opts=opts)
     for i in range(6):
-        nap = 0 if i == 0 else 3
-        await xq.feed(["bash", "-c", f"echo {i} start >> {log}; sleep {nap}; echo {i} end >> {log}"])
+        # jobs 1-5 wait for the test's go-ahead (job 0 does not)
+        wait = "" if i == 0 else f"for _ in $(seq 1 1200); do [ -e {go} ] && break; sleep 0.1; done; "
+        await xq.feed(["bash", "-c", f"echo {i} start >> {log}; {wait}echo {i} end >> {log}"])
     await xq.run_until_complete()
     print("rcs", [await job.get_rc() for job in xq.jobs])
     print("jids", json.dumps([await job.get_jid() for job in xq.jobs]))
@@ -610,14 +628,15 @@ async def test_a_rerun_after_the_manager_is_killed_follows_the_array_members(bat
     """A manager (6 jobs, forks 2: one array job, parallelism 2) is SIGKILLed
     once job 0 ended and jobs 1 and 2 run (3-5 wait in Batch). A rerun with the
     same commands follows 1-5 from their jid files (one tasks list answers for
-    them) and never starts them again; job 0, ended, runs anew."""
+    them) and never starts them again; job 0, ended, runs anew. (Jobs 1-5 wait
+    for a go-ahead given once the rerun has asked Batch about them.)"""
     from panpath import PanPath
 
     workdir = workdir_for(batch)
-    log = tmp_path / "log"
+    log, go = tmp_path / "log", tmp_path / "go"
     log.touch()
     opts = batch_opts(batch)
-    cmd = [sys.executable, "-c", RERUN_PROGRAM, workdir, str(log), json.dumps(opts)]
+    cmd = [sys.executable, "-c", RERUN_PROGRAM, workdir, str(log), str(go), json.dumps(opts)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
 
     def lines() -> list[str]:
@@ -637,23 +656,33 @@ async def test_a_rerun_after_the_manager_is_killed_follows_the_array_members(bat
         if first.poll() is None:
             first.kill()
             first.wait()
-    assert "1 end" not in lines(), "the kill came too late"
     left = [(await PanPath(f"{workdir}/{i}/job.jid").a_read_text()).strip() for i in range(6)]
     name = parse_member_jid(left[1])[0]
     assert left == [f"{name}:{task}" for task in range(6)]
-    creates = fake_api(batch, "/fake/stats")["api"].get("create", 0)
+    before = fake_api(batch, "/fake/stats")["api"]
 
-    second = await asyncio.to_thread(
-        subprocess.run, cmd, env=env, capture_output=True, text=True, timeout=300
-    )
-    out = second.stdout
-    managers = f"first:\n{first_err.decode()}\nsecond:\n{second.stderr}"
+    second = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # the rerun's first tasks list is the one that adopts 1-5
+        await until(
+            lambda: fake_api(batch, "/fake/stats")["api"].get("tasks", 0) > before.get("tasks", 0)
+            or second.poll() is not None,
+            120,
+            "the rerun to ask Batch about the array's tasks",
+        )
+        go.touch()
+        out, second_err = await asyncio.to_thread(second.communicate, timeout=300)
+    finally:
+        if second.poll() is None:
+            second.kill()
+            second.wait()
+    managers = f"first:\n{first_err.decode()}\nsecond:\n{second_err}"
     assert second.returncode == 0, managers
     assert "rcs [0, 0, 0, 0, 0, 0]" in out, managers
     jids = json.loads(out.split("jids ", 1)[1].splitlines()[0])
     assert jids[1:] == left[1:]  # followed, not submitted again
     assert parse_member_jid(jids[0]) is None  # job 0 went again, alone
-    assert fake_api(batch, "/fake/stats")["api"].get("create", 0) - creates == 1
+    assert fake_api(batch, "/fake/stats")["api"].get("create", 0) - before.get("create", 0) == 1
     starts = [line.split()[0] for line in lines() if line.endswith(" start")]
     assert [starts.count(str(i)) for i in range(6)] == [2, 1, 1, 1, 1, 1], (lines(), managers)
     await until(lambda: fake_job(batch, name)["status"]["state"] == "SUCCEEDED", 60, "the array job")

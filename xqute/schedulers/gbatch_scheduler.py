@@ -151,7 +151,7 @@ def _tasks_from_list(listed: Any) -> dict[int, str] | None:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             return None
         index = item["name"].rsplit("/", 1)[-1]
-        status = item.get("status") or {}
+        status = item.get("status", {})
         if not index.isdigit() or not isinstance(status, dict):
             return None
         states[int(index)] = str(status.get("state", "STATE_UNSPECIFIED"))
