@@ -754,9 +754,12 @@ exit "$rc"
         jobs: Sequence[Job],
         submit: Callable[[], Awaitable[Any]],
         find: Callable[[bool], Awaitable[Any]],
+        retry_refusals: bool = True,
     ) -> Any:
         """Run ``submit`` (one job or one array), retrying transient refusals
-        with backoff; after a lost reply, ``find`` says whether it got there."""
+        with backoff (unless ``retry_refusals`` is False: the caller splits
+        the array instead); after a lost reply, ``find`` says whether it got
+        there."""
         label = f"Job {jobs[0].index}" if len(jobs) == 1 else f"An array of {len(jobs)} jobs"
         delay = 1.0
         lost_reply = False
@@ -775,7 +778,9 @@ exit "$rc"
                 return await submit()
             except SubmissionError as exc:
                 lost_reply = exc.ambiguous
-                if not exc.transient or attempt == self.submit_retries:
+                if not exc.transient or attempt == self.submit_retries or not (
+                    retry_refusals or lost_reply
+                ):
                     if lost_reply:
                         found = await self._find_lost_submission(jobs, find)
                         if found is not None:
@@ -865,11 +870,28 @@ exit "$rc"
                 jobs,
                 lambda: self.submit_array(jobs, throttle),
                 lambda ran: self.find_submitted_array(jobs, ran),
+                retry_refusals=False,
             )
             if len(jids) != len(jobs):
                 raise SubmissionError(
                     f"{self.name} returned {len(jids)} job ids for an array of {len(jobs)} jobs"
                 )
+        except SubmissionError as exc:
+            if not (exc.transient and not exc.ambiguous):
+                await self._fail_submission(jobs, exc)
+                return
+            # refused for now (a per-user submit limit an array of this size
+            # may never fit in, a busy controller): halves, down to single
+            # jobs, which retry with backoff
+            logger.info(
+                "%s refused an array of %s jobs for now (%s); submitting it in halves",
+                self.name, len(jobs), exc,
+            )
+            half = len(jobs) // 2
+            first_share = max(1, (throttle + 1) // 2)
+            await self._submit_group(jobs[:half], first_share)
+            await self._submit_group(jobs[half:], max(1, throttle - first_share))
+            return
         except Exception as exc:
             await self._fail_submission(jobs, exc)
             return
