@@ -3,10 +3,11 @@
 A job submitted alone is one Batch job with one task; a burst of jobs (the
 base class's ``submit_burst``) is one Batch job whose task group has a task per
 job (``taskCount``) and runs at most ``parallelism`` of them at once (see
-"Arrays" below). Its wrapper lives in the ``gs://``
-workdir, which Batch mounts into the VM (a GCS volume, at ``mounted_workdir``,
-``/mnt/disks/<defaults.DEFAULT_WORKDIR_NAME>`` by default), so the wrapper writes
-its meta files there as plain files and the manager reads them from the bucket.
+"Arrays" below). A job's wrapper lives in the ``gs://`` workdir, which Batch
+mounts into the VM (a GCS volume, at ``mounted_workdir``,
+``/mnt/disks/<defaults.DEFAULT_WORKDIR_NAME>`` by default), so the wrapper
+writes its meta files there as plain files and the manager reads them from the
+bucket.
 
 ``config`` is the job JSON itself, kept live: 2.x clients (pipen) append volumes
 and labels to it after ``post_init``, and each submission copies it as it is then.
@@ -223,7 +224,10 @@ def _merge_missing(target: dict, extra: dict) -> dict:
 
 
 class GbatchScheduler(Scheduler):
-    """Submit each job to Google Cloud Batch with ``gcloud batch jobs submit``.
+    """Submit jobs to Google Cloud Batch with ``gcloud batch jobs submit``: a
+    burst as one array job (``submit_array``: a task per job, job ids
+    ``<Batch job name>:<task index>``), a job alone as a Batch job of its own
+    (its id the bare Batch job name).
 
     ``config`` is the Batch job JSON that every job is submitted with (a Diot):
     the keys not taken as options, with the options merged in, and after
