@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -522,3 +523,45 @@ async def test_find_submitted_array_and_members_of_a_listed_array(sge, workdir):
 def _with_jid(job, jid):
     job._jid = jid
     return job
+
+
+def test_xqute_kill_deletes_the_members_a_dead_manager_left(sge, workdir):
+    """`xqute kill` of a workdir whose manager was SIGKILLed: the members it
+    left (one array, running and waiting) are deleted by their ids."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("XQUTE_LOG_LEVEL", None)
+    (workdir / "jobs.txt").write_text("sleep 900\n" * 4)
+    manager = subprocess.Popen(
+        [sys.executable, "-m", "xqute", "run", "jobs.txt", "-s", "sge", "-f", "4", "-w", "wd",
+         "--opt", "poll_interval=0.5", "--opt", "q=small.q"],
+        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True,
+    )
+    jid_files = [workdir / "wd" / str(i) / "job.jid" for i in range(4)]
+    jids: list[str] = []
+    try:
+        loop_deadline = time.monotonic() + 120
+        while not all(f.exists() and f.read_text().strip() for f in jid_files):
+            assert time.monotonic() < loop_deadline, "the members were not submitted"
+            time.sleep(0.2)
+        jids = [f.read_text().strip() for f in jid_files]
+        assert len({number for number, _ in members(jids)}) == 1
+        assert set(jids) <= set(our_jobs())
+        manager.kill()
+        manager.wait(timeout=60)
+        killed = subprocess.run(
+            [sys.executable, "-m", "xqute", "kill", "wd"],
+            cwd=workdir, capture_output=True, text=True, timeout=300, env=env,
+        )
+        assert killed.returncode == 0, killed.stderr
+        assert "Killed 4 jobs: 0, 1, 2, 3" in killed.stderr
+        assert not set(jids) & set(our_jobs())
+        for f in jid_files:
+            assert (f.parent / "job.status").read_text().strip() == str(JobStatus.FAILED)
+    finally:
+        if manager.poll() is None:
+            manager.kill()
+            manager.wait()
+        left = set(jids) & set(our_jobs()) if jids else set()
+        if left:
+            subprocess.run(["qdel", *sorted(left)], capture_output=True, timeout=60)
