@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -364,10 +365,14 @@ async def test_slurm(tmp_path, wall_times, monkeypatch):
         "slurm", str(tmp_path / "wd"), str(tmp_path / "out"), {}, wall_times
     )
     jids = first.all_jids()
-    assert len(jids) == 13 and all(j.isdigit() for j in jids), jids
+    # each process's 4 jobs went out as one array (<array id>_<task>); the
+    # retried job alone, as a plain job
+    assert len(jids) == 13 and all(re.fullmatch(r"[0-9]+(_[0-9]+)?", j) for j in jids), jids
+    assert len({j.split("_")[0] for j in jids if "_" in j}) == 3, jids
 
     def listed() -> dict[str, str]:
-        out = cli("squeue", "-h", "-t", "PD,R,CG,S,CF", "-o", "%i %T")
+        # -r: one line per array task, pending ones included
+        out = cli("squeue", "-r", "-h", "-t", "PD,R,CG,S,CF", "-o", "%i %T")
         return {i: st for i, st in (line.split() for line in out.splitlines()) if i in jids}
 
     await wait_gone("slurm", listed)
@@ -380,14 +385,18 @@ async def test_sge(tmp_path, wall_times, monkeypatch):
         "sge", str(tmp_path / "wd"), str(tmp_path / "out"), {}, wall_times
     )
     jids = first.all_jids()
-    assert len(jids) == 13 and all(j.isdigit() for j in jids), jids
+    # each process's 4 jobs went out as one array (<job number>.<task>); the
+    # retried job alone, as a plain job
+    assert len(jids) == 13 and all(re.fullmatch(r"[0-9]+(\.[0-9]+)?", j) for j in jids), jids
+    assert len({j.split(".")[0] for j in jids if "." in j}) == 3, jids
+    numbers = {j.split(".")[0] for j in jids}
 
     def listed() -> dict[str, str]:
         root = ET.fromstring(cli("qstat", "-xml", "-u", "*"))
         return {
             e.findtext("JB_job_number"): e.findtext("state")
             for e in root.iter("job_list")
-            if e.findtext("JB_job_number") in jids
+            if e.findtext("JB_job_number") in numbers
         }
 
     await wait_gone("sge", listed)
