@@ -482,7 +482,8 @@ async def test_gbatch(wall_times, monkeypatch):
 
     def listed() -> dict[str, str]:
         states = {}
-        for jid in set(jids):
+        # a member of an array is <Batch job name>:<task>; ask about the Batch job
+        for jid in {jid.split(":")[0] for jid in jids}:
             url = (
                 f"{env['FAKE_BATCH_API']}/v1/projects/{env['CLOUDSDK_CORE_PROJECT']}"
                 f"/locations/{env['CLOUDSDK_BATCH_LOCATION']}/jobs/{jid}"
