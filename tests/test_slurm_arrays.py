@@ -226,7 +226,9 @@ def test_sigterm_cancels_the_array(slurm, workdir):
 
 def test_a_rerun_after_sigkill_follows_the_members_and_never_runs_one_twice(slurm, workdir, tmp_path):
     """forks 2: the array runs 2 members at once and holds the others back; the
-    manager is SIGKILLed; a rerun adopts queued and running members alike."""
+    manager is SIGKILLed; a rerun adopts queued and running members alike, and
+    finds through the array's script two members whose jid files are missing
+    (as if the manager had been killed between the sbatch and those files)."""
     ledger = tmp_path / "ran"
     cmd = f"echo {{i}} >> '{ledger}'; sleep 3; echo done {{i}}"
     first = start_manager(workdir, 2, 6, cmd)
@@ -234,6 +236,8 @@ def test_a_rerun_after_sigkill_follows_the_members_and_never_runs_one_twice(slur
     first.kill()
     first.wait()
     assert set(squeue_states(jids).values()) <= {"RUNNING", "PENDING"}
+    for i in (4, 5):
+        (workdir / str(i) / "job.jid").unlink()
     second = start_manager(workdir, 2, 6, cmd)
     out, err = second.communicate(timeout=180)
     assert second.returncode == 0, err

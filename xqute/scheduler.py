@@ -736,13 +736,17 @@ exit "$rc"
         self.reset_pace()
 
     async def _record_submitted(self, job: Job, jid: Any) -> None:
+        await self._write_jid(job, jid)
+        await plugin.hooks.on_job_submitted(self, job)
+
+    @staticmethod
+    async def _write_jid(job: Job, jid: Any) -> None:
         try:
             await job.set_jid(jid)
         except OSError as exc:  # the job runs: keep following it by the id in memory
             job._jid = str(jid)
             logger.warning("Job %s: could not write its jid file: %s", job.index, exc)
         logger.debug("Job %s submitted as %s", job.index, jid)
-        await plugin.hooks.on_job_submitted(self, job)
 
     async def _submit_with_retries(self, job: Job) -> Any:
         return await self._retry_submission(
@@ -898,8 +902,11 @@ exit "$rc"
         logger.debug(
             "Jobs %s..%s submitted as one array (%s members)", jobs[0].index, jobs[-1].index, len(jobs)
         )
-        for job, jid in zip(jobs, jids):
-            await self._record_submitted(job, jid)
+        # every member's jid file at once, so that a manager killed now leaves
+        # as few members as possible that a rerun must look for by name
+        await asyncio.gather(*(self._write_jid(job, jid) for job, jid in zip(jobs, jids)))
+        for job in jobs:
+            await plugin.hooks.on_job_submitted(self, job)
 
     def array_name(self, jobs: Sequence[Job]) -> str:
         """``<prefix>-<hash of workdir>-<first index>-a<hash of members>``: the
@@ -908,6 +915,18 @@ exit "$rc"
         members = ",".join(f"{job.index}.{job.trial_count}" for job in jobs)
         digest = hashlib.sha256(members.encode()).hexdigest()[:6]
         return f"{self.job_name(jobs[0])}-a{digest}"
+
+    def dispatched_task(self, dispatch: str, job: Job) -> int | None:
+        """The task id under which ``dispatch`` (the text ``array_dispatch``
+        made) runs ``job``, or None: how a rerun finds an array member whose
+        manager was killed before it wrote the member's jid file."""
+        arm = f") exec {defaults.JOBCMD_WRAPPER_LANG} "
+        wanted = shell_quote(job.metadir.mounted / self.wrapped_script_name) + " ;;"
+        for line in dispatch.splitlines():
+            task, sep, rest = line.strip().partition(arm)
+            if sep and rest == wanted and task.isdigit():
+                return int(task)
+        return None
 
     def array_dispatch(self, jobs: Sequence[Job], task_var: str, first_task: int) -> str:
         """Bash text that runs the member of the current task: ``jobs[i]`` is

@@ -389,10 +389,38 @@ class SlurmScheduler(Scheduler):
             ids = await self._ids_named(self.job_name(job), any_state=True)
         plain = [jid for jid in ids if _JOB_ID_RE.fullmatch(jid)]
         if not plain:
-            return None
+            return await self._find_member(job, ran)
         jid = max(plain, key=int)
         self._tracked[jid] = _Tracked(job, "PENDING")
         return jid
+
+    async def _find_member(self, job: Job, ran: bool) -> str | None:
+        """``<array id>_<task>`` of a Slurm array of this workdir whose script
+        runs ``job``'s wrapper (a manager killed between the array's sbatch and
+        its members' jid files), if Slurm still has that array."""
+        folder = os.path.join(str(self.workdir), ".arrays")
+        prefix = self.job_name(job).rsplit("-", 1)[0] + "-"
+        try:
+            names = sorted(os.listdir(folder), reverse=True)
+        except OSError:
+            return None
+        for name in names:
+            first = name[len(prefix):].partition("-a")[0] if name.startswith(prefix) else ""
+            if not first.isdigit() or int(first) > job.index:
+                continue
+            try:
+                with open(os.path.join(folder, name, "array.sh")) as handle:
+                    task = self.dispatched_task(handle.read(), job)
+            except OSError:
+                continue
+            if task is None:
+                continue
+            ids = await self._ids_named(name, any_state=ran)
+            if ids:
+                jid = f"{max((array_id_of(i) for i in ids), key=int)}_{task}"
+                self._tracked[jid] = _Tracked(job, "PENDING")
+                return jid
+        return None
 
     async def _ids_named(self, name: str, any_state: bool = False) -> list[str]:
         """The ids squeue lists for Slurm jobs named ``name`` that are queued or
