@@ -306,3 +306,34 @@ async def test_fake_sbatch_that_loses_its_reply_finds_the_array(slurm, workdir, 
     assert [await job.get_rc() for job in xq.jobs] == [0, 0, 0, 0]
     assert sorted(ledger.read_text().split()) == ["0", "1", "2", "3"]
     assert len(array_ids([await job.get_jid() for job in xq.jobs])) == 1
+
+
+async def test_members_fire_their_hooks_in_order_and_a_veto_leaves_one_out(slurm, workdir, tmp_path, recorder):
+    from xqute import plugin
+
+    rec, recorder_plugin = recorder
+    opts, log = count_calls(tmp_path)
+
+    class VetoTwo:
+        name = "veto_two"
+
+        @plugin.impl
+        async def on_job_submitting(scheduler, job):
+            return False if job.index == 2 else None
+
+    xq = Xqute("slurm", workdir=workdir, forks=5, plugins=[recorder_plugin, VetoTwo],
+               scheduler_opts={"query_interval": 1, **opts})
+    for i in range(5):
+        await xq.feed(["bash", "-c", f"exit {int(i == 3)}"])
+    await xq.run_until_complete()
+    submits = calls(log, "sbatch")
+    assert len(submits) == 1 and "--array=0-3%5" in submits[0][1]  # 4 members, not 5
+    assert xq.jobs[2].status == JobStatus.QUEUED
+    assert rec.of(2) == ["on_job_init", "on_job_queued", "on_job_submitting"]
+    for i in (0, 1, 3, 4):
+        end = "on_job_failed" if i == 3 else "on_job_succeeded"
+        assert rec.of(i) == ["on_job_init", "on_job_queued", "on_job_submitting",
+                             "on_job_submitted", "on_job_started", end], i
+    # every member was asked before the array went out, told after it was accepted
+    order = [hook for hook, _ in rec.events if hook in ("on_job_submitting", "on_job_submitted")]
+    assert order == ["on_job_submitting"] * 5 + ["on_job_submitted"] * 4
