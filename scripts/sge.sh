@@ -25,7 +25,15 @@ QMASTER_PIDFILE=$STATE/sge_qmaster.pid
 EXECD_PIDFILE=$STATE/sge_execd.pid
 PACKAGES=(gridengine-master gridengine-exec gridengine-client)
 HOST=$(hostname)
-SLOTS=$(nproc)
+# Slots of all.q: more than the machine's cores, so many trivial jobs run at once
+# and a benchmark measures the submission path, not the cores.  small.q (same
+# host, SMALL_SLOTS slots) is for tests that need a job to wait in the queue;
+# jobs that name no queue go to all.q first (seq_no, queue_sort_method seqno).
+# MAX_AJ_TASKS (tasks per array job) is low on purpose: tests submit more jobs
+# than that to check that xqute splits its arrays.
+SLOTS=32
+SMALL_SLOTS=2
+MAX_AJ_TASKS=100
 
 say() { echo "sge.sh: $*" >&2; }
 die() { echo "sge.sh: $*"; exit 1; }
@@ -140,23 +148,28 @@ configure() {
         -e "s/^login_shells .*/login_shells none/" \
         -e "s/^shell_start_mode .*/shell_start_mode unix_behavior/" \
         -e "s/^load_report_time .*/load_report_time 00:00:10/" \
+        -e "s/^max_aj_tasks .*/max_aj_tasks $MAX_AJ_TASKS/" \
         -e "s/^reporting_params .*/reporting_params accounting=true reporting=false flush_time=00:00:01 joblog=false sharelog=00:00:00 accounting_flush_time=00:00:00/" \
         -e "/^conf_version/d" -e "/^#/d" \
         /usr/share/gridengine/default-configuration >"$conf/global"
     if ! qconf -sconf | tr -s ' \\\n' ' ' | grep -q "accounting_flush_time=00:00:00" ||
        ! qconf -sconf | grep -qE "^min_uid +0$" ||
-       ! qconf -sconf | grep -qE "^login_shells +none$"; then
+       ! qconf -sconf | grep -qE "^login_shells +none$" ||
+       ! qconf -sconf | grep -qE "^max_aj_tasks +$MAX_AJ_TASKS$"; then
         qconf -Mconf "$conf/global" >/dev/null || die "qconf -Mconf failed"
     fi
 
-    # Scheduler: run every second so a trivial job starts at once.
+    # Scheduler: run every second so a trivial job starts at once; queues are
+    # tried by seq_no (all.q before small.q) whatever their load.
     qconf -ssconf | sed -e "s/^schedule_interval .*/schedule_interval 0:0:1/" \
+        -e "s/^queue_sort_method .*/queue_sort_method seqno/" \
         -e "s/^flush_submit_sec .*/flush_submit_sec 1/" \
         -e "s/^flush_finish_sec .*/flush_finish_sec 1/" \
         -e "s/^job_load_adjustments .*/job_load_adjustments NONE/" \
         -e "s/^load_adjustment_decay_time .*/load_adjustment_decay_time 0:0:0/" >"$conf/sched"
     if ! qconf -ssconf | grep -qE "^schedule_interval +0:0:1$" ||
-       ! qconf -ssconf | grep -qE "^job_load_adjustments +NONE$"; then
+       ! qconf -ssconf | grep -qE "^job_load_adjustments +NONE$" ||
+       ! qconf -ssconf | grep -qE "^queue_sort_method +seqno$"; then
         qconf -Msconf "$conf/sched" >/dev/null || die "qconf -Msconf failed"
     fi
 
@@ -167,7 +180,6 @@ configure() {
     # Parallel environments the default queue template names (and `-pe smp N`).
     local pe
     for pe in make smp mpi; do
-        qconf -sp "$pe" >/dev/null 2>&1 && continue
         cat >"$conf/pe_$pe" <<EOF
 pe_name            $pe
 slots              $SLOTS
@@ -182,7 +194,11 @@ urgency_slots      min
 accounting_summary FALSE
 qsort_args         NONE
 EOF
-        qconf -Ap "$conf/pe_$pe" >/dev/null || die "qconf -Ap $pe failed"
+        if ! qconf -sp "$pe" >/dev/null 2>&1; then
+            qconf -Ap "$conf/pe_$pe" >/dev/null || die "qconf -Ap $pe failed"
+        elif ! qconf -sp "$pe" | grep -qE "^slots +$SLOTS$"; then
+            qconf -Mp "$conf/pe_$pe" >/dev/null || die "qconf -Mp $pe failed"
+        fi
     done
 
     # Execution host entry (execd would register itself, but the queue names it).
@@ -201,11 +217,19 @@ EOF
         qconf -Ae "$conf/exechost" >/dev/null || die "qconf -Ae $HOST failed"
     }
 
-    # Queue all.q on this host, one slot per core.
-    cat >"$conf/all.q" <<EOF
-qname                 all.q
+    # all.q on this host with $SLOTS slots, tried first; small.q with $SMALL_SLOTS.
+    ensure_queue all.q 0 "$SLOTS"
+    ensure_queue small.q 1 "$SMALL_SLOTS"
+}
+
+# A cluster queue on this host: name, seq_no, slots.  Added if missing, modified
+# when a setting this script cares about differs.
+ensure_queue() {
+    local name=$1 seq_no=$2 slots=$3 file=$STATE/conf/$1
+    cat >"$file" <<EOF
+qname                 $name
 hostlist              $HOST
-seq_no                0
+seq_no                $seq_no
 load_thresholds       NONE
 suspend_thresholds    NONE
 nsuspend              1
@@ -217,7 +241,7 @@ qtype                 BATCH INTERACTIVE
 ckpt_list             NONE
 pe_list               make smp mpi
 rerun                 FALSE
-slots                 $SLOTS
+slots                 $slots
 tmpdir                /tmp
 shell                 /bin/bash
 prolog                NONE
@@ -254,12 +278,13 @@ h_rss                 INFINITY
 s_vmem                INFINITY
 h_vmem                INFINITY
 EOF
-    if ! qconf -sq all.q >/dev/null 2>&1; then
-        qconf -Aq "$conf/all.q" >/dev/null || die "qconf -Aq all.q failed"
-    elif ! qconf -sq all.q | grep -qE "^slots +$SLOTS$" ||
-         ! qconf -sq all.q | grep -qE "^shell_start_mode +unix_behavior$" ||
-         ! qconf -sq all.q | grep -qE "^hostlist +$HOST$"; then
-        qconf -Mq "$conf/all.q" >/dev/null || die "qconf -Mq all.q failed"
+    if ! qconf -sq "$name" >/dev/null 2>&1; then
+        qconf -Aq "$file" >/dev/null || die "qconf -Aq $name failed"
+    elif ! qconf -sq "$name" | grep -qE "^slots +$slots$" ||
+         ! qconf -sq "$name" | grep -qE "^seq_no +$seq_no$" ||
+         ! qconf -sq "$name" | grep -qE "^shell_start_mode +unix_behavior$" ||
+         ! qconf -sq "$name" | grep -qE "^hostlist +$HOST$"; then
+        qconf -Mq "$file" >/dev/null || die "qconf -Mq $name failed"
     fi
 }
 
@@ -288,24 +313,24 @@ start_execd() {
     die "sge_execd did not write its pid file (see $EXECD_SPOOL/*/messages)"
 }
 
-# all.q@host is usable once execd has reported in: its state column is empty
-# (no "u" unknown, "a" alarm, "d" disabled, "E" error).
-queue_state() {
-    qstat -f -q "all.q@$HOST" 2>/dev/null | awk -v q="all.q@$HOST" '$1 == q { print ($6 == "" ? "ok" : $6) }'
+# A queue instance (all.q@host) is usable once execd has reported in: its state
+# column is empty (no "u" unknown, "a" alarm, "d" disabled, "E" error).
+queue_state() { # queue name
+    qstat -f -q "$1@$HOST" 2>/dev/null | awk -v q="$1@$HOST" '$1 == q { print ($6 == "" ? "ok" : $6) }'
 }
 
-wait_queue() {
+wait_queue() { # queue name
     local i state
     for i in $(seq 1 300); do
-        state=$(queue_state)
+        state=$(queue_state "$1")
         [ "$state" = ok ] && return 0
         case "$state" in
-            *E*) qmod -c "all.q@$HOST" >/dev/null 2>&1 ;;   # clear a stale error state
-            *d*) qmod -e "all.q@$HOST" >/dev/null 2>&1 ;;
+            *E*) qmod -c "$1@$HOST" >/dev/null 2>&1 ;;   # clear a stale error state
+            *d*) qmod -e "$1@$HOST" >/dev/null 2>&1 ;;
         esac
         sleep 0.2
     done
-    die "queue all.q@$HOST is not usable (state: ${state:-missing})"
+    die "queue $1@$HOST is not usable (state: ${state:-missing})"
 }
 
 # Grid Engine needs this host's name to resolve; a machine whose name is in no
@@ -326,8 +351,9 @@ cmd_start() {
     wait_qmaster
     configure
     start_execd
-    wait_queue
-    say "Grid Engine is up (qmaster $(cat "$QMASTER_PIDFILE"), execd $(cat "$EXECD_PIDFILE"), $SLOTS slots)"
+    wait_queue all.q
+    wait_queue small.q
+    say "Grid Engine is up (qmaster $(cat "$QMASTER_PIDFILE"), execd $(cat "$EXECD_PIDFILE"), all.q $SLOTS slots, small.q $SMALL_SLOTS)"
 }
 
 # TERM both daemons at once (qmaster alone takes ~5 s to shut down), wait for
@@ -356,9 +382,11 @@ cmd_status() {
     live_pid "$QMASTER_PIDFILE" sge_qmaster >/dev/null || die "sge_qmaster is not running"
     live_pid "$EXECD_PIDFILE" sge_execd >/dev/null || die "sge_execd is not running"
     qmaster_answers || die "sge_qmaster does not answer"
-    local state
-    state=$(queue_state)
-    [ "$state" = ok ] || die "queue all.q@$HOST is not usable (state: ${state:-missing})"
+    local state q
+    for q in all.q small.q; do
+        state=$(queue_state "$q")
+        [ "$state" = ok ] || die "queue $q@$HOST is not usable (state: ${state:-missing})"
+    done
 }
 
 cmd_env() {

@@ -32,6 +32,15 @@ CTLD_PORT=${XQUTE_SLURMCTLD_PORT:-6817}
 SLURMD_PORT=${XQUTE_SLURMD_PORT:-6818}
 DB_PASS=xqute-slurm-local
 CLUSTER=xqute
+# CPUs the node declares: more than the machine has (slurmd accepts them with
+# SlurmdParameters=config_overrides), so many trivial jobs run at once and a
+# benchmark measures the submission path, not the cores.  Partition "small" on the
+# same node lets at most SMALL_CPUS of its jobs run at once, for tests that need a
+# job to wait in the queue.  MaxArraySize is low on purpose: tests submit more
+# jobs than that to check that xqute splits its arrays.
+NODE_CPUS=32
+SMALL_CPUS=2
+MAX_ARRAY_SIZE=100
 # Debian's clients read /etc/slurm/slurm.conf when SLURM_CONF is unset; we link it
 # to ours (only if nothing else is there) so a plain `sbatch` in any shell works.
 ETC_LINK=/etc/slurm/slurm.conf
@@ -120,9 +129,8 @@ write_if_changed() {
 }
 
 configure() {
-    local host cpus mem_mb changed=0
+    local host mem_mb changed=0
     host=$(hostname -s)
-    cpus=$(nproc)
     # Leave some memory unclaimed: a node configured with more RealMemory than
     # slurmd finds is drained ("Low RealMemory").
     mem_mb=$(awk '/^MemTotal:/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
@@ -153,6 +161,8 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=1
+SlurmdParameters=config_overrides
+MaxArraySize=$MAX_ARRAY_SIZE
 MinJobAge=300
 ReturnToService=2
 KillWait=2
@@ -166,8 +176,9 @@ AccountingStoragePort=$DBD_PORT
 # Limits are enforced so a per-user submit limit (MaxSubmitJobs) can be set and
 # seen refusing jobs, as on a shared cluster; users need an association (below).
 AccountingStorageEnforce=associations,limits
-NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP" && changed=1
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$NODE_CPUS RealMemory=$mem_mb State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+PartitionName=small Nodes=ALL MaxCPUsPerNode=$SMALL_CPUS MaxTime=INFINITE State=UP" && changed=1
 
     write_if_changed "$SLURMDBD_CONF_FILE" "# Written by xqute scripts/slurm.sh
 AuthType=auth/munge

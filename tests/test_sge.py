@@ -286,7 +286,8 @@ MANAGER = textwrap.dedent(
     from xqute import Xqute
 
     async def main(workdir, njobs, marker):
-        xq = Xqute("sge", workdir=workdir, forks=njobs)
+        # small.q has 2 slots: the other jobs wait in the queue
+        xq = Xqute("sge", workdir=workdir, forks=njobs, scheduler_opts={"q": "small.q"})
         for _ in range(njobs):
             await xq.feed(["bash", "-c", f"sleep 300; : {marker}"])
         await xq.run_until_complete()
@@ -298,7 +299,7 @@ MANAGER = textwrap.dedent(
 
 
 async def test_sigterm_to_the_manager_deletes_all_its_jobs(workdir, tmp_path):
-    njobs = 4  # 2 run on the 2 slots, 2 wait: both kinds must be deleted
+    njobs = 4  # 2 run on small.q's 2 slots, 2 wait: both kinds must be deleted
     script = tmp_path / "manager.py"
     script.write_text(MANAGER)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "XQUTE_LOG_LEVEL": "INFO"}
@@ -483,8 +484,9 @@ async def test_a_rerun_adopts_jobs_left_running_behind_finished_ones_at_once(wor
     follows 4-7 from its start: they are never submitted again and count against
     forks, though 0-3 (finished, so fed to run again) come first in its queue.
 
-    The queue has 2 slots, so Grid Engine itself keeps at most 2 jobs running:
-    forks is checked on the jobs handed to it (from qsub to their end) as well."""
+    all.q has 32 slots, so only forks keeps at most 4 jobs running: it is
+    checked on the jobs running and on those handed to Grid Engine (from qsub
+    to their end)."""
     log = tmp_path / "log"
     log.touch()
     submit_log = tmp_path / "submissions.log"

@@ -334,7 +334,8 @@ def test_sigterm_to_the_manager_cancels_every_submitted_job(slurm, workdir):
         import asyncio, sys
         from xqute import Xqute
         async def main():
-            xq = Xqute("slurm", workdir=sys.argv[1], forks=6)
+            # partition small runs 2 at once: the others wait in the queue
+            xq = Xqute("slurm", workdir=sys.argv[1], forks=6, scheduler_opts={"p": "small"})
             for _ in range(6):
                 await xq.feed(["sleep", "300"])
             await xq.run_until_complete()
@@ -356,7 +357,7 @@ def test_sigterm_to_the_manager_cancels_every_submitted_job(slurm, workdir):
         assert time.monotonic() - start < 60, "jobs were not all submitted"
         time.sleep(0.2)
     jids = [read(f).strip() for f in jid_files]
-    # 2 CPUs: some run, the others wait in the queue; both kinds must go
+    # small partition, 2 CPUs: some run, the others wait in the queue; both kinds must go
     assert set(squeue_states(jids).values()) <= {"RUNNING", "PENDING"}
     manager.send_signal(signal.SIGTERM)
     out, err = manager.communicate(timeout=60)
@@ -374,13 +375,14 @@ def test_sigterm_to_the_manager_cancels_every_submitted_job(slurm, workdir):
 
 def test_a_rerun_follows_slurm_jobs_of_a_killed_manager(slurm, workdir):
     """SIGKILL to the manager leaves its Slurm jobs queued and running; a rerun on
-    the same workdir follows them instead of submitting them again."""
+    the same workdir follows them instead of submitting them again. The jobs ask
+    for partition small (2 CPUs), so some of them wait in the queue."""
     program = textwrap.dedent(
         """
         import asyncio, sys
         from xqute import Xqute
         async def main():
-            xq = Xqute("slurm", workdir=sys.argv[1], forks=4)
+            xq = Xqute("slurm", workdir=sys.argv[1], forks=4, scheduler_opts={"p": "small"})
             for i in range(4):
                 await xq.feed(["bash", "-c", f"sleep 4; echo done {i}"])
             await xq.run_until_complete()
@@ -641,8 +643,9 @@ def test_a_rerun_adopts_slurm_jobs_left_running_behind_finished_ones_at_once(slu
     follows 4-7 from its start: they are never submitted again and count against
     forks, though 0-3 (finished, so fed to run again) come first in its queue.
 
-    The node has 2 CPUs, so Slurm itself keeps at most 2 jobs running: forks is
-    checked on the jobs handed to Slurm (from sbatch to their end) as well."""
+    The node has 32 CPUs, so only forks keeps at most 4 jobs running: it is
+    checked on the jobs running and on those handed to Slurm (from sbatch to
+    their end)."""
     log = tmp_path / "log"
     log.touch()
     sbatch, submit_log = submission_logger(tmp_path)
