@@ -244,7 +244,9 @@ start_mariadb() {
         fresh=1
     fi
     mkdir -p "$DB_RUN" && chown mysql:mysql "$DB_RUN"
-    /usr/sbin/mariadbd --no-defaults --user=mysql --datadir="$DB_DIR" \
+    # setsid: in a session of its own, so that a kill of the shell's process
+    # group that started it (a tool ending its job) does not take it down
+    setsid /usr/sbin/mariadbd --no-defaults --user=mysql --datadir="$DB_DIR" \
         --bind-address=127.0.0.1 --port="$DB_PORT" --socket="$DB_SOCKET" \
         --pid-file="$DB_RUN/mariadb.pid" --log-error="$DB_RUN/mariadb.log" \
         --skip-name-resolve --innodb-buffer-pool-size=64M --skip-log-bin \
