@@ -179,17 +179,25 @@ async def test_directives_reach_slurm(slurm, workdir, tmp_path):
 
 
 async def test_job_name_is_prefix_workdir_hash_and_index(slurm, workdir):
-    xq = Xqute("slurm", workdir=workdir, forks=2, jobname_prefix="xqtest")
-    for _ in range(2):
-        await xq.feed(["true"])
-    await xq.run_until_complete()
-    names = []
-    for job in xq.jobs:
-        info = slurm_cli("scontrol", "show", "job", await job.get_jid())
-        names.append(re.search(r"JobName=(\S+)", info).group(1))
-    assert names[0] == xq.scheduler.job_name(xq.jobs[0])
-    assert re.fullmatch(r"xqtest-[0-9a-f]{8}-0", names[0])
-    assert names[1] == names[0][:-1] + "1"
+    """A job alone is named for its index; an array for its first member, and
+    a hash of its members."""
+    for array in (False, True):
+        xq = Xqute("slurm", workdir=workdir / str(array), forks=2, jobname_prefix="xqtest",
+                   scheduler_opts={"array": array})
+        for _ in range(2):
+            await xq.feed(["true"])
+        await xq.run_until_complete()
+        names = []
+        for job in xq.jobs:
+            info = slurm_cli("scontrol", "show", "job", await job.get_jid())
+            names.append(re.search(r"JobName=(\S+)", info).group(1))
+        if array:
+            assert names[0] == names[1] == xq.scheduler.array_name(xq.jobs)
+            assert re.fullmatch(r"xqtest-[0-9a-f]{8}-0-a[0-9a-f]{6}", names[0])
+        else:
+            assert names[0] == xq.scheduler.job_name(xq.jobs[0])
+            assert re.fullmatch(r"xqtest-[0-9a-f]{8}-0", names[0])
+            assert names[1] == names[0][:-1] + "1"
 
 
 async def test_workdir_with_spaces_quotes_and_percent(slurm, tmp_path):
@@ -322,7 +330,8 @@ async def test_halt_cancels_the_rest_in_one_scancel(slurm, workdir, tmp_path):
     assert all(job.status == JobStatus.FAILED for job in xq.jobs)
     cancels = calls(log, "scancel")
     assert len(cancels) == 1
-    assert sorted(cancels[0][1].split()) == sorted(jids[1:])
+    # the jobs went out as one array, whose live members all go: its id
+    assert cancels[0][1].split() == sorted({jid.split("_")[0] for jid in jids[1:]})
     # a cancelled running job is COMPLETING for a moment, then CANCELLED
     await wait_for(lambda: set(squeue_states(jids[1:]).values()) == {"CANCELLED"},
                    timeout=30, what="Slurm to show the jobs cancelled")
@@ -442,7 +451,8 @@ async def test_submit_limit_refusals_are_retried(slurm, workdir, tmp_path):
 
 async def test_submit_rate_caps_sbatch_calls(slurm, workdir, tmp_path):
     opts, log = count_calls(tmp_path)
-    xq = await run(workdir, [["true"]] * 5, submit_rate=4, **opts)
+    # one job per sbatch: a burst would be one array, one call
+    xq = await run(workdir, [["true"]] * 5, submit_rate=4, array=False, **opts)
     assert [await job.get_rc() for job in xq.jobs] == [0] * 5
     stamps = [stamp for stamp, _ in calls(log, "sbatch")]
     assert len(stamps) == 5
@@ -464,8 +474,10 @@ async def test_50_jobs_one_squeue_call_per_round(slurm, workdir, tmp_path):
     # one call per round that reached Slurm, for all open jobs at once
     assert len(squeues) == scheduler.query_rounds
     assert 1 <= len(squeues) < 50
-    first_args = squeues[0][1]
-    assert first_args.count(",") >= 1, "the first round should ask about many jobs at once"
+    # the first round asks about every job at once: by their ids, or by the
+    # id of the array they went out in
+    asked = set(re.search(r"--jobs=(\S+)", squeues[0][1]).group(1).split(","))
+    assert {str(await job.get_jid()).split("_")[0] for job in xq.jobs} <= asked
     assert calls(log, "sacct") == []
     # never more often than query_interval (rounds forced by new jobs aside, none here)
     gaps = [b[0] - a[0] for a, b in zip(squeues, squeues[1:])]
@@ -650,7 +662,9 @@ def test_a_rerun_adopts_slurm_jobs_left_running_behind_finished_ones_at_once(slu
     log.touch()
     sbatch, submit_log = submission_logger(tmp_path)
     # asked every second or two, so that the kill finds 4-7 in Slurm and 8 not yet
-    opts = {"sbatch": sbatch, "query_interval": 1, "query_interval_max": 2}
+    # one job per sbatch, so that the kill finds 8-11 not yet handed to Slurm
+    # (tests/test_slurm_arrays.py has the rerun of a killed manager's array)
+    opts = {"sbatch": sbatch, "query_interval": 1, "query_interval_max": 2, "array": False}
     cmd = [sys.executable, "-c", RERUN_PROGRAM, str(workdir), str(log), json.dumps(opts)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "XQUTE_LOG_LEVEL": "INFO"}
     jid_files = [workdir / str(i) / "job.jid" for i in range(12)]
