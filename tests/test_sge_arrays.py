@@ -565,3 +565,17 @@ def test_xqute_kill_deletes_the_members_a_dead_manager_left(sge, workdir):
         left = set(jids) & set(our_jobs()) if jids else set()
         if left:
             subprocess.run(["qdel", *sorted(left)], capture_output=True, timeout=60)
+
+
+async def test_members_in_an_error_state_are_reported_and_deleted(sge, workdir, tmp_path):
+    # Grid Engine cannot open this output file: every task goes to Eqw
+    bad = tmp_path / "no such dir" / "out"
+    xq = await run_jobs(workdir, [["true"]] * 3, forks=3, o=str(bad), query_interval=1)
+    jids = [job.jid for job in xq.jobs]
+    assert len({number for number, _ in members(jids)}) == 1
+    for job in xq.jobs:
+        assert await job.get_rc() == -3
+        stderr = Path(job.stderr_file).read_text()
+        assert f"Grid Engine put job {job.jid} in an error state" in stderr
+        assert "can't open output file" in stderr
+    assert not set(jids) & set(our_jobs())
