@@ -20,7 +20,6 @@ import asyncio
 import getpass
 import os
 import re
-import shlex
 import shutil
 import time
 import xml.etree.ElementTree as ET
@@ -70,8 +69,6 @@ _QDEL_MAX_IDS = 500
 _MEMBER_JID_RE = re.compile(r"([0-9]+)\.([0-9]+)", re.ASCII)
 # One item of a task list as qstat prints it: ``5``, ``1-10`` or ``1-10:2``.
 _TASK_RANGE_RE = re.compile(r"([0-9]+)(?:-([0-9]+)(?::([0-9]+))?)?", re.ASCII)
-# A case arm of an array script (``Scheduler.array_dispatch``): task and wrapper.
-_DISPATCH_ARM_RE = re.compile(r"^\s*([0-9]+)\) exec \S+ (.+) ;;$", re.ASCII)
 # The most tasks of one array when Grid Engine's max_aj_tasks is 0 (no limit),
 # or when it cannot be read: Grid Engine's own default.
 UNLIMITED_ARRAY_SIZE = 75000
@@ -324,8 +321,8 @@ class SgeScheduler(Scheduler):
         # job number -> {task id: member}, and job number -> array name
         self._arrays: dict[str, dict[int, Job]] = {}
         self._array_names: dict[str, str] = {}
-        # array name -> {member wrapper path: task id}, read from its script
-        self._script_tasks: dict[str, dict[str, int]] = {}
+        # array name -> its script's text (read back to find a member)
+        self._scripts: dict[str, str] = {}
         # while adopting jobs an earlier manager left: one qstat listing for
         # all the jobs looked for by name (see _listing_for_find)
         self._adoption_listing: QstatListing | None = None
@@ -582,14 +579,15 @@ class SgeScheduler(Scheduler):
 
     async def _find_member(self, job: Job, listing: QstatListing) -> str | None:
         """``<number>.<task>`` of a listed array of this workdir whose script
-        dispatches task ``task`` to ``job``'s wrapper."""
-        wrapper = str(job.metadir.mounted / self.wrapped_script_name)
+        dispatches task ``task`` to ``job``'s wrapper (``dispatched_task``),
+        while Grid Engine still lists that task."""
         for number, name in sorted(listing.names().items(), key=lambda item: -int(item[0])):
             first = self._array_first_index(name)
             if first is None or first > job.index:
                 continue
-            tasks = await self._tasks_of_script(name)
-            task = tasks.get(wrapper)
+            if name not in self._scripts:
+                self._scripts[name] = await read_meta(self.workdir / ARRAYS_DIR / f"{name}.sh") or ""
+            task = self.dispatched_task(self._scripts[name], job)
             if task is not None and listing.find(f"{number}.{task}") is not None:
                 return f"{number}.{task}"
         return None
@@ -600,23 +598,6 @@ class SgeScheduler(Scheduler):
         base = re.escape(self.job_name(_IndexOnly(0)).rsplit("-", 1)[0])  # type: ignore[arg-type]
         match = re.fullmatch(base + r"-([0-9]+)-a[0-9a-f]{6}", name)
         return int(match.group(1)) if match else None
-
-    async def _tasks_of_script(self, name: str) -> dict[str, int]:
-        """{member wrapper path: task id} read from array ``name``'s script."""
-        if name not in self._script_tasks:
-            text = await read_meta(self.workdir / ARRAYS_DIR / f"{name}.sh") or ""
-            tasks = {}
-            for line in text.splitlines():
-                match = _DISPATCH_ARM_RE.match(line)
-                if match:
-                    try:
-                        words = shlex.split(match.group(2))
-                    except ValueError:
-                        continue
-                    if len(words) == 1:
-                        tasks[words[0]] = int(match.group(1))
-            self._script_tasks[name] = tasks
-        return self._script_tasks[name]
 
     async def _find_in_accounting(self, name: str) -> str | None:
         """The latest finished job named ``name``, from qacct."""
