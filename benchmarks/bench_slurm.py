@@ -100,7 +100,8 @@ VARIANTS = {
 
 def run_once(python: str, njobs: int, label: str, forks: int, opts: dict) -> dict:
     """One run of ``njobs`` jobs under ``python``; returns wall time and call counts."""
-    with tempfile.TemporaryDirectory(prefix=f"bench-slurm-{label}-") as tmp:
+    # (a manager that crashed can leave files behind in the folder)
+    with tempfile.TemporaryDirectory(prefix=f"bench-slurm-{label}-", ignore_cleanup_errors=True) as tmp:
         tmp_path = Path(tmp)
         call_log = tmp_path / "calls.log"
         call_log.touch()
@@ -116,12 +117,20 @@ def run_once(python: str, njobs: int, label: str, forks: int, opts: dict) -> dic
         else:
             env.pop("PYTHONPATH", None)
         # cwd is the temp dir: xqute 2.x leaves Slurm's slurm-<id>.out files there.
-        subprocess.run(
+        start = time.monotonic()
+        proc = subprocess.run(
             [python, str(runner), str(njobs), str(tmp_path / "workdir"), str(out),
              str(forks), json.dumps(opts)],
-            cwd=tmp, env=env, check=True,
+            cwd=tmp, env=env, capture_output=True, text=True,
         )
-        result = json.loads(out.read_text())
+        if proc.returncode != 0:
+            # xqute 2.2.1 crashes on an empty squeue answer now and then
+            last = (proc.stderr.strip().splitlines() or ["?"])[-1]
+            print(f"# {label} crashed: {last}", file=sys.stderr)
+            result = {"version": "?", "wall": time.monotonic() - start, "cpu": float("nan"),
+                      "succeeded": 0, "crashed": last}
+        else:
+            result = json.loads(out.read_text())
         calls = call_log.read_text().split()
         for name in SLURM_BINARIES:
             result[name] = calls.count(name)
@@ -202,7 +211,11 @@ def main() -> None:
     for label, runs in runs_by_label.items():
         def median(key: str) -> float:
             return statistics.median(r[key] for r in runs)
-        name = f"xqute {runs[0]['version']}" + ("" if label == "xqute2" else f" ({label})")
+        version = next((r["version"] for r in runs if r["version"] != "?"), "2.2.1")
+        name = f"xqute {version}" + ("" if label == "xqute2" else f" ({label})")
+        crashed = sum("crashed" in r for r in runs)
+        if crashed:
+            name += f" ({crashed} of {len(runs)} runs crashed)"
         print(
             f"| {name} | {median('wall'):.1f} | {min(r['succeeded'] for r in runs)}/{args.jobs} "
             f"| {median('sbatch'):g} | {statistics.median(r['squeue'] + r['sacct'] for r in runs):g} "
