@@ -10,6 +10,7 @@ from panpath import LocalPath
 
 from .defaults import JobStatus
 from .path import SpecPath, read_meta, write_meta
+from .resources import Resources
 from .utils import CommandType, check_env_name, check_no_nul, normalize_cmd
 
 
@@ -52,6 +53,7 @@ class Job:
         "_started",
         "_submitted_at",
         "_ended_at",
+        "resources",
     )
 
     def __init__(
@@ -82,6 +84,9 @@ class Job:
         self._started = False
         self._submitted_at: float | None = None
         self._ended_at: float | None = None
+        # what the current trial asks for (the scheduler's ``resources`` when
+        # the job is queued; more after an out-of-memory or time-out failure)
+        self.resources = Resources()
 
     # -- command and environment ---------------------------------------------
     @property

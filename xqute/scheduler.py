@@ -27,6 +27,7 @@ from .defaults import JobErrorStrategy, JobStatus
 from .job import Job
 from .path import SpecPath, job_folders_with, keep_local_copy, write_meta
 from .plugin import plugin
+from .resources import Resources, parse_retry_policy
 from .utils import check_env_name, empty_command_reason, logger, shell_quote
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -176,8 +177,12 @@ class Scheduler(ABC):
             rounds, backing off while nothing changes), ``submit_rate``
             (submissions per second at most), ``submit_retries`` (tries for a
             transiently refused submission), ``array`` (False: one submission
-            per job, even where the backend submits bursts as arrays); all
-            other keys go to ``config`` and become scheduler directives.
+            per job, even where the backend submits bursts as arrays),
+            ``resources`` (``cpus``, ``memory``, ``time``, ``gpus``: one
+            request each backend maps onto its own options),
+            ``resource_limits`` (caps on what escalating retries may ask) and
+            ``retry_policy`` (what a failure cause changes on the next trial);
+            all other keys go to ``config`` and become scheduler directives.
     """
 
     name: str = "base"
@@ -258,6 +263,14 @@ class Scheduler(ABC):
         # ``array: False`` turns arrays off; any other value (2.x passed a raw
         # ``array``/``t`` directive through) stays a directive
         self.array = kwargs.pop("array") if isinstance(kwargs.get("array"), bool) else True
+        # one resource request for every backend, and how failures escalate it
+        self.resources = Resources.parse(kwargs.pop("resources", None))
+        self.resource_limits = Resources.parse(kwargs.pop("resource_limits", None), "resource_limits")
+        self.retry_policy = parse_retry_policy(kwargs.pop("retry_policy", None))
+        over = self.resources.over(self.resource_limits)
+        if over:
+            raise ValueError(f"resources ask for more than resource_limits allow: {over}")
+        self._warned_conflicts: set[str] = set()
         if self.poll_interval <= 0 or self.poll_interval_max < self.poll_interval:
             raise ValueError("poll_interval must be > 0 and <= poll_interval_max")
         if submit_rate is not None and float(submit_rate) <= 0:
@@ -852,7 +865,13 @@ exit "$rc"
             went[job] = result is not False
             if result:
                 ready.append(job)
-        groups = [ready[i : i + limit] for i in range(0, len(ready), limit)]
+        # members of one array share its directives: one array per request
+        by_request: dict[Resources, list[Job]] = {}
+        for job in ready:
+            by_request.setdefault(job.resources, []).append(job)
+        groups = [
+            same[i : i + limit] for same in by_request.values() for i in range(0, len(same), limit)
+        ]
         # the throttle: ``room`` shared out, the first arrays get the remainder
         share, extra = divmod(room, max(1, len(groups)))
         await asyncio.gather(
@@ -907,6 +926,17 @@ exit "$rc"
         await asyncio.gather(*(self._write_jid(job, jid) for job, jid in zip(jobs, jids)))
         for job in jobs:
             await plugin.hooks.on_job_submitted(self, job)
+
+    def raw_option_wins(self, resource: str, option: str) -> None:
+        """A raw directive ``option`` the user gave overrides ``resources``'
+        ``resource``: say so, once per pair, as a warning."""
+        key = f"{resource}/{option}"
+        if key not in self._warned_conflicts:
+            self._warned_conflicts.add(key)
+            logger.warning(
+                "%s scheduler: the option %r overrides resources[%r]; the raw option wins",
+                self.name, option, resource,
+            )
 
     def array_name(self, jobs: Sequence[Job]) -> str:
         """``<prefix>-<hash of workdir>-<first index>-a<hash of members>``: the
@@ -1000,6 +1030,8 @@ exit "$rc"
 
     async def queue_job(self, job: Job) -> None:
         """A job enters the run: ``on_job_init``, then QUEUED and ``on_job_queued``."""
+        if not getattr(job, "resources", None):
+            job.resources = self.resources
         await plugin.hooks.on_job_init(self, job)
         job._status = JobStatus.QUEUED
         await plugin.hooks.on_job_queued(self, job)
