@@ -27,6 +27,11 @@ def parse_meta_int(text: str | None) -> int | None:
         return None
 
 
+_STATUS_VALUES = frozenset(
+    value for name, value in vars(JobStatus).items() if name.isupper() and isinstance(value, int)
+)
+
+
 class Job:
     """One command to run.
 
@@ -54,6 +59,7 @@ class Job:
         "_submitted_at",
         "_ended_at",
         "resources",
+        "_paths",
     )
 
     def __init__(
@@ -87,6 +93,9 @@ class Job:
         # what the current trial asks for (the scheduler's ``resources`` when
         # the job is queued; more after an out-of-memory or time-out failure)
         self.resources = Resources()
+        # meta file paths, built once per metadir (a status round reads
+        # thousands of them)
+        self._paths: dict[str, SpecPath] = {}
 
     # -- command and environment ---------------------------------------------
     @property
@@ -113,32 +122,43 @@ class Job:
     @property
     def stdout_file(self) -> SpecPath:
         """``job.stdout``: what the command printed."""
-        return self.metadir / "job.stdout"
+        return self._meta_path("job.stdout")
 
     @property
     def stderr_file(self) -> SpecPath:
         """``job.stderr``: the command's errors, and xqute's own notes on the job."""
-        return self.metadir / "job.stderr"
+        return self._meta_path("job.stderr")
+
+    def _meta_path(self, name: str) -> SpecPath:
+        paths = self._paths
+        # (a client may point the job at another metadir after it was made)
+        if paths.get("") is not self.metadir:
+            paths.clear()
+            paths[""] = self.metadir
+        path = paths.get(name)
+        if path is None:
+            path = paths[name] = self.metadir / name
+        return path
 
     @property
     def status_file(self) -> SpecPath:
         """``job.status``: the job's ``JobStatus`` as an integer."""
-        return self.metadir / "job.status"
+        return self._meta_path("job.status")
 
     @property
     def rc_file(self) -> SpecPath:
         """``job.rc``: the return code, once the job ended."""
-        return self.metadir / "job.rc"
+        return self._meta_path("job.rc")
 
     @property
     def jid_file(self) -> SpecPath:
         """``job.jid``: the id the scheduler gave the job."""
-        return self.metadir / "job.jid"
+        return self._meta_path("job.jid")
 
     @property
     def retry_dir(self) -> SpecPath:
         """``job.retry/``: the files of failed trials, one folder per trial."""
-        return self.metadir / "job.retry"
+        return self._meta_path("job.retry")
 
     # -- status, rc and jid -------------------------------------------------------
     @property
@@ -149,7 +169,7 @@ class Job:
     async def read_status_file(self) -> int | None:
         """The status the status file holds, or None when it says nothing usable."""
         value = parse_meta_int(await read_meta(self.status_file))
-        return value if value in vars(JobStatus).values() else None
+        return value if value in _STATUS_VALUES else None
 
     async def get_status(self, refresh: bool = False) -> int:
         """The job's status; with ``refresh`` the status file is read first."""
