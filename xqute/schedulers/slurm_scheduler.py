@@ -33,6 +33,7 @@ from typing import Any, Iterable, Sequence
 from ..defaults import JOBCMD_WRAPPER_LANG, JobStatus
 from ..directives import render_directives
 from ..job import Job
+from ..resources import Resources
 from ..scheduler import JobQuery, Scheduler, SubmissionError
 from ..utils import chunks, logger, one_line, run_command
 
@@ -248,11 +249,42 @@ class SlurmScheduler(Scheduler):
             self.job_name(job),
             _escape_filename_pattern(f"{meta}/job.stdout"),
             _escape_filename_pattern(f"{meta}/job.stderr"),
+            job.resources,
         )
 
-    def _script_head(self, name: str, output: str, error: str) -> str:
+    def resource_directives(self, resources: Resources) -> dict[str, Any]:
+        """``resources`` as #SBATCH options: ``--cpus-per-task``, ``--mem``
+        (megabytes), ``--time`` (``[D-]HH:MM:SS``), ``--gres=gpu:N``. A raw
+        option the user gave for the same thing (by either of its names) wins."""
+        user_keys = {str(key).replace("_", "-") for key in self.config}
+        mapped: dict[str, tuple[str, Any, tuple[str, ...]]] = {
+            "cpus": ("cpus-per-task", resources.cpus, ("cpus-per-task", "c")),
+            "memory": (
+                "mem",
+                None if resources.memory_mb is None else f"{resources.memory_mb}M",
+                ("mem", "mem-per-cpu", "mem-per-gpu"),
+            ),
+            "time": ("time", resources.clock, ("time", "t")),
+            "gpus": (
+                "gres", f"gpu:{resources.gpus}" if resources.gpus else None, ("gres", "gpus", "G"),
+            ),
+        }
+        directives: dict[str, Any] = {}
+        for resource, (option, value, names) in mapped.items():
+            if value is None:
+                continue
+            given = next((name for name in names if name in user_keys), None)
+            if given is not None:
+                self.raw_option_wins(resource, given)
+                continue
+            directives[option] = value
+        return directives
+
+    def _script_head(
+        self, name: str, output: str, error: str, resources: Resources | None = None
+    ) -> str:
         """Shebang and directives of a job or array script: xqute's own (those
-        the user did not give), then the user's options."""
+        the user did not give), the ``resources``, then the user's options."""
         user_keys = {str(key).replace("_", "-") for key in self.config}
         own: dict[str, Any] = {
             "job-name": name,
@@ -269,7 +301,12 @@ class SlurmScheduler(Scheduler):
             for key, value in own.items()
             if key not in user_keys and _OWN_DIRECTIVES.get(key) not in user_keys
         }
-        lines = [f"#!{JOBCMD_WRAPPER_LANG}", *directive_lines(own), *directive_lines(dict(self.config))]
+        lines = [
+            f"#!{JOBCMD_WRAPPER_LANG}",
+            *directive_lines(own),
+            *directive_lines(self.resource_directives(resources or Resources())),
+            *directive_lines(dict(self.config)),
+        ]
         return "\n".join(lines)
 
     def wrapper_meta_functions(self, job: Job) -> str:
@@ -352,7 +389,9 @@ class SlurmScheduler(Scheduler):
         mounted = _escape_filename_pattern(str(folder.mounted))
         script = "\n".join(
             [
-                self._script_head(name, f"{mounted}/%a.out", f"{mounted}/%a.err"),
+                self._script_head(
+                    name, f"{mounted}/%a.out", f"{mounted}/%a.err", jobs[0].resources
+                ),
                 f"# An array of {len(jobs)} xqute jobs: task i runs job i's own wrapper",
                 self.array_dispatch(jobs, "SLURM_ARRAY_TASK_ID", 0),
                 "",
