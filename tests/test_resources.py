@@ -80,3 +80,31 @@ def test_retry_policy_defaults_and_overrides():
     for bad in ({"ooom": {"memory": 2}}, {"oom": {"memory": 0.5}}, {"oom": {"disk": 2}}, "double"):
         with pytest.raises(ValueError, match="retry_policy"):
             parse_retry_policy(bad)
+
+
+async def test_the_wrapper_enforces_time_where_the_scheduler_does_not(workdir):
+    from xqute import Xqute
+
+    xq = Xqute("local", workdir=workdir, forks=2, scheduler_opts={"resources": {"time": "1s"}})
+    slow = await xq.feed(["sleep", "30"])
+    quick = await xq.feed(["true"])
+    await xq.run_until_complete()
+    assert await slow.get_rc() == 124
+    assert "timed out" in slow.stderr_file.read_text()
+    assert await quick.get_rc() == 0
+
+
+async def test_the_shorter_of_timeout_and_resources_time_wins(workdir):
+    from xqute.schedulers.local_scheduler import LocalScheduler
+    from xqute.schedulers.slurm_scheduler import SlurmScheduler
+
+    local = LocalScheduler(workdir, timeout=10, resources={"time": "1h"})
+    job = await local.create_job(0, ["true"])
+    await local.queue_job(job)
+    assert local.time_limit(job) == 10
+    assert "timeout 10 " in local.wrap_job_script(job)
+    # Slurm ends the job itself at --time: the wrapper adds no timeout of its own
+    slurm = SlurmScheduler(workdir, resources={"time": "1h"})
+    job = await slurm.create_job(1, ["true"])
+    await slurm.queue_job(job)
+    assert slurm.time_limit(job) == 0 and "eval \"$cmd\"" in slurm.wrap_job_script(job)

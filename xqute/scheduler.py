@@ -149,7 +149,7 @@ RC_SUBMISSION_FAILED = -2
 RC_VANISHED = -3
 
 _RC_MESSAGES = {
-    124: "the job timed out (the scheduler's timeout option)",
+    124: "the job timed out (the scheduler's timeout option, or resources' time)",
     125: "the timeout command itself failed",
     126: "the command could not be executed (permission denied or not a program)",
     127: "the command was not found",
@@ -209,6 +209,9 @@ class Scheduler(ABC):
     # "squeue")``, each holding a name on PATH or a path): a missing one is a
     # clear FileNotFoundError before the first job, not a failure of every job.
     required_binaries: tuple[str, ...] = ()
+    # True for a backend whose scheduler enforces ``resources``' time itself
+    # (Slurm's --time); otherwise the wrapper does, with ``timeout``.
+    time_enforced_by_scheduler: bool = False
 
     def __init__(
         self,
@@ -440,7 +443,8 @@ _xq_redirect() { exec >"$_xq_meta/job.stdout" 2>"$_xq_meta/job.stderr"; }"""
     def wrap_job_script(self, job: Job) -> str:
         """The text of the bash script that runs ``job``."""
         meta: MountedPath = job.metadir.mounted
-        timeout = f"timeout {shell_quote(self.timeout)} " if self.timeout else ""
+        limit = self.time_limit(job)
+        timeout = f"timeout {shell_quote(limit)} " if limit else ""
         if self.wrapper_own_process_group:
             job_control_on = "# own process group for the command, so a kill reaches all of it\nset -m"
             job_control_off = "set +m"
@@ -505,6 +509,16 @@ while :; do
 done
 exit "$rc"
 """
+
+    def time_limit(self, job: Job) -> float:
+        """Seconds after which the wrapper stops the command (0: never): the
+        ``timeout`` option, and ``resources``' time unless the scheduler
+        itself enforces that (``time_enforced_by_scheduler``)."""
+        limit = float(self.timeout or 0)
+        asked = getattr(job, "resources", None)
+        if asked and asked.time_s and not self.time_enforced_by_scheduler:
+            limit = min(limit, asked.time_s) if limit else float(asked.time_s)
+        return int(limit) if limit == int(limit) else limit
 
     def _checked_shebang(self, job: Job) -> str:
         """The backend's shebang and directive lines, refused if any line is not

@@ -204,6 +204,7 @@ class SlurmScheduler(Scheduler):
     default_query_interval = 5.0
     default_end_grace = 10.0
     required_binaries = ("sbatch", "squeue", "scancel")
+    time_enforced_by_scheduler = True  # --time
 
     def __init__(
         self,
