@@ -67,7 +67,7 @@ async def finish(metadir: str, localdir: str, rc: str, status: str) -> None:
     """Upload the job's output files, then its rc, then its final status."""
     meta = PanPath(metadir)
     uploads = []
-    for name in ("job.stdout", "job.stderr"):
+    for name in ("job.stdout", "job.stderr", "job.usage.raw"):
         local = os.path.join(localdir, name)
         try:
             with open(local, "rb") as fh:
@@ -161,7 +161,8 @@ _xq_put_final() {{
     _xq_cloudmeta finish "$_xq_meta" "$_xq_local" "$1" "$2"
     rm -rf "$_xq_local"
 }}
-_xq_redirect() {{ exec >"$_xq_local/job.stdout" 2>"$_xq_local/job.stderr"; }}"""
+_xq_redirect() {{ exec >"$_xq_local/job.stdout" 2>"$_xq_local/job.stderr"; }}
+_xq_usage() {{ {{ echo "$_xq_t0 ${{EPOCHREALTIME:-}} ${{HOSTNAME:-}}"; times; }} >"$_xq_local/job.usage.raw"; }} 2>/dev/null"""
 
 
 if __name__ == "__main__":

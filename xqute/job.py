@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from typing import Any, Mapping
@@ -60,6 +61,7 @@ class Job:
         "_ended_at",
         "resources",
         "_paths",
+        "cause",
     )
 
     def __init__(
@@ -96,6 +98,8 @@ class Job:
         # meta file paths, built once per metadir (a status round reads
         # thousands of them)
         self._paths: dict[str, SpecPath] = {}
+        # how the last trial ended (xqute.resources.EXIT_CAUSES), once it did
+        self.cause = ""
 
     # -- command and environment ---------------------------------------------
     @property
@@ -154,6 +158,23 @@ class Job:
     def jid_file(self) -> SpecPath:
         """``job.jid``: the id the scheduler gave the job."""
         return self._meta_path("job.jid")
+
+    @property
+    def usage_file(self) -> SpecPath:
+        """``job.usage``: JSON, what the last trial used and how it ended."""
+        return self._meta_path("job.usage")
+
+    async def get_usage(self) -> dict[str, Any] | None:
+        """The usage record of the last trial that ended (``job.usage``):
+        ``wall_s``, ``cpu_s``, ``peak_memory_mb``, ``host``, ``cause``, ``rc``,
+        ``requested`` (its resources) and ``sources`` (where each figure came
+        from); None before it ended or when the record cannot be read."""
+        text = await read_meta(self.usage_file)
+        try:
+            record = json.loads(text) if text else None
+        except ValueError:
+            return None
+        return record if isinstance(record, dict) else None
 
     @property
     def retry_dir(self) -> SpecPath:
@@ -236,7 +257,9 @@ class Job:
             await path.a_write_text(old + line)
 
     # -- cleaning between runs and trials ------------------------------------------
-    _TRIAL_FILES = ("job.stdout", "job.stderr", "job.status", "job.rc", "job.jid")
+    _TRIAL_FILES = (
+        "job.stdout", "job.stderr", "job.status", "job.rc", "job.jid", "job.usage", "job.usage.raw",
+    )
 
     async def clean(self, retry: bool = False) -> None:
         """Remove the meta files of the last trial; with ``retry`` move them to

@@ -218,3 +218,41 @@ def parse_retry_policy(policy: Mapping[str, Any] | None) -> dict[str, dict[str, 
                 raise ValueError(f"retry_policy[{cause!r}][{key!r}] must be a factor >= 1, got {factor!r}")
         merged[cause] = dict(change)
     return merged
+
+
+# What the wrapper writes just before its return code: "<start> <end> <host>"
+# (bash's $EPOCHREALTIME), then the output of bash's ``times`` (the shell's
+# user/sys CPU, then its children's).
+USAGE_RAW_FILE = "job.usage.raw"
+_TIMES_RE = re.compile(r"([0-9]+)m([0-9.]+)s\s+([0-9]+)m([0-9.]+)s", re.ASCII)
+
+
+def usage_from_wrapper(text: str | None) -> dict[str, Any]:
+    """The usage figures in the wrapper's raw record (``USAGE_RAW_FILE``):
+    ``wall_s``, ``cpu_s`` (the command's user + sys), ``host``, and their
+    ``sources``. Missing or garbled parts are None."""
+    record: dict[str, Any] = {
+        "wall_s": None, "cpu_s": None, "peak_memory_mb": None, "host": None, "sources": {},
+    }
+    lines = (text or "").splitlines()
+    if lines:
+        words = lines[0].split()
+        try:
+            start, end = float(words[0]), float(words[1])
+        except (IndexError, ValueError):
+            pass
+        else:
+            if end >= start:
+                record["wall_s"] = round(end - start, 3)
+                record["sources"]["wall_s"] = "wrapper"
+        if len(words) > 2:
+            record["host"] = words[2]
+            record["sources"]["host"] = "wrapper"
+    if len(lines) > 2:
+        match = _TIMES_RE.search(lines[2])
+        if match:
+            user = int(match.group(1)) * 60 + float(match.group(2))
+            system = int(match.group(3)) * 60 + float(match.group(4))
+            record["cpu_s"] = round(user + system, 3)
+            record["sources"]["cpu_s"] = "wrapper"
+    return record

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -25,9 +26,9 @@ from panpath import LocalPath
 from . import defaults
 from .defaults import JobErrorStrategy, JobStatus
 from .job import Job
-from .path import SpecPath, job_folders_with, keep_local_copy, write_meta
+from .path import SpecPath, job_folders_with, keep_local_copy, read_meta, write_meta
 from .plugin import plugin
-from .resources import Resources, parse_retry_policy
+from .resources import USAGE_RAW_FILE, Resources, parse_retry_policy, usage_from_wrapper
 from .utils import check_env_name, empty_command_reason, logger, shell_quote
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -46,6 +47,9 @@ class JobQuery:
 
     state: str
     reason: str = ""
+    # for an ENDED job, how it ended when the scheduler tells: one of
+    # xqute.resources.EXIT_CAUSES ("timeout", "oom", "node_fail", ...)
+    cause: str = ""
 
     PENDING = "pending"
     RUNNING = "running"
@@ -438,7 +442,9 @@ _xq_put_final() {
     printf '%s\n' "$1" 1<>"$_xq_meta/.job.rc.tmp" && mv -f "$_xq_meta/.job.rc.tmp" "$_xq_meta/job.rc"
     printf '%s\n' "$2" 1<>"$_xq_meta/.job.status.tmp" && mv -f "$_xq_meta/.job.status.tmp" "$_xq_meta/job.status"
 }
-_xq_redirect() { exec >"$_xq_meta/job.stdout" 2>"$_xq_meta/job.stderr"; }"""
+_xq_redirect() { exec >"$_xq_meta/job.stdout" 2>"$_xq_meta/job.stderr"; }
+# start, end, host, then bash's times (the command's CPU): builtins only
+_xq_usage() { { echo "$_xq_t0 ${EPOCHREALTIME:-} ${HOSTNAME:-}"; times; } >"$_xq_meta/job.usage.raw"; } 2>/dev/null"""
 
     def wrap_job_script(self, job: Job) -> str:
         """The text of the bash script that runs ``job``."""
@@ -461,6 +467,7 @@ set -u
 _xq_meta={shell_quote(meta)}
 {self.wrapper_meta_functions(job)}
 _xq_put job.status {JobStatus.RUNNING}
+_xq_t0=${{EPOCHREALTIME:-}}
 _xq_reserve
 _xq_redirect
 
@@ -472,6 +479,7 @@ _xq_finish() {{
     case $rc in
 {messages}
     esac
+    declare -F _xq_usage >/dev/null && _xq_usage
     if [ "$rc" -eq 0 ]; then _xq_put_final "$rc" {JobStatus.FINISHED}
     else _xq_put_final "$rc" {JobStatus.FAILED}; fi
     # postscript
@@ -629,11 +637,14 @@ exit "$rc"
             logger.debug("Job %s started", job.index)
             await plugin.hooks.on_job_started(self, job)
 
-    async def _mark_ended(self, job: Job, rc: int, reason: str = "", write: bool = False) -> None:
+    async def _mark_ended(
+        self, job: Job, rc: int, reason: str = "", write: bool = False, cause: str = ""
+    ) -> None:
         """Record that ``job`` ended with ``rc`` and fire its hooks.
 
         ``write``: the wrapper could not record the end itself, so xqute writes
-        rc, status and ``reason`` (into the stderr file) for it.
+        rc, status and ``reason`` (into the stderr file) for it. ``cause``: how
+        it ended, when the scheduler said (else read from ``rc``).
         """
         await self._mark_started(job)
         job._rc = rc
@@ -646,6 +657,7 @@ exit "$rc"
                 except OSError as exc:
                     logger.error("Job %s: could not write its stderr file: %s", job.index, exc)
             await self._write_final(job, rc, status)
+        await self._record_usage(job, cause or await self.exit_cause(job, rc))
         job._status = status
         if status == JobStatus.FINISHED:
             logger.debug("Job %s succeeded", job.index)
@@ -655,6 +667,49 @@ exit "$rc"
                 "Job %s failed (rc %s)%s", job.index, rc, f": {reason}" if reason else ""
             )
             await plugin.hooks.on_job_failed(self, job)
+
+    async def exit_cause(self, job: Job, rc: int) -> str:
+        """How ``job`` ended, from its return code: ``ok``, ``timeout`` (the
+        wrapper's ``timeout``, 124), ``killed`` (SIGKILL or SIGTERM), ``failed``,
+        or ``unknown`` when no return code was recorded. Backends that can tell
+        more (Slurm's TIMEOUT, a memory limit in the job's stderr) override it."""
+        if rc == 0:
+            return "ok"
+        if rc == 124:
+            return "timeout"
+        if rc in (137, 143):
+            return "killed"
+        if rc in (RC_VANISHED, RC_SUBMISSION_FAILED):
+            return "unknown" if rc == RC_VANISHED else "failed"
+        return "failed"
+
+    def job_usage(self, job: Job) -> dict[str, Any]:
+        """What the backend measured of ``job``'s last trial, to go into its
+        usage record: any of ``wall_s``, ``cpu_s``, ``peak_memory_mb``,
+        ``host``, with ``sources`` naming where each came from. Figures here
+        win over the wrapper's own. Only what the status rounds already
+        fetched: never a call per job."""
+        return {}
+
+    async def _record_usage(self, job: Job, cause: str) -> None:
+        """Write ``job.usage`` (JSON): the wrapper's measurement, the
+        backend's (``job_usage``), the cause and what the trial asked for."""
+        job.cause = cause
+        record = usage_from_wrapper(await read_meta(job.metadir / USAGE_RAW_FILE))
+        extra = self.job_usage(job)
+        sources = {**record.pop("sources"), **extra.pop("sources", {})}
+        record.update({key: value for key, value in extra.items() if value is not None})
+        record.update(
+            trial=job.trial_count,
+            rc=job._rc,
+            cause=cause,
+            requested=job.resources.as_dict(),
+            sources=sources,
+        )
+        try:
+            await write_meta(job.usage_file, json.dumps(record, sort_keys=True) + "\n")
+        except OSError as exc:
+            logger.warning("Job %s: could not write its usage record: %s", job.index, exc)
 
     async def _write_final(self, job: Job, rc: int, status: int) -> None:
         try:
@@ -701,7 +756,7 @@ exit "$rc"
         reason = query.reason or "the job ended without recording its return code"
         if query.state == JobQuery.ERROR:
             await self.kill_jobs([job])
-        await self._mark_ended(job, RC_VANISHED, reason, write=True)
+        await self._mark_ended(job, RC_VANISHED, reason, write=True, cause=query.cause)
 
     async def submit_job_and_update_status(self, job: Job) -> bool:
         """Submit ``job`` and record it; False when a plugin vetoed it.
@@ -1055,11 +1110,41 @@ exit "$rc"
         ``"retry"`` (it was requeued: its trial's files kept, QUEUED again),
         ``"halt"`` (the run must stop) or ``"ignore"``."""
         if job._error_retry and job.trial_count < (job._num_retries or 0):
-            await self.retry_job(job)
-            return JobErrorStrategy.RETRY
+            if await self._escalate(job):
+                await self.retry_job(job)
+                return JobErrorStrategy.RETRY
         if self.error_strategy == JobErrorStrategy.HALT:
             return JobErrorStrategy.HALT
         return JobErrorStrategy.IGNORE
+
+    async def _escalate(self, job: Job) -> bool:
+        """Apply the retry policy for the cause of ``job``'s failure to what its
+        next trial asks for; False (with a line in its stderr) when that would
+        pass ``resource_limits``: the job is not retried."""
+        change = self.retry_policy.get(getattr(job, "cause", "") or "")
+        if not change or not job.resources:
+            return True
+        asked = job.resources.scaled(
+            memory=float(change.get("memory", 1.0)), time=float(change.get("time", 1.0))
+        )
+        over = asked.over(self.resource_limits)
+        if over:
+            message = (
+                f"not retried: after {job.cause}, the next trial would ask for {over} "
+                "(resource_limits)"
+            )
+            logger.warning("Job %s %s", job.index, message)
+            try:
+                await job.append_stderr(f"xqute: {message}")
+            except OSError:
+                pass
+            return False
+        if asked != job.resources:
+            logger.info(
+                "Job %s: after %s, the next trial asks for %s", job.index, job.cause, asked.as_dict()
+            )
+            job.resources = asked
+        return True
 
     async def retry_job(self, job: Job) -> None:
         """Keep the failed trial's files in ``job.retry/<trial>/`` and requeue."""
@@ -1130,6 +1215,7 @@ exit "$rc"
         job._rc = rc
         job._status = JobStatus.FAILED
         job._ended_at = time.monotonic()
+        await self._record_usage(job, "killed")
         logger.debug("Job %s killed", job.index)
         await plugin.hooks.on_job_killed(self, job)
 
