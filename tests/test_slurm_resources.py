@@ -63,3 +63,23 @@ async def test_slurm_grants_what_resources_ask(slurm, workdir):
     for jid in jids:
         cpus, mem, limit = records()[jid]
         assert cpus == "2" and re.fullmatch(r"300M\w?", mem) and limit == "00:05:00", records()[jid]
+
+
+async def test_a_job_over_its_time_ends_as_timeout_and_is_retried_with_more(slurm, workdir):
+    """--time=1 (a minute, Slurm's least); Slurm ends the job at its next check,
+    writing "DUE TO TIME LIMIT" into its stderr: cause timeout, and the retry
+    asks for 1.5 times the time."""
+    xq = await run(
+        workdir,
+        [["bash", "-c", 'if [ -e "$XQUTE_JOB_METADIR/tried" ]; then echo second; '
+          'else touch "$XQUTE_JOB_METADIR/tried"; sleep 300; fi']],
+        forks=1, error_strategy="retry", num_retries=1,
+        resources={"time": "1m"}, resource_limits={"time": "2m"},
+    )
+    job = xq.jobs[0]
+    first = (job.metadir / "job.retry" / "0" / "job.usage").read_text()
+    assert '"cause": "timeout"' in first and '"time": 60' in first
+    assert job.trial_count == 1 and await job.get_rc() == 0
+    second = await job.get_usage()
+    assert second["requested"]["time"] == 90
+    assert "#SBATCH --time=00:01:30" in (job.metadir / "job.wrapped.slurm").read_text()

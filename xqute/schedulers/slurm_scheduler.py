@@ -73,6 +73,29 @@ ENDED_STATES = frozenset(
         "REVOKED",
     }
 )
+# How a job in these end states ended, as the usage record names it.
+STATE_CAUSES = {
+    "TIMEOUT": "timeout",
+    "DEADLINE": "timeout",
+    "OUT_OF_MEMORY": "oom",
+    "NODE_FAIL": "node_fail",
+    "BOOT_FAIL": "node_fail",
+    "PREEMPTED": "preempted",
+    "CANCELLED": "cancelled",
+    "REVOKED": "cancelled",
+    "COMPLETED": "ok",
+    "FAILED": "failed",
+}
+# What Slurm writes into a job's stderr when it ends the job (slurmstepd's
+# "*** JOB 42 ON node CANCELLED AT ... DUE TO TIME LIMIT ***", and the memory
+# enforcement of jobacct_gather: "Exceeded job memory limit"), and the cause.
+_STDERR_CAUSES = (
+    (re.compile(r"DUE TO TIME LIMIT"), "timeout"),
+    (re.compile(r"Exceeded (?:job|step) memory limit|oom-kill|OUT_OF_MEMORY", re.IGNORECASE), "oom"),
+    (re.compile(r"DUE TO NODE FAILURE"), "node_fail"),
+    (re.compile(r"DUE TO PREEMPTION"), "preempted"),
+    (re.compile(r"\*\*\* JOB [0-9_]+ ON \S+ CANCELLED AT"), "cancelled"),
+)
 # Held after a special exit: it stays in the queue until someone acts.
 ERROR_STATES = frozenset({"SPECIAL_EXIT"})
 # Pending reasons that never clear by themselves: the job would wait forever.
@@ -473,6 +496,23 @@ class SlurmScheduler(Scheduler):
         self.status_calls += 1
         return result.stdout.split() if result.ok else []
 
+    async def exit_cause(self, job: Job, rc: int) -> str:
+        """The base's reading of ``rc``, sharpened by what Slurm wrote into the
+        job's stderr when it ended the job: a time limit, a memory limit, a
+        node failure, a preemption or a cancel (the wrapper then recorded only
+        the signal: 143, or 137)."""
+        cause = await super().exit_cause(job, rc)
+        if cause in ("ok", "timeout"):
+            return cause
+        try:
+            tail = await _tail(job.stderr_file)
+        except OSError:
+            return cause
+        for pattern, named in _STDERR_CAUSES:
+            if pattern.search(tail):
+                return named
+        return cause
+
     # --------------------------------------------------------------- killing
     async def kill_jobs(self, jobs: Sequence[Job]) -> None:
         """``scancel`` all of ``jobs`` in one call (a few for thousands); an
@@ -669,6 +709,7 @@ class SlurmScheduler(Scheduler):
             return JobQuery(
                 JobQuery.ENDED,
                 f"Slurm job {jid} ended as {state}{why} without recording its return code",
+                cause=STATE_CAUSES.get(state, ""),
             )
         if state in ERROR_STATES:
             return JobQuery(JobQuery.ERROR, f"Slurm job {jid} is stuck in state {state}{why}")
@@ -685,6 +726,14 @@ class SlurmScheduler(Scheduler):
                 "still pending", state, jid,
             )
         return JobQuery(JobQuery.PENDING, state)
+
+
+async def _tail(path: Any, size: int = 4096) -> str:
+    """The last ``size`` bytes of a local file, as text."""
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, handle.tell() - size))
+        return handle.read().decode(errors="replace")
 
 
 # Manager-side statuses of a job whose Slurm job is still followed.
