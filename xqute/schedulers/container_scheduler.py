@@ -18,6 +18,18 @@ mounts, duplicates, clashes and nested mounts follow the rules of
 built from that list when the job is submitted, so clients (pipen) can add
 mounts of their own after ``post_init``.
 
+Resources (``resources``: cpus, memory, gpus) become ``<bin> run`` options for
+docker and podman: ``--cpus N``, ``--memory <MB>m`` and, for docker only,
+``--gpus N`` (a count of GPUs; podman has no such count: its ``--gpus`` is a
+no-op before podman 5 and names devices after, so GPUs are left to the user's
+``bin_args`` there, with a debug log). The same option already in ``bin_args``
+wins (``--cpus`` or ``--cpu-quota``/``--cpu-period``; ``--memory``/``-m``;
+``--gpus``), with one warning. Apptainer's ``--cpus``/``--memory`` need cgroups
+control (root, or cgroups v2 delegated through systemd), which HPC nodes often
+do not give: they are not added (one warning says so); pass them in
+``bin_args`` where they work, and ``--nv`` for GPUs. ``time`` is the wrapper's
+timeout, as for the local scheduler. No CPU budget is kept across containers.
+
 Killing a docker/podman job stops the container itself through the runtime
 (``kill --signal TERM``, then ``KILL`` after a grace period), not only the
 client; an apptainer job is a process tree in the client's session, killed as
@@ -54,7 +66,7 @@ from ..utils import (
     shell_quote,
     split_named_mount,
 )
-from .local_scheduler import LocalScheduler, _exit_reason, _session_members
+from .local_scheduler import LocalScheduler, _exit_reason, _proc_stat, _session_members
 
 # Runtime kinds, by the name of the binary.
 DOCKER = "docker"
@@ -66,6 +78,13 @@ APPTAINER = "apptainer"
 CLIENT_LOG_NAME = "job.container.log"
 
 _BAD_NAME_CHARS_RE = re.compile(r"[^a-zA-Z0-9_.-]")
+# The ``run`` options (docker/podman) that set each resource, as ``bin_args``
+# may already hold them: the first is the one xqute adds.
+_RESOURCE_FLAGS = {
+    "cpus": ("--cpus", "--cpu-quota", "--cpu-period"),  # docker refuses --cpus with the others
+    "memory": ("--memory", "-m"),
+    "gpus": ("--gpus",),
+}
 # Options a docker/podman volume may end with (host:inside:opts).
 _VOLUME_OPTIONS_RE = re.compile(r"^(ro|rw|z|Z|O|U|shared|slave|private|rshared|rslave|rprivate|nocopy|delegated|cached|consistent)(,[A-Za-z]+)*$")
 
@@ -88,6 +107,19 @@ def runtime_kind(binary: str) -> str:
             binary,
         )
     return DOCKER
+
+
+def given_flag(args: Sequence[str], names: Sequence[str]) -> str | None:
+    """Which of the options ``names`` the command-line words ``args`` give
+    (``--name value``, ``--name=value``, or a short ``-m`` with its value
+    joined, ``-m64m``); None if none of them."""
+    for arg in args:
+        for name in names:
+            if arg == name or arg.startswith(name + "="):
+                return name
+            if len(name) == 2 and not name.startswith("--") and arg.startswith(name) and not arg.startswith("--"):
+                return name
+    return None
 
 
 def _as_list(value: Any, what: str) -> list[str]:
@@ -222,7 +254,8 @@ class ContainerScheduler(LocalScheduler):
         user: ``uid:gid`` the job runs as (docker/podman; default the caller's).
             Apptainer always runs jobs as the caller.
         bin_args: more arguments for ``<bin> run`` / ``<bin> exec``, put before
-            the image.
+            the image; ``--cpus``, ``--memory`` or ``--gpus`` here wins over
+            ``resources`` (a base option, mapped onto those for docker/podman).
         **kwargs: the options every scheduler takes (``workdir``, ``forks``,
             ``cwd``, ``mounted_workdir``, ...).
 
@@ -240,6 +273,8 @@ class ContainerScheduler(LocalScheduler):
     """
 
     name = "container"
+    # --cpus caps each container; no budget is kept across them
+    keeps_cpu_budget = False
     # Read through ``self`` (clients and subclasses may override it): where the
     # workdir, the volume_as_cwd folder and named mounts go inside the container.
     DEFAULT_MOUNTED_ROOT = "/mnt/disks"
@@ -322,6 +357,8 @@ class ContainerScheduler(LocalScheduler):
         self._mounts_cache: tuple[tuple[str, ...], list[_Mount], dict[str, str]] | None = None
         # container name -> pid of the client (or of ``<bin> wait``) attached to it
         self._clients: dict[str, int] = {}
+        # resources that were not applied, said once each
+        self._said_unapplied: set[str] = set()
 
     # ------------------------------------------------------------ set-up
     async def post_init(self) -> None:
@@ -466,7 +503,55 @@ class ContainerScheduler(LocalScheduler):
             cmd += ["--user", self.user, "--workdir", workdir_inside]
             for m in mounts:
                 cmd += ["-v", m.spec()]
+        cmd += self.resource_options(job)
         return [*cmd, *self.bin_args, self.image, *self.entrypoint, wrapper]
+
+    def resource_options(self, job: Job) -> list[str]:
+        """``job.resources`` as ``<bin> run`` options: ``--cpus N``,
+        ``--memory <MB>m`` and (docker only) ``--gpus N``. The same option in
+        ``bin_args`` wins. ``time`` is the wrapper's timeout. Apptainer: none
+        (see the module's notes)."""
+        asked = getattr(job, "resources", None)
+        if not asked:
+            return []
+        if self.kind == APPTAINER:
+            unapplied = [
+                key for key, value in (("cpus", asked.cpus), ("memory", asked.memory_mb), ("gpus", asked.gpus))
+                if value
+            ]
+            if unapplied and "apptainer" not in self._said_unapplied:
+                self._said_unapplied.add("apptainer")
+                logger.warning(
+                    "%s scheduler: resources' %s are not applied by %s (its --cpus/--memory "
+                    "need cgroups control, and --nv gives all GPUs); pass the options in "
+                    "bin_args where they work",
+                    self.name, "/".join(unapplied), os.path.basename(self.bin),
+                )
+            return []
+        wanted: dict[str, list[str]] = {}
+        if asked.cpus is not None:
+            wanted["cpus"] = ["--cpus", str(asked.cpus)]
+        if asked.memory_mb is not None:
+            wanted["memory"] = ["--memory", f"{asked.memory_mb}m"]
+        if asked.gpus:
+            if self.kind == DOCKER:
+                wanted["gpus"] = ["--gpus", str(asked.gpus)]
+            elif "gpus" not in self._said_unapplied:
+                self._said_unapplied.add("gpus")
+                logger.debug(
+                    "%s scheduler: resources' gpus are not applied by %s, which has no "
+                    "--gpus count (its --gpus names devices, or does nothing before "
+                    "podman 5); pass e.g. --device nvidia.com/gpu=all in bin_args",
+                    self.name, os.path.basename(self.bin),
+                )
+        options: list[str] = []
+        for resource, words in wanted.items():
+            given = given_flag(self.bin_args, _RESOURCE_FLAGS[resource])
+            if given is not None:
+                self.raw_option_wins(resource, given)
+                continue
+            options += words
+        return options
 
     def jobcmd_shebang(self, job: Job) -> str:
         """``#!/bin/bash``, and a comment naming the runtime and image."""
@@ -658,7 +743,13 @@ class ContainerScheduler(LocalScheduler):
             "Containers %s did not end %s s after SIGTERM: killing them", ", ".join(sorted(left)), defaults.KILL_GRACE
         )
         await run_command(self.bin, "kill", "--signal", "KILL", *left, timeout=60)
-        for member in _session_members(set(left.values())):
+        # what is left in the clients' sessions (each client leads its own)
+        windows = {}
+        for pid in left.values():
+            fields = _proc_stat(pid)
+            if fields is not None and len(fields) > 19:
+                windows[pid] = (int(fields[19]), float("inf"))
+        for member in _session_members(windows):
             try:
                 os.kill(member, signal.SIGKILL)
             except ProcessLookupError:
@@ -683,4 +774,4 @@ class ContainerScheduler(LocalScheduler):
         return all(pid not in self._running for pid in pids)
 
 
-__all__ = ["ContainerScheduler", "runtime_kind", "parse_mounts", "CLIENT_LOG_NAME"]
+__all__ = ["ContainerScheduler", "runtime_kind", "parse_mounts", "given_flag", "CLIENT_LOG_NAME"]

@@ -32,6 +32,29 @@ Economy of calls, since a ``gcloud`` call costs one to three seconds of CPU:
 - Kill: ``gcloud batch jobs cancel`` of every job (a few at a time), falling
   back to ``delete`` when a job cannot be cancelled.
 
+Resources (the base option ``resources``), mapped onto the job JSON of each
+submission (a copy of ``config``; an array's from its first member, since the
+members of one array share one request):
+
+- ``cpus`` -> ``taskGroups[0].taskSpec.computeResource.cpuMilli`` (cpus x 1000);
+- ``memory`` -> ``taskSpec.computeResource.memoryMib``;
+- ``time`` -> ``taskSpec.maxRunDuration`` (``"<seconds>s"``). The wrapper's
+  timeout is set to the same time too (as on every backend that does not say
+  it enforces ``time`` itself), but Batch counts the task's time from its first
+  runnable, so Batch usually stops the task first: a job Batch reports ended
+  with exit code 50005 (a task over its maxRunDuration) ends with the cause
+  ``timeout``, which the retry policy acts on;
+- ``gpus`` -> ``allocationPolicy.instances[0].policy.accelerators[0]``:
+  ``{"type": gpu_type, "count": N}`` and ``instances[0].installGpuDrivers``
+  (true unless given). The GPU type comes from the ``gpu_type`` option, or from
+  an accelerator already in ``config`` that has a type and no count; with
+  neither, ``post_init`` refuses the options. An instance template in
+  ``instances[0]`` says the VM itself: no accelerator is added.
+
+A value already in the live ``config`` (``computeResource.cpuMilli``,
+``memoryMib``, ``maxRunDuration``, an accelerator's ``count``) wins over
+``resources``, with one warning (``raw_option_wins``).
+
 Arrays (on unless the ``array`` option is False):
 
 - ``submit_array`` writes each member's wrapper, then a dispatch script,
@@ -77,6 +100,7 @@ from .. import defaults
 from ..defaults import JobStatus
 from ..job import Job
 from ..path import SpecPath, write_meta
+from ..resources import Resources
 from ..scheduler import JobQuery, Scheduler, SubmissionError
 from ..utils import logger, one_line, run_command, sanitize_mounts, shell_quote
 
@@ -102,6 +126,9 @@ _TRANSIENT_SUBMIT_RE = re.compile(
 )
 # An attempt whose outcome is unknown: the job may have been created anyway.
 _AMBIGUOUS_SUBMIT_RE = re.compile(r"DEADLINE_EXCEEDED|timed out|\b504\b|connection reset", re.I)
+# Batch's event for a task stopped at its maxRunDuration (or a runnable's
+# timeout): "... with exit code 50005"
+_MAX_RUN_DURATION_RE = re.compile(r"exit code 50005\b")
 # Seconds between two checks while waiting for an old job's deletion.
 DELETION_CHECK_INTERVAL = 2.0
 # How many gcloud processes may run at once when killing many jobs.
@@ -212,6 +239,16 @@ def _label_value(text: str) -> str:
     return _LABEL_VALUE_BAD_CHARS.sub("-", text.lower())[:63]
 
 
+def _given_key(mapping: dict, camel: str) -> str | None:
+    """The key under which ``mapping`` gives the Batch field ``camel``: its JSON
+    name (``cpuMilli``) or its proto name (``cpu_milli``); None if neither."""
+    snake = re.sub(r"(?<!^)([A-Z])", r"_\1", camel).lower()
+    for key in (camel, snake):
+        if key in mapping:
+            return key
+    return None
+
+
 def _merge_missing(target: dict, extra: dict) -> dict:
     """Add ``extra``'s keys to ``target`` where it has none (recursively for
     dicts): what the user put in the job JSON wins over what the options say."""
@@ -258,6 +295,8 @@ class GbatchScheduler(Scheduler):
         network, subnetwork, no_external_ip_address: the VMs' network interface.
         machine_type, provisioning_model: the VMs' instance policy
             (``e2-standard-4``, ``SPOT``, ...).
+        gpu_type: the accelerator type (``nvidia-tesla-t4``, ...) that
+            ``resources``' ``gpus`` asks for (see "Resources" above).
         image_uri: run the wrapper in this container image.
         entrypoint: the container's entrypoint (default: the wrapper's bash).
         commands: the container's commands (or, without ``image_uri``, words put
@@ -315,6 +354,7 @@ class GbatchScheduler(Scheduler):
         no_external_ip_address: bool | None = None,
         machine_type: str | None = None,
         provisioning_model: str | None = None,
+        gpu_type: str | None = None,
         image_uri: str | None = None,
         entrypoint: str | None = None,
         commands: str | Sequence[str] | None = None,
@@ -357,6 +397,8 @@ class GbatchScheduler(Scheduler):
             for r in runnables
             if not isinstance(r, dict)
         )
+        if gpu_type is not None and (not isinstance(gpu_type, str) or not gpu_type):
+            problems.append(f"gpu_type must name an accelerator type (e.g. nvidia-tesla-t4), got {gpu_type!r}")
         self._problems = problems
 
         mount_as_cwd = mount_as_cwd or volume_as_cwd
@@ -385,6 +427,7 @@ class GbatchScheduler(Scheduler):
         self.deletion_timeout = float(deletion_timeout)
         self.command_timeout = float(command_timeout)
         self.array_limit = array_limit
+        self.gpu_type = gpu_type or None
 
         self._path_envs: dict[str, str] = {}
         self._runnables_before: list[dict] = []
@@ -531,8 +574,12 @@ class GbatchScheduler(Scheduler):
         the mounts'). Runs once: a second call changes nothing."""
         if self._volumes_added:
             return
-        if self._problems:
-            raise ValueError("; ".join(self._problems))
+        problems = list(self._problems)
+        if self.resources.gpus:
+            problems.append(self._gpu_problem(self.config, self.resources.gpus))
+        problems = [problem for problem in problems if problem]
+        if problems:
+            raise ValueError("; ".join(problems))
         root = self.DEFAULT_MOUNTED_ROOT
         cwd_inside = self._cwd_inside()
         as_cwd = self._kwargs.get("mount_as_cwd") or None
@@ -730,7 +777,124 @@ class GbatchScheduler(Scheduler):
         if not isinstance(labels, dict):
             raise TypeError(f"labels must be a dict (Batch's job JSON), got {labels!r}")
         labels["xqute-run"] = self.run_label  # the status query filters on it
+        self.apply_resources(config, getattr(job, "resources", None) or Resources())
         return config
+
+    # ------------------------------------------------------------ resources
+    def apply_resources(self, config: dict, resources: Resources) -> None:
+        """Put ``resources`` into the job JSON ``config`` (a submission's copy),
+        where the user's JSON does not say already (that wins, with one
+        warning). Int64 fields are strings, as Batch's JSON writes them."""
+        if not resources:
+            return
+        spec = self._task_spec(config)
+        compute = spec.get("computeResource")
+        if compute is None:
+            compute = {}
+        elif not isinstance(compute, dict):
+            raise TypeError(f"taskGroups[0].taskSpec.computeResource must be a dict, got {compute!r}")
+        for resource, value, field in (
+            ("cpus", resources.cpus, "cpuMilli"),
+            ("memory", resources.memory_mb, "memoryMib"),
+        ):
+            if value is None:
+                continue
+            given = _given_key(compute, field)
+            if given is not None:
+                self.raw_option_wins(resource, f"taskSpec.computeResource.{given}")
+            else:
+                compute[field] = str(value * 1000 if resource == "cpus" else value)
+        if compute:
+            spec["computeResource"] = compute
+        if resources.time_s is not None:
+            given = _given_key(spec, "maxRunDuration")
+            if given is not None:
+                self.raw_option_wins("time", f"taskSpec.{given}")
+            else:
+                spec["maxRunDuration"] = f"{resources.time_s}s"
+        if resources.gpus:
+            self._apply_gpus(config, resources.gpus)
+
+    @staticmethod
+    def _first_instance(config: dict, make: bool) -> dict | None:
+        """``allocationPolicy.instances[0]`` (made when ``make``; None when
+        missing); TypeError for another shape there."""
+        policy = config.get("allocationPolicy")
+        if policy is None:
+            if not make:
+                return None
+            policy = config["allocationPolicy"] = {}
+        if not isinstance(policy, dict):
+            raise TypeError(f"allocationPolicy must be a dict (Batch's job JSON), got {policy!r}")
+        instances = policy.get("instances")
+        if instances is None:
+            if not make:
+                return None
+            instances = policy["instances"] = []
+        if not isinstance(instances, list):
+            raise TypeError(f"allocationPolicy.instances must be a list, got {instances!r}")
+        if not instances:
+            if not make:
+                return None
+            instances.append({})
+        if not isinstance(instances[0], dict):
+            raise TypeError(f"allocationPolicy.instances[0] must be a dict, got {instances[0]!r}")
+        return instances[0]
+
+    @staticmethod
+    def _accelerators(instance: dict | None) -> list:
+        if instance is None:
+            return []
+        policy = instance.get("policy") or {}
+        if not isinstance(policy, dict):
+            raise TypeError(f"allocationPolicy.instances[0].policy must be a dict, got {policy!r}")
+        accelerators = policy.get("accelerators") or []
+        if not isinstance(accelerators, list) or not all(isinstance(a, dict) for a in accelerators):
+            raise TypeError(
+                "allocationPolicy.instances[0].policy.accelerators must be a list of dicts, "
+                f"got {accelerators!r}"
+            )
+        return accelerators
+
+    def _gpu_problem(self, config: dict, gpus: int) -> str:
+        """Why ``gpus`` GPUs cannot be asked of Batch with ``config`` ("" if
+        they can): no accelerator type is known."""
+        instance = self._first_instance(config, make=False)
+        if instance is not None and _given_key(instance, "instanceTemplate") is not None:
+            return ""
+        accelerators = self._accelerators(instance)
+        if self.gpu_type or (accelerators and accelerators[0].get("type")):
+            return ""
+        return (
+            f"resources ask for {gpus} GPU(s), but Batch needs their type: give the "
+            "option gpu_type= (e.g. nvidia-tesla-t4), or an accelerator in "
+            "allocationPolicy.instances[0].policy.accelerators"
+        )
+
+    def _apply_gpus(self, config: dict, gpus: int) -> None:
+        instance = self._first_instance(config, make=False)
+        if instance is not None:
+            template = _given_key(instance, "instanceTemplate")
+            if template is not None:  # the template says the VM, GPUs and all
+                self.raw_option_wins("gpus", f"allocationPolicy.instances[0].{template}")
+                return
+            accelerators = self._accelerators(instance)
+            if accelerators and "count" in accelerators[0]:
+                self.raw_option_wins("gpus", "allocationPolicy.instances[0].policy.accelerators[0].count")
+                return
+        problem = self._gpu_problem(config, gpus)
+        if problem:
+            raise SubmissionError(problem)
+        instance = self._first_instance(config, make=True)
+        assert instance is not None
+        policy = instance.setdefault("policy", {})
+        accelerators = policy.setdefault("accelerators", [])
+        if accelerators:  # the user's, with a type and no count
+            accelerators[0]["count"] = str(gpus)
+        else:
+            accelerators.append({"type": self.gpu_type, "count": str(gpus)})
+        if _given_key(instance, "installGpuDrivers") is None:
+            instance["installGpuDrivers"] = True
 
     def batch_job_name(self, job: Job) -> str:
         """The Batch job id of ``job``: its job name made what Batch takes (lower
@@ -1176,7 +1340,9 @@ class GbatchScheduler(Scheduler):
                 f"in {self.workdir}",
             )
         if state in ENDED_STATES:
-            return JobQuery(JobQuery.ENDED, f"{what} ended in state {state}{detail}")
+            # Batch's exit code for a task over its maxRunDuration (resources' time)
+            cause = "timeout" if _MAX_RUN_DURATION_RE.search(event) else ""
+            return JobQuery(JobQuery.ENDED, f"{what} ended in state {state}{detail}", cause=cause)
         logger.warning("Batch job %s is in state %s, unknown to xqute; taken as pending", name, state)
         return JobQuery(JobQuery.PENDING)
 

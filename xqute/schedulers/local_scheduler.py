@@ -5,6 +5,17 @@ a session of its own, so a Ctrl-C meant for the manager does not reach the jobs
 and a manager killed outright leaves them to finish and record their status.
 The scheduler learns of an exit from the process itself (a pidfd becomes
 readable), never from a timer. The job id is the wrapper's pid.
+
+CPU budget: the CPUs a job asks for (``resources`` ``cpus``) count against
+``cpu_budget`` (the machine's CPUs by default), as the job counts against
+``forks``. A job whose CPUs do not fit yet is started *held*: its process
+exists (its pid is its job id, as for any job) but waits, in a bash that reads
+one line from a pipe only the manager holds, before it execs the wrapper. When
+a job that held CPUs ends (its pidfd, as above), the held jobs that now fit are
+let go, first come first served. The manager's loop never waits for CPUs, so a
+Ctrl-C or a halt is as quick as ever; a manager that dies closes the pipes and
+its held jobs exit without running (a rerun runs them). Jobs that ask for no
+CPUs do not count.
 """
 
 from __future__ import annotations
@@ -13,7 +24,8 @@ import asyncio
 import os
 import signal
 import time
-from typing import Sequence
+from collections import OrderedDict
+from typing import Any, Sequence
 
 from panpath import LocalPath
 
@@ -68,6 +80,29 @@ def _session_members(windows: dict[int, tuple[int, float]]) -> list[int]:
     return pids
 
 
+# What a held job runs until its CPUs fit: one line from the manager on stdin
+# lets it exec the wrapper (with stdin from /dev/null, as for any job); the end
+# of the pipe without that line (the manager is gone) ends it without running.
+# The held command line keeps the wrapper's path in it, as the wrapper's does.
+_HOLD_SCRIPT = 'IFS= read -r _ || exit 75; exec "$@" </dev/null'
+_HOLD_NAME = "xqute-held"
+
+
+def _cpu_budget(value: Any) -> int:
+    """``cpu_budget`` checked: a whole number >= 1 (default: the machine's CPUs)."""
+    if value is None:
+        return os.cpu_count() or 1
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"cpu_budget must be a whole number of CPUs >= 1, got {value!r}")
+    try:
+        budget = int(value)
+    except ValueError:
+        raise ValueError(f"cpu_budget must be a whole number of CPUs >= 1, got {value!r}") from None
+    if budget < 1:
+        raise ValueError(f"cpu_budget must be a whole number of CPUs >= 1, got {value!r}")
+    return budget
+
+
 def _exit_reason(wait_status: int) -> str:
     if os.WIFSIGNALED(wait_status):
         sig = os.WTERMSIG(wait_status)
@@ -79,13 +114,46 @@ def _exit_reason(wait_status: int) -> str:
 
 
 class LocalScheduler(Scheduler):
-    """Run each job as a local process (``forks`` at a time)."""
+    """Run each job as a local process (``forks`` at a time).
+
+    Args:
+        cpu_budget: how many CPUs the running jobs may ask for in all
+            (``resources``' ``cpus``; default ``os.cpu_count()``): a job waits,
+            held, until its CPUs fit. ``resources`` asking for more CPUs than
+            the whole budget is a ValueError here; a job that alone asks for
+            more (its own ``resources``) fails at submission.
+        *args, **kwargs: the options every scheduler takes.
+    """
 
     name = "local"
     event_driven = True
+    # whether ``resources``' cpus count against ``cpu_budget`` (the container
+    # scheduler, which caps each container with --cpus, keeps no budget)
+    keeps_cpu_budget: bool = True
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, cpu_budget: Any = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        if not self.keeps_cpu_budget:
+            if cpu_budget is not None:
+                raise ValueError(
+                    f"The {self.name} scheduler keeps no cpu_budget (resources' cpus "
+                    "cap each job instead); do not pass it"
+                )
+            self.cpu_budget: int | None = None
+        else:
+            self.cpu_budget = _cpu_budget(cpu_budget)
+            asked = self.resources.cpus
+            if asked is not None and asked > self.cpu_budget:
+                raise ValueError(
+                    f"resources ask for {asked} CPUs per job, more than the whole "
+                    f"cpu_budget ({self.cpu_budget}): no job could ever start; lower "
+                    "resources' cpus or raise cpu_budget"
+                )
+        # CPUs held by running jobs (pid -> cpus), and their sum
+        self._cpus_of: dict[int, int] = {}
+        self._cpus_in_use = 0
+        # held jobs, first come first served: pid -> (cpus, the pipe's write end)
+        self._held: OrderedDict[int, tuple[int, int]] = OrderedDict()
         # pid -> job, for wrappers still running
         self._running: dict[int, Job] = {}
         # pid -> wait status (None when not our child), for wrappers that ended
@@ -136,7 +204,87 @@ class LocalScheduler(Scheduler):
         waiter = self._exit_waiters.pop(pid, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        # its CPUs (or its place among the held jobs) go to the jobs waiting
+        held = self._held.pop(pid, None)
+        if held is not None:
+            os.close(held[1])
+        freed = self._cpus_of.pop(pid, 0)
+        self._cpus_in_use -= freed
+        if freed or held is not None:
+            self._let_go()
         self.notify()
+
+    # ------------------------------------------------------------ the CPU budget
+    def cpus_asked(self, job: Job) -> int:
+        """The CPUs ``job`` counts against ``cpu_budget`` (0: none asked, or no
+        budget kept)."""
+        if self.cpu_budget is None:
+            return 0
+        asked = getattr(job, "resources", None)
+        return (asked.cpus or 0) if asked else 0
+
+    @property
+    def cpus_in_use(self) -> int:
+        """CPUs held by the running jobs."""
+        return self._cpus_in_use
+
+    @property
+    def held_jobs(self) -> int:
+        """How many jobs wait, held, for their CPUs."""
+        return len(self._held)
+
+    def _take_cpus(self, pid: int, cpus: int) -> None:
+        if cpus:
+            self._cpus_of[pid] = self._cpus_of.get(pid, 0) + cpus
+            self._cpus_in_use += cpus
+
+    def start_process(self, argv: Sequence[str], cpus: int, output_fd: int | None = None) -> int:
+        """Start ``argv`` as ``spawn`` does, for a job asking ``cpus``: at once
+        when they fit in the budget (and no job waits before it), else held
+        until they do. Returns the pid either way; raises OSError."""
+        if not cpus or (not self._held and self._cpus_in_use + cpus <= (self.cpu_budget or 0)):
+            pid = self.spawn(argv, output_fd)
+            self._take_cpus(pid, cpus)
+            return pid
+        read_end, write_end = os.pipe()  # not inherited by anything else (O_CLOEXEC)
+        try:
+            pid = self.spawn(
+                [JOBCMD_WRAPPER_LANG, "-c", _HOLD_SCRIPT, _HOLD_NAME, *argv],
+                output_fd,
+                stdin_fd=read_end,
+            )
+        except OSError:
+            os.close(write_end)
+            raise
+        finally:
+            os.close(read_end)
+        self._held[pid] = (cpus, write_end)
+        logger.debug(
+            "Process %s held: it asks for %s CPUs, %s of %s are in use",
+            pid, cpus, self._cpus_in_use, self.cpu_budget,
+        )
+        return pid
+
+    def _let_go(self) -> None:
+        """Start the held jobs that fit now, in the order they came."""
+        budget = self.cpu_budget or 0
+        started = False
+        while self._held:
+            pid, (cpus, write_end) = next(iter(self._held.items()))
+            if self._cpus_in_use + cpus > budget:
+                break
+            del self._held[pid]
+            try:
+                os.write(write_end, b"go\n")
+            except OSError:  # it is gone already: its exit, on its way, frees the CPUs
+                pass
+            finally:
+                os.close(write_end)
+            self._take_cpus(pid, cpus)
+            started = True
+            logger.debug("Process %s let go: %s CPUs now in use", pid, self._cpus_in_use)
+        if started:
+            self.notify()  # a round marks them started
 
     @staticmethod
     def _pid_alive(pid: int) -> bool:
@@ -156,17 +304,26 @@ class LocalScheduler(Scheduler):
         script_path = str(script.mounted)
         if not isinstance(script.mounted, LocalPath):
             script_path = await script.mounted.get_fspath()
+        cpus = self.cpus_asked(job)
+        if self.cpu_budget is not None and cpus > self.cpu_budget:
+            raise SubmissionError(
+                f"job {job.index} asks for {cpus} CPUs, more than the whole cpu_budget "
+                f"({self.cpu_budget}): it could never start"
+            )
         try:
-            pid = self.spawn([JOBCMD_WRAPPER_LANG, script_path])
+            pid = self.start_process([JOBCMD_WRAPPER_LANG, script_path], cpus)
         except OSError as exc:
             raise SubmissionError(f"cannot start {JOBCMD_WRAPPER_LANG}: {exc}") from exc
         self._watch(pid, job, child=True)
         return pid
 
-    def spawn(self, argv: Sequence[str], output_fd: int | None = None) -> int:
+    def spawn(
+        self, argv: Sequence[str], output_fd: int | None = None, stdin_fd: int | None = None
+    ) -> int:
         """Start ``argv`` (``argv[0]`` a path) in a session of its own, with no
-        pipe to the manager: stdin from /dev/null, stdout and stderr to
-        ``output_fd`` (default /dev/null). Returns its pid; raises OSError."""
+        pipe to the manager: stdin from ``stdin_fd`` (default /dev/null), stdout
+        and stderr to ``output_fd`` (default /dev/null). Returns its pid;
+        raises OSError."""
         if self._devnull is None:
             self._devnull = os.open(os.devnull, os.O_RDWR)
         output = self._devnull if output_fd is None else output_fd
@@ -175,7 +332,7 @@ class LocalScheduler(Scheduler):
             list(argv),
             os.environ,
             file_actions=[
-                (os.POSIX_SPAWN_DUP2, self._devnull, 0),
+                (os.POSIX_SPAWN_DUP2, self._devnull if stdin_fd is None else stdin_fd, 0),
                 (os.POSIX_SPAWN_DUP2, output, 1),
                 (os.POSIX_SPAWN_DUP2, output, 2),
             ],
@@ -190,7 +347,9 @@ class LocalScheduler(Scheduler):
             except ValueError:
                 answers[job] = JobQuery(JobQuery.ENDED, f"no process id recorded for job {job.index}")
                 continue
-            if pid in self._running:
+            if pid in self._held:  # waiting for its CPUs
+                answers[job] = JobQuery(JobQuery.PENDING)
+            elif pid in self._running:
                 answers[job] = JobQuery(JobQuery.RUNNING)
             elif pid in self._ended:
                 status = self._ended.pop(pid)
@@ -200,7 +359,9 @@ class LocalScheduler(Scheduler):
                     "without recording a return code",
                 )
             elif self._is_our_wrapper(pid, job) and self._watch(pid, job, child=False):
-                # left running by an earlier manager of the same workdir
+                # left running by an earlier manager of the same workdir: its
+                # CPUs are in use (even past the budget) until it ends
+                self._take_cpus(pid, self.cpus_asked(job))
                 answers[job] = JobQuery(JobQuery.RUNNING)
             else:
                 answers[job] = JobQuery(JobQuery.ENDED, f"process {pid} of job {job.index} is gone")
@@ -278,6 +439,10 @@ class LocalScheduler(Scheduler):
 
     async def close(self) -> None:
         """Release what the scheduler holds (called when the run ends)."""
+        # held jobs still here (never let go): the end of their pipes ends them
+        for _, write_end in self._held.values():
+            os.close(write_end)
+        self._held.clear()
         if self._devnull is not None:
             os.close(self._devnull)
             self._devnull = None
