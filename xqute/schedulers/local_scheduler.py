@@ -321,9 +321,9 @@ class LocalScheduler(Scheduler):
         self, argv: Sequence[str], output_fd: int | None = None, stdin_fd: int | None = None
     ) -> int:
         """Start ``argv`` (``argv[0]`` a path) in a session of its own, with no
-        pipe to the manager: stdin from ``stdin_fd`` (default /dev/null), stdout
-        and stderr to ``output_fd`` (default /dev/null). Returns its pid;
-        raises OSError."""
+        pipe to the manager (but a held job's ``stdin_fd``): stdin from
+        ``stdin_fd`` (default /dev/null), stdout and stderr to ``output_fd``
+        (default /dev/null). Returns its pid; raises OSError."""
         if self._devnull is None:
             self._devnull = os.open(os.devnull, os.O_RDWR)
         output = self._devnull if output_fd is None else output_fd
