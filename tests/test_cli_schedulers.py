@@ -30,9 +30,10 @@ def xqute(part: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def cluster_jobs(part: str) -> set[str]:
-    """Job ids the cluster still has (pending or running)."""
+    """Job ids the cluster still has (pending or running): one per array task
+    on Slurm (``123_4``), job numbers on Grid Engine (see ``listed_as``)."""
     if part == "slurm":
-        cmd = ["squeue", "-h", "-o", "%i"]
+        cmd = ["squeue", "-r", "-h", "-o", "%i"]
     else:
         cmd = ["qstat", "-u", "*"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env(part))
@@ -41,6 +42,12 @@ def cluster_jobs(part: str) -> set[str]:
         return {line.strip() for line in proc.stdout.splitlines() if line.strip()}
     # qstat: two header lines, then the job id first on each line
     return {line.split()[0] for line in proc.stdout.splitlines()[2:] if line.strip()}
+
+
+def listed_as(part: str, jids) -> set[str]:
+    """``jids`` as ``cluster_jobs`` lists them: an array member ``123.4`` of
+    Grid Engine under its job number."""
+    return {jid.split(".")[0] if part == "sge" else jid for jid in jids}
 
 
 def wait_for(predicate, what: str, timeout: float = 180.0):
@@ -73,19 +80,20 @@ def test_kill_cancels_cluster_jobs_of_a_dead_manager(part: str, workdir: Path):
             ]
 
         jids = wait_for(submitted, f"2 jobs submitted to {part}")
-        assert set(jids) <= cluster_jobs(part)
+        assert listed_as(part, jids) <= cluster_jobs(part)
         record = json.loads((wd / "xqute.run.json").read_text())
         assert record["scheduler"] == part
         assert record["scheduler_opts"] == {"poll_interval": 0.5}
 
         manager.kill()  # the manager dies; the cluster keeps its jobs
         manager.wait(timeout=60)
-        assert set(jids) <= cluster_jobs(part)
+        assert listed_as(part, jids) <= cluster_jobs(part)
 
         killed = xqute(part, "kill", "wd", cwd=workdir)
         assert killed.returncode == 0, killed.stderr
         assert "Killed 2 jobs: 0, 1" in killed.stderr
-        wait_for(lambda: not (set(jids) & cluster_jobs(part)), f"{part} to drop the jobs", 120)
+        wait_for(lambda: not (listed_as(part, jids) & cluster_jobs(part)),
+                 f"{part} to drop the jobs", 120)
 
         state = json.loads(xqute(part, "status", "--json", "wd", cwd=workdir).stdout)
         assert [job["status"] for job in state["jobs"]] == ["FAILED", "FAILED"]
@@ -94,7 +102,7 @@ def test_kill_cancels_cluster_jobs_of_a_dead_manager(part: str, workdir: Path):
         if manager.poll() is None:
             manager.kill()
             manager.wait()
-        left = set(jids) & cluster_jobs(part) if jids else set()
+        left = listed_as(part, jids) & cluster_jobs(part) if jids else set()
         if left:
             cancel = ["scancel"] if part == "slurm" else ["qdel"]
             subprocess.run(cancel + sorted(left), capture_output=True, timeout=60, env=env(part))
