@@ -701,3 +701,37 @@ def test_a_rerun_adopts_jobs_left_running_behind_finished_ones_at_once(workdir, 
     assert sorted(starts.count(str(i)) for i in range(4, 12)) == [1] * 8, lines
     assert all(starts.count(str(i)) == 2 for i in range(4)), lines
     assert _peak_concurrency(lines) <= 4, lines
+
+
+def test_a_rerun_follows_a_wrapper_whose_jid_file_was_never_written(workdir):
+    """A manager killed between starting a job's wrapper and writing its jid
+    file: the rerun finds the wrapper by its script and follows it."""
+    program = textwrap.dedent(
+        """
+        import asyncio, sys
+        from xqute import Xqute
+        async def main():
+            xq = Xqute(workdir=sys.argv[1], forks=2)
+            for i in range(2):
+                await xq.feed(["bash", "-c", f"echo start >> \\"$XQUTE_JOB_METADIR/starts\\"; sleep 3"])
+            await xq.run_until_complete()
+            print("rcs", [await j.get_rc() for j in xq.jobs])
+        asyncio.run(main())
+        """
+    )
+    first = subprocess.Popen([sys.executable, "-c", program, str(workdir)],
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    import time
+
+    start = time.monotonic()
+    while not all((Path(workdir) / str(i) / "starts").exists() for i in range(2)):
+        assert time.monotonic() - start < 30
+        time.sleep(0.05)
+    first.kill()
+    first.wait()
+    (Path(workdir) / "1" / "job.jid").unlink()  # as if killed before writing it
+    second = run_program(program, str(workdir))
+    assert second.returncode == 0, second.stderr
+    assert "rcs [0, 0]" in second.stdout
+    for i in range(2):
+        assert read(Path(workdir) / str(i) / "starts") == "start\n"

@@ -379,6 +379,15 @@ class LocalScheduler(Scheduler):
         status = await job.read_status_file()
         return status is None or status < JobStatus.RUNNING
 
+    async def find_submitted(self, job: Job, ran: bool) -> int | None:
+        """The pid of a process running ``job``'s wrapper: a manager killed
+        between starting the wrapper and writing its jid file left it (the
+        rerun follows it rather than starting the job a second time)."""
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit() and self._is_our_wrapper(int(entry.name), job):
+                return int(entry.name)
+        return None
+
     def _is_our_wrapper(self, pid: int, job: Job) -> bool:
         """Whether ``pid`` runs this job's wrapper (pids are reused)."""
         try:
