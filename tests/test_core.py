@@ -735,3 +735,34 @@ def test_a_rerun_follows_a_wrapper_whose_jid_file_was_never_written(workdir):
     assert "rcs [0, 0]" in second.stdout
     for i in range(2):
         assert read(Path(workdir) / str(i) / "starts") == "start\n"
+
+
+async def test_a_lost_array_reply_whose_lookup_fails_is_looked_up_again_never_resubmitted(workdir):
+    """An in-process test backend (no scheduler can be made to do this on
+    demand): the array's reply is lost, then the first lookup fails for now.
+    The base class must look again, not split the array and submit it anew."""
+    from xqute.scheduler import SubmissionError
+    from xqute.schedulers.local_scheduler import LocalScheduler
+
+    class LosesReplies(LocalScheduler):
+        name = "local"
+        submits = 0
+        lookups = 0
+
+        async def submit_array(self, jobs, throttle):
+            LosesReplies.submits += 1
+            self.pids = [await self.submit_job(job) for job in jobs]
+            raise SubmissionError("timed out", transient=True, ambiguous=True)
+
+        async def find_submitted_array(self, jobs, ran):
+            LosesReplies.lookups += 1
+            if LosesReplies.lookups == 1:
+                raise SubmissionError("lookup timed out", transient=True)
+            return self.pids
+
+    xq = Xqute(LosesReplies, workdir=workdir, forks=3)
+    for _ in range(3):
+        await xq.feed(["true"])
+    await xq.run_until_complete()
+    assert [await job.get_rc() for job in xq.jobs] == [0, 0, 0]
+    assert LosesReplies.submits == 1 and LosesReplies.lookups == 2

@@ -851,7 +851,17 @@ exit "$rc"
         lost_reply = False
         for attempt in range(1, self.submit_retries + 1):
             if lost_reply:  # the last attempt may have gone through after all
-                found = await self._find_lost_submission(jobs, find)
+                try:
+                    found = await self._find_lost_submission(jobs, find)
+                except SubmissionError as exc:
+                    # could not tell whether it got there: look again later,
+                    # never submit again blind
+                    if not exc.transient or attempt == self.submit_retries:
+                        raise
+                    logger.warning("%s: %s; looking again in %.0f s", label, exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 60.0)
+                    continue
                 if found is not None:
                     return found
             if self._submit_lock is not None:
@@ -891,7 +901,15 @@ exit "$rc"
             if await job.read_status_file() not in (None, JobStatus.SUBMITTED):
                 ran = True
                 break
-        found = await find(ran)
+        try:
+            found = await find(ran)
+        except SubmissionError as exc:
+            # ambiguous: whoever catches this must not submit the jobs again
+            raise SubmissionError(
+                f"the reply to a submission was lost, and looking for the job failed: {exc}",
+                transient=exc.transient,
+                ambiguous=True,
+            ) from exc
         if found is not None:
             logger.info("Job %s: the submission went through after all (%s)", jobs[0].index, found)
             return found
