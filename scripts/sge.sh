@@ -115,7 +115,9 @@ start_qmaster() {
         return 0
     fi
     rm -f "$QMASTER_SPOOL/lock"
-    /usr/sbin/sge_qmaster >>"$STATE/sge_qmaster.out" 2>&1 || die "sge_qmaster failed to start (see $QMASTER_SPOOL/messages)"
+    # setsid: a session of its own, so that a kill of the starting shell's
+    # process group (a tool ending its job) does not take the daemon down
+    setsid -w /usr/sbin/sge_qmaster >>"$STATE/sge_qmaster.out" 2>&1 || die "sge_qmaster failed to start (see $QMASTER_SPOOL/messages)"
     local i
     for i in $(seq 1 100); do
         if live_pid "$QMASTER_SPOOL/qmaster.pid" sge_qmaster >/dev/null; then
@@ -299,7 +301,7 @@ start_execd() {
             return 0
         fi
     done
-    /usr/sbin/sge_execd >>"$STATE/sge_execd.out" 2>&1 || die "sge_execd failed to start (see $STATE/sge_execd.out)"
+    setsid -w /usr/sbin/sge_execd >>"$STATE/sge_execd.out" 2>&1 || die "sge_execd failed to start (see $STATE/sge_execd.out)"
     local i
     for i in $(seq 1 100); do
         for own in "$EXECD_SPOOL"/*/execd.pid; do
