@@ -162,7 +162,7 @@ _xq_put_final() {{
     rm -rf "$_xq_local"
 }}
 _xq_redirect() {{ exec >"$_xq_local/job.stdout" 2>"$_xq_local/job.stderr"; }}
-_xq_usage() {{ {{ echo "$_xq_t0 ${{EPOCHREALTIME:-}} ${{HOSTNAME:-}}"; times; }} >"$_xq_local/job.usage.raw"; }} 2>/dev/null"""
+_xq_usage() {{ {{ echo "$_xq_t0 ${{EPOCHREALTIME:-}} ${{HOSTNAME:-}}"; times; _xq_peak; }} >"$_xq_local/job.usage.raw"; }} 2>/dev/null"""
 
 
 if __name__ == "__main__":

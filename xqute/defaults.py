@@ -88,3 +88,7 @@ KILL_GRACE: float = 5.0
 ARRAY_BURST_GAP: float = 0.2
 # ...and a burst fed steadily is submitted at the latest this long after it began.
 ARRAY_BURST_MAX_WAIT: float = 2.0
+
+# At a run's end, seconds to wait before asking a scheduler's accounting once
+# more for the usage of jobs it did not have figures for yet.
+USAGE_SETTLE = 1.0

@@ -62,6 +62,7 @@ class Job:
         "resources",
         "_paths",
         "cause",
+        "usage",
     )
 
     def __init__(
@@ -100,6 +101,8 @@ class Job:
         self._paths: dict[str, SpecPath] = {}
         # how the last trial ended (xqute.resources.EXIT_CAUSES), once it did
         self.cause = ""
+        # the usage record of the last trial that ended (as in ``job.usage``)
+        self.usage: dict[str, Any] | None = None
 
     # -- command and environment ---------------------------------------------
     @property

@@ -111,6 +111,9 @@ class Resources:
     memory_mb: int | None = None
     time_s: int | None = None
     gpus: int | None = None
+    # nodes a retry keeps away from after a node failure (retry_policy's
+    # ``exclude_node``); never set by users
+    exclude_nodes: tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any] | None, what: str = "resources") -> "Resources":
@@ -138,7 +141,13 @@ class Resources:
             raise ValueError(f"{what}: {exc}") from None
 
     def __bool__(self) -> bool:
-        return any(getattr(self, field.name) is not None for field in fields(self))
+        return any(getattr(self, field.name) not in (None, ()) for field in fields(self))
+
+    def excluding(self, node: str) -> "Resources":
+        """These resources, keeping the next trial off ``node`` too."""
+        if not node or node in self.exclude_nodes:
+            return self
+        return replace(self, exclude_nodes=(*self.exclude_nodes, node))
 
     def scaled(self, memory: float = 1.0, time: float = 1.0) -> "Resources":
         """These resources with memory and time multiplied (rounded up)."""
@@ -151,6 +160,8 @@ class Resources:
     def over(self, limits: "Resources") -> str:
         """Why these resources pass ``limits`` ("" if they do not)."""
         for field in fields(self):
+            if field.name == "exclude_nodes":
+                continue
             mine, cap = getattr(self, field.name), getattr(limits, field.name)
             if mine is not None and cap is not None and mine > cap:
                 return f"{field.name} {mine} is over the limit {cap}"
@@ -167,6 +178,8 @@ class Resources:
             shown["time"] = self.time_s
         if self.gpus is not None:
             shown["gpus"] = self.gpus
+        if self.exclude_nodes:
+            shown["exclude_nodes"] = list(self.exclude_nodes)
         return shown
 
     @property
@@ -222,7 +235,8 @@ def parse_retry_policy(policy: Mapping[str, Any] | None) -> dict[str, dict[str, 
 
 # What the wrapper writes just before its return code: "<start> <end> <host>"
 # (bash's $EPOCHREALTIME), then the output of bash's ``times`` (the shell's
-# user/sys CPU, then its children's).
+# user/sys CPU, then its children's), then, where the job has a memory cgroup
+# of its own (``Scheduler.peak_memory_file``), "peak <bytes>".
 USAGE_RAW_FILE = "job.usage.raw"
 _TIMES_RE = re.compile(r"([0-9]+)m([0-9.]+)s\s+([0-9]+)m([0-9.]+)s", re.ASCII)
 
@@ -255,4 +269,9 @@ def usage_from_wrapper(text: str | None) -> dict[str, Any]:
             system = int(match.group(3)) * 60 + float(match.group(4))
             record["cpu_s"] = round(user + system, 3)
             record["sources"]["cpu_s"] = "wrapper"
+    for line in lines[3:]:
+        words = line.split()
+        if len(words) == 2 and words[0] == "peak" and words[1].isdigit() and int(words[1]) > 0:
+            record["peak_memory_mb"] = round(int(words[1]) / 1048576, 1)
+            record["sources"]["peak_memory_mb"] = "cgroup"
     return record

@@ -319,6 +319,9 @@ class Scheduler(ABC):
         self.query_rounds = 0
         # job -> when the scheduler first said it ended while its files did not
         self._ended_since: dict[Job, float] = {}
+        # ended trials whose usage record waits for the scheduler's accounting:
+        # jid -> (job, trial, rounds asked so far)
+        self._usage_due: dict[str, tuple[Job, int, int]] = {}
         # the manager sets this to be woken up when a job may have changed
         self.notify: Callable[[], None] = lambda: None
 
@@ -444,7 +447,7 @@ _xq_put_final() {
 }
 _xq_redirect() { exec >"$_xq_meta/job.stdout" 2>"$_xq_meta/job.stderr"; }
 # start, end, host, then bash's times (the command's CPU): builtins only
-_xq_usage() { { echo "$_xq_t0 ${EPOCHREALTIME:-} ${HOSTNAME:-}"; times; } >"$_xq_meta/job.usage.raw"; } 2>/dev/null"""
+_xq_usage() { { echo "$_xq_t0 ${EPOCHREALTIME:-} ${HOSTNAME:-}"; times; _xq_peak; } >"$_xq_meta/job.usage.raw"; } 2>/dev/null"""
 
     def wrap_job_script(self, job: Job) -> str:
         """The text of the bash script that runs ``job``."""
@@ -466,6 +469,7 @@ _xq_usage() { { echo "$_xq_t0 ${EPOCHREALTIME:-} ${HOSTNAME:-}"; times; } >"$_xq
 set -u
 _xq_meta={shell_quote(meta)}
 {self.wrapper_meta_functions(job)}
+{self._wrapper_peak_function(job)}
 _xq_put job.status {JobStatus.RUNNING}
 _xq_t0=${{EPOCHREALTIME:-}}
 _xq_reserve
@@ -517,6 +521,22 @@ while :; do
 done
 exit "$rc"
 """
+
+    def peak_memory_file(self, job: Job) -> str | None:
+        """A file, as the job sees it, holding the peak memory in bytes of a
+        cgroup that is the job's own (a container's, or one the backend made
+        for it); the wrapper reads it with a builtin when the command ends.
+        None: the backend measures peak memory otherwise, or cannot."""
+        return None
+
+    def _wrapper_peak_function(self, job: Job) -> str:
+        path = self.peak_memory_file(job)
+        if not path:
+            return "_xq_peak() { :; }"
+        return (
+            "# the peak memory of the job's own cgroup, read with a builtin\n"
+            f"_xq_peak() {{ local p; read -r p <{shell_quote(path)} && echo \"peak $p\"; }}"
+        )
 
     def time_limit(self, job: Job) -> float:
         """Seconds after which the wrapper stops the command (0: never): the
@@ -683,6 +703,31 @@ exit "$rc"
             return "unknown" if rc == RC_VANISHED else "failed"
         return "failed"
 
+    # Backends whose scheduler keeps accounts of ended jobs (Slurm's sacct,
+    # Grid Engine's qacct) set this and implement ``query_usage``: a trial
+    # that ended without the status round having fetched its figures
+    # (``job_usage`` was empty) gets them in a later round, or at the run's end.
+    usage_from_scheduler = False
+    # rounds after which a trial's record is left with the wrapper's figures
+    USAGE_ROUNDS = 3
+
+    async def query_usage(self, jids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """What the scheduler's accounting says the ended jobs ``jids`` used,
+        in one call: {jid: figures}, the figures as ``job_usage`` gives them.
+        Jobs left out (accounting lags) are asked again in a later round."""
+        return {}
+
+    async def query_jobs_and_usage(
+        self, jobs: Sequence[Job], ended: Sequence[str]
+    ) -> tuple[dict[Job, JobQuery], dict[str, dict[str, Any]]]:
+        """One status round: about the live ``jobs`` (``query_jobs``), and
+        the usage of the ended jobs ``ended`` (``query_usage``). A backend
+        whose one call can answer both overrides this, so that usage costs no
+        query of its own."""
+        answers = await self.query_jobs(jobs) if jobs else {}
+        usage = await self.query_usage(ended) if ended else {}
+        return answers, usage
+
     def job_usage(self, job: Job) -> dict[str, Any]:
         """What the backend measured of ``job``'s last trial, to go into its
         usage record: any of ``wall_s``, ``cpu_s``, ``peak_memory_mb``,
@@ -706,10 +751,60 @@ exit "$rc"
             requested=job.resources.as_dict(),
             sources=sources,
         )
+        job.usage = record
         try:
             await write_meta(job.usage_file, json.dumps(record, sort_keys=True) + "\n")
         except OSError as exc:
             logger.warning("Job %s: could not write its usage record: %s", job.index, exc)
+            return
+        if self.usage_from_scheduler and not extra and job.jid:
+            self._usage_due[str(job.jid)] = (job, job.trial_count, 0)
+
+    async def _add_scheduler_usage(self, usage: dict[str, dict[str, Any]]) -> None:
+        """Merge the scheduler's figures into the records of the trials they
+        are for (kept under ``job.retry/<n>/`` if the job was retried since)."""
+        for jid, (job, trial, rounds) in list(self._usage_due.items()):
+            figures = usage.get(jid)
+            if figures is None:
+                if rounds + 1 >= self.USAGE_ROUNDS:
+                    del self._usage_due[jid]  # keep the wrapper's figures
+                else:
+                    self._usage_due[jid] = (job, trial, rounds + 1)
+                continue
+            del self._usage_due[jid]
+            path = job.usage_file if job.trial_count == trial else job.retry_dir / str(trial) / "job.usage"
+            try:
+                record = json.loads(await read_meta(path) or "{}")
+            except ValueError:
+                record = {}
+            figures = dict(figures)
+            record.setdefault("sources", {}).update(figures.pop("sources", {}))
+            record.update({key: value for key, value in figures.items() if value is not None})
+            if job.trial_count == trial:
+                job.usage = record
+            try:
+                await write_meta(path, json.dumps(record, sort_keys=True) + "\n")
+            except OSError as exc:
+                logger.warning("Job %s: could not update its usage record: %s", job.index, exc)
+
+    async def complete_usage(self) -> None:
+        """At the run's end: fetch the scheduler's figures for trials still
+        waiting for them, in one call (once more, a moment later, for any the
+        accounting did not have yet)."""
+        for attempt in range(2):
+            if not self._usage_due:
+                return
+            if attempt:
+                await asyncio.sleep(defaults.USAGE_SETTLE)
+            try:
+                usage = await self.query_usage(list(self._usage_due))
+            except Exception as exc:  # a record short of figures is no failure
+                logger.warning("Could not fetch usage from %s: %s", self.name, exc)
+                return
+            await self._add_scheduler_usage(usage)
+            # what the accounting did not have on the second ask is left out
+            if attempt:
+                self._usage_due.clear()
 
     async def _write_final(self, job: Job, rc: int, status: int) -> None:
         try:
@@ -1140,11 +1235,14 @@ exit "$rc"
         next trial asks for; False (with a line in its stderr) when that would
         pass ``resource_limits``: the job is not retried."""
         change = self.retry_policy.get(getattr(job, "cause", "") or "")
-        if not change or not job.resources:
+        if not change:
             return True
         asked = job.resources.scaled(
             memory=float(change.get("memory", 1.0)), time=float(change.get("time", 1.0))
         )
+        if change.get("exclude_node"):
+            # the host the failed trial ran on, as its usage record names it
+            asked = asked.excluding(str((job.usage or {}).get("host") or ""))
         over = asked.over(self.resource_limits)
         if over:
             message = (
@@ -1322,7 +1420,11 @@ exit "$rc"
         and not much after a grace runs out.
         """
         self.query_rounds += 1
-        answers = await self.query_jobs(jobs)
+        if self._usage_due:
+            answers, usage = await self.query_jobs_and_usage(jobs, list(self._usage_due))
+            await self._add_scheduler_usage(usage)
+        else:
+            answers = await self.query_jobs(jobs)
         changed = False
         gone: list[Job] = []
         for job, answer in answers.items():
