@@ -185,7 +185,8 @@ class Scheduler(ABC):
             ``resources`` (``cpus``, ``memory``, ``time``, ``gpus``: one
             request each backend maps onto its own options),
             ``resource_limits`` (caps on what escalating retries may ask) and
-            ``retry_policy`` (what a failure cause changes on the next trial);
+            ``retry_policy`` (what a failure cause changes on the next trial),
+            ``usage`` (False: no usage record, ``job.usage``, is kept);
             all other keys go to ``config`` and become scheduler directives.
     """
 
@@ -274,6 +275,9 @@ class Scheduler(ABC):
         self.resources = Resources.parse(kwargs.pop("resources", None))
         self.resource_limits = Resources.parse(kwargs.pop("resource_limits", None), "resource_limits")
         self.retry_policy = parse_retry_policy(kwargs.pop("retry_policy", None))
+        self.usage = kwargs.pop("usage", True)
+        if not isinstance(self.usage, bool):
+            raise ValueError(f"usage must be True or False, got {self.usage!r}")
         over = self.resources.over(self.resource_limits)
         if over:
             raise ValueError(f"resources ask for more than resource_limits allow: {over}")
@@ -469,7 +473,7 @@ _xq_usage() { { echo "$_xq_t0 ${EPOCHREALTIME:-} ${HOSTNAME:-}"; times; _xq_peak
 set -u
 _xq_meta={shell_quote(meta)}
 {self.wrapper_meta_functions(job)}
-{self._wrapper_peak_function(job)}
+{self._wrapper_peak_function(job)}{"" if self.usage else chr(10) + "_xq_usage() { :; }  # usage: False"}
 _xq_put job.status {JobStatus.RUNNING}
 _xq_t0=${{EPOCHREALTIME:-}}
 _xq_reserve
@@ -740,6 +744,8 @@ exit "$rc"
         """Write ``job.usage`` (JSON): the wrapper's measurement, the
         backend's (``job_usage``), the cause and what the trial asked for."""
         job.cause = cause
+        if not self.usage:
+            return
         record = usage_from_wrapper(await read_meta(job.metadir / USAGE_RAW_FILE))
         extra = self.job_usage(job)
         sources = {**record.pop("sources"), **extra.pop("sources", {})}
