@@ -198,3 +198,33 @@ def test_summary_text_is_plain():
     assert text.endswith("Details: xqute status '/w d'")
     assert "\x1b" not in text
 
+
+def test_summary_names_the_jobs_that_used_most_memory_and_the_causes():
+    from xqute.progress import RunSummary
+
+    summary = RunSummary(
+        total=3, succeeded=2, failed=1, not_run=0, killed=0, retried=0, wall_time=2.0,
+        failures=[(2, 137, "big", "")],
+        most_memory=[(2, 2560.0, "big"), (0, 200.4, "small")],
+        causes={2: "oom"},
+    )
+    text = summary.format()
+    assert "Most memory (peak):\n  job 2          2.5G  big\n  job 0          200M  small" in text
+    assert "  job 2      rc 137 (oom) big" in text
+
+
+async def test_the_summary_ranks_the_usage_records(workdir: Path):
+    """The run summary's memory ranking comes from the jobs' usage records."""
+    progress = ProgressPlugin(display=False, summary=False, slowest=2)
+    xq = Xqute(workdir=workdir, forks=2, plugins=[progress])
+    await xq.feed(["true"])
+    await xq.feed(["false"])
+    await xq.run_until_complete()
+    jobs = {job.index: job for job in xq.jobs}
+    assert jobs[1].usage["cause"] == "failed" and jobs[0].usage["cause"] == "ok"
+    assert progress.summary.causes == {1: "failed"}
+    measured = [job for job in jobs.values() if job.usage.get("peak_memory_mb")]
+    assert [index for index, _, _ in progress.summary.most_memory] == [
+        job.index for job in sorted(measured, key=lambda job: -job.usage["peak_memory_mb"])
+    ]
+

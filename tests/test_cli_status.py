@@ -70,13 +70,18 @@ def test_status_table(workdir: Path):
     assert lines[0] == f"Workdir: {workdir / '.xqute'}"
     assert lines[1].startswith("Run: local scheduler, forks 2, started ")
     header = next(line for line in lines if line.startswith("INDEX"))
-    assert header.split() == ["INDEX", "STATUS", "RC", "TRIALS", "JID", "ELAPSED"]
+    assert header.split() == [
+        "INDEX", "STATUS", "RC", "TRIALS", "JID", "ELAPSED", "WALL", "CPU", "PEAK", "MEM", "CAUSE",
+    ]
     rows = [line.split() for line in lines[lines.index(header) + 1 :] if line.strip()][:3]
     assert [row[:4] for row in rows] == [
         ["0", "FINISHED", "0", "1"],
         ["1", "FAILED", "7", "1"],
         ["2", "FINISHED", "0", "1"],
     ]
+    # the usage columns: wall and CPU measured, the cause of each end
+    assert [row[-1] for row in rows] == ["ok", "failed", "ok"]
+    assert all(row[6].endswith("s") for row in rows)
     assert "3 jobs: FINISHED 2, FAILED 1" in text
     assert f"  job 1 (rc 7): {workdir / '.xqute' / '1' / 'job.stderr'}" in text
 
@@ -130,3 +135,28 @@ def test_status_of_jobs_not_yet_submitted_and_garbage_files(workdir: Path):
     ]
     assert state["jobs"][1]["jid"] == "12345"
     assert state["jobs"][0]["elapsed"] is None
+
+
+def test_status_shows_usage_and_the_jobs_that_used_most(workdir: Path):
+    """``xqute status`` carries each job's usage record (--json) and names the
+    jobs that used the most memory and time."""
+    script = (
+        "python3 -c 'b = bytearray(120 * 2**20); b[::4096] = b\"x\" * len(b[::4096])'\n"
+        "sleep 0.6\n"
+        "true\n"
+    )
+    run = xqute("run", "-", "-f", "3", cwd=workdir, input=script)
+    assert run.returncode == 0, run.stderr
+    state = json.loads(xqute("status", "--json", cwd=workdir).stdout)
+    big, slow, quick = (job["usage"] for job in state["jobs"])
+    for usage in (big, slow, quick):
+        assert usage["cause"] == "ok" and usage["rc"] == 0
+        assert usage["wall_s"] is not None and usage["cpu_s"] is not None
+        assert usage["sources"]["wall_s"] == "wrapper"
+    assert slow["wall_s"] >= 0.55
+    assert big["peak_memory_mb"] >= 120
+    text = xqute("status", cwd=workdir).stdout
+    most = next(line for line in text.splitlines() if line.startswith("Most memory: "))
+    assert most.startswith("Most memory: job 0 (")
+    longest = next(line for line in text.splitlines() if line.startswith("Longest: "))
+    assert longest.startswith("Longest: job 1 (")

@@ -71,3 +71,49 @@ async def test_a_job_killed_by_the_manager_says_so(workdir):
     xq.cancel()
     await xq.stop_feeding()
     assert (await job.get_usage())["cause"] == "killed"
+
+
+async def test_figures_from_a_lagging_accounting_are_merged_at_the_end_in_one_call(workdir):
+    """The base class's accounting path (Slurm's sacct, Grid Engine's qacct),
+    driven here by the local scheduler with an accounting that has a job's
+    figures only from the second time it is asked, as sacct lags a job's end:
+    every trial's record gets them, retried ones in job.retry/<n>/, and the
+    ended jobs are asked about together, never one call per job."""
+    from xqute.schedulers.local_scheduler import LocalScheduler
+
+    class LocalWithLaggingAccounting(LocalScheduler):
+        usage_from_scheduler = True
+        asked: list[list[str]] = []
+
+        async def query_usage(self, jids):
+            self.asked.append(sorted(jids))
+            if len(self.asked) < 2:
+                return {}
+            return {
+                jid: {"peak_memory_mb": 42.0, "host": "accounted", "sources": {"peak_memory_mb": "accounting"}}
+                for jid in jids
+            }
+
+    xq = Xqute(LocalWithLaggingAccounting, workdir=workdir, forks=3, error_strategy="retry", num_retries=1)
+    ok = await xq.feed(["true"])
+    flaky = await xq.feed(["bash", "-c", '[ -e "$0.once" ] || { touch "$0.once"; exit 4; }', str(workdir / "flag")])
+    await xq.run_until_complete()
+    assert await flaky.get_rc() == 0 and flaky.trial_count == 1
+    calls = LocalWithLaggingAccounting.asked
+    assert len(calls) == 2 and calls[0] == calls[1] and len(calls[0]) == 3  # 2 jobs, 3 trials
+    for record in (await ok.get_usage(), await flaky.get_usage()):
+        assert record["peak_memory_mb"] == 42.0 and record["host"] == "accounted"
+        assert record["sources"]["peak_memory_mb"] == "accounting"
+        assert record["sources"]["wall_s"] == "wrapper"  # the wrapper's figures stay
+    first = json.loads((flaky.metadir / "job.retry" / "0" / "job.usage").read_text())
+    assert first["rc"] == 4 and first["cause"] == "failed" and first["peak_memory_mb"] == 42.0
+    assert ok.usage["peak_memory_mb"] == 42.0  # the in-memory record too
+
+
+async def test_usage_false_keeps_no_record(workdir):
+    xq = Xqute("local", workdir=workdir, scheduler_opts={"usage": False})
+    job = await xq.feed(["true"])
+    await xq.run_until_complete()
+    assert await job.get_rc() == 0
+    assert not (job.metadir / "job.usage").exists() and not (job.metadir / "job.usage.raw").exists()
+    assert job.usage is None and await job.get_usage() is None

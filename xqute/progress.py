@@ -63,6 +63,15 @@ def format_seconds(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
+def format_megabytes(megabytes: float | None) -> str:
+    """``512M``, ``1.5G``; ``-`` for None."""
+    if megabytes is None:
+        return "-"
+    if megabytes < 1024:
+        return f"{megabytes:.0f}M"
+    return f"{megabytes / 1024:.1f}G"
+
+
 def tail_lines(path: str, count: int, max_bytes: int = 16384) -> list[str]:
     """The last ``count`` non-empty lines of a local text file ([] if unreadable)."""
     if count <= 0:
@@ -96,6 +105,10 @@ class RunSummary:
     # (index, rc, command, last line of stderr), by index
     failures: list[tuple[int, int, str, str]] = field(default_factory=list)
     workdir: str = ""
+    # (index, peak memory in MB, command), most first, from the usage records
+    most_memory: list[tuple[int, float, str]] = field(default_factory=list)
+    # index -> how the job's last trial ended (usage record's cause), failed jobs
+    causes: dict[int, str] = field(default_factory=dict)
 
     def format(self, max_failures: int = 10) -> str:
         """The summary as plain text lines (no colours, no control characters)."""
@@ -116,10 +129,16 @@ class RunSummary:
             lines.append("Slowest jobs (from submission to end):")
             for index, seconds, cmd in self.slowest:
                 lines.append(f"  job {index:<6} {format_seconds(seconds):>8}  {_clip(cmd)}")
+        if self.most_memory:
+            lines.append("Most memory (peak):")
+            for index, megabytes, cmd in self.most_memory:
+                lines.append(f"  job {index:<6} {format_megabytes(megabytes):>8}  {_clip(cmd)}")
         if self.failures:
             lines.append("Failed jobs:")
             for index, rc, cmd, last in self.failures[:max_failures]:
-                line = f"  job {index:<6} rc {rc:<4} {_clip(cmd)}"
+                cause = self.causes.get(index, "")
+                shown_rc = f"{rc} ({cause})" if cause and cause != "failed" else str(rc)
+                line = f"  job {index:<6} rc {shown_rc:<4} {_clip(cmd)}"
                 if last:
                     line += f"\n               stderr: {_clip(last, 100)}"
                 lines.append(line)
@@ -291,6 +310,21 @@ class ProgressPlugin:
             rc = job._rc if job._rc is not None else -9
             last = _last_stderr_line(job)
             failures.append((index, rc, describe_command(job.cmd), last))
+        # the usage records are in memory (job.usage): no file is read here
+        peaks = [
+            (job.usage["peak_memory_mb"], job.index)
+            for job in xqute.jobs
+            if job.usage and isinstance(job.usage.get("peak_memory_mb"), (int, float))
+        ]
+        most_memory = [
+            (index, megabytes, describe_command(commands[index].cmd))
+            for megabytes, index in heapq.nlargest(self.slowest_count, peaks)
+        ]
+        causes = {
+            index: str(job.usage.get("cause") or "")
+            for index, (job, _) in self._failed_jobs.items()
+            if job.usage
+        }
         counts = self._counts
         return RunSummary(
             total=self._total,
@@ -303,6 +337,8 @@ class ProgressPlugin:
             slowest=slowest,
             failures=failures,
             workdir=str(xqute.scheduler.workdir),
+            most_memory=most_memory,
+            causes=causes,
         )
 
     # ------------------------------------------------------------- display

@@ -8,6 +8,7 @@ the ``Job``'s own.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -16,18 +17,20 @@ from typing import Any, Sequence
 from .defaults import JobStatus
 from .job import Job
 from .job import parse_meta_int
-from .progress import format_seconds, tail_lines
+from .progress import format_megabytes, format_seconds, tail_lines
 from .runrecord import manager_alive, read_run_record
 from .scheduler import Scheduler
 
 
-def _meta_names() -> tuple[str, str, str, str, str]:
+def _meta_names() -> tuple[str, str, str, str, str, str]:
     job = Job(0, (), os.sep)
-    files = (job.status_file, job.rc_file, job.jid_file, job.stderr_file, job.retry_dir)
+    files = (
+        job.status_file, job.rc_file, job.jid_file, job.stderr_file, job.retry_dir, job.usage_file,
+    )
     return tuple(path.name for path in files)  # type: ignore[return-value]
 
 
-STATUS_FILE, RC_FILE, JID_FILE, STDERR_FILE, RETRY_DIR = _meta_names()
+STATUS_FILE, RC_FILE, JID_FILE, STDERR_FILE, RETRY_DIR, USAGE_FILE = _meta_names()
 # the wrapper script the manager writes on submission (Scheduler.wrapped_script_name
 # is this prefix and the scheduler's name): its mtime is when the job was submitted
 WRAPPED_PREFIX = Scheduler.WRAPPED_SCRIPT_PREFIX
@@ -146,6 +149,14 @@ def read_job_state(metadir: str, index: int, stderr_lines: int = 5, now: float |
     if submitted_at is not None and status != "QUEUED":
         elapsed = max(0.0, (ended_at if ended_at is not None else now) - submitted_at)
     failed = code == JobStatus.FAILED
+    usage = None
+    if ended_at is not None:
+        try:
+            usage = json.loads(_read_small(os.path.join(metadir, USAGE_FILE)) or "null")
+        except ValueError:
+            usage = None
+        if not isinstance(usage, dict):
+            usage = None
     return {
         "index": index,
         "status": status,
@@ -156,6 +167,9 @@ def read_job_state(metadir: str, index: int, stderr_lines: int = 5, now: float |
         "ended_at": ended_at,
         "elapsed": elapsed,
         "metadir": metadir,
+        # the last trial's usage record (job.usage): wall_s, cpu_s,
+        # peak_memory_mb, host, cause, requested, sources
+        "usage": usage,
         "stderr_tail": tail_lines(os.path.join(metadir, STDERR_FILE), stderr_lines) if failed else [],
     }
 
@@ -193,6 +207,10 @@ def collect_status(workdir: str, stderr_lines: int = 5) -> dict[str, Any]:
     }
 
 
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def format_status(state: dict[str, Any], colour: bool = False, only: set[str] | None = None) -> str:
     """The status as a plain table, counts and the stderr of failed jobs."""
 
@@ -212,20 +230,24 @@ def format_status(state: dict[str, Any], colour: bool = False, only: set[str] | 
         lines.append(f"Run: {run.get('scheduler')} scheduler, forks {run.get('forks')}, "
                      f"started {run.get('started_at')}, {going}")
     jobs = [job for job in state["jobs"] if not only or job["status"] in only]
-    header = ("INDEX", "STATUS", "RC", "TRIALS", "JID", "ELAPSED")
-    rows = [
-        (
+    header = ("INDEX", "STATUS", "RC", "TRIALS", "JID", "ELAPSED", "WALL", "CPU", "PEAK MEM", "CAUSE")
+    rows = []
+    for job in jobs:
+        usage = job.get("usage") or {}
+        rows.append((
             str(job["index"]),
             job["status"],
             "-" if job["rc"] is None else str(job["rc"]),
             str(job["trials"]),
             job["jid"] or "-",
             format_seconds(job["elapsed"]),
-        )
-        for job in jobs
-    ]
+            format_seconds(_number(usage.get("wall_s"))),
+            format_seconds(_number(usage.get("cpu_s"))),
+            format_megabytes(_number(usage.get("peak_memory_mb"))),
+            str(usage.get("cause") or "-"),
+        ))
     widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(header)]
-    right = {0, 2, 3, 5}
+    right = {0, 2, 3, 5, 6, 7, 8}
 
     def cells(row: Sequence[str], status: str | None = None) -> str:
         out = []
@@ -245,6 +267,22 @@ def format_status(state: dict[str, Any], colour: bool = False, only: set[str] | 
         f"{state['total']} job{'s' if state['total'] != 1 else ''}: "
         + (", ".join(f"{paint(name, name)} {n}" for name, n in counted) or "none")
     )
+    for title, key, shown in (
+        ("Most memory", "peak_memory_mb", format_megabytes),
+        ("Longest", "wall_s", format_seconds),
+    ):
+        ranked = sorted(
+            (
+                (_number((job.get("usage") or {}).get(key)), job["index"])
+                for job in state["jobs"]
+            ),
+            key=lambda item: -(item[0] or 0),
+        )
+        ranked = [(value, index) for value, index in ranked if value][:3]
+        if ranked:
+            lines.append(
+                f"{title}: " + ", ".join(f"job {index} ({shown(value)})" for value, index in ranked)
+            )
     failed = [job for job in jobs if job["status"] == "FAILED"]
     if failed:
         lines.append("")
