@@ -1,10 +1,17 @@
-"""N trivial jobs at F forks through the local scheduler, three ways, in one run:
+"""N trivial jobs at F forks through the local scheduler, in one run:
 
 - ``xqute``  this package;
+- ``xqute, usage off`` this package with ``usage: False`` (no usage record):
+  what recording usage costs;
 - ``xqute 2.2.1`` the release users run today, from its own venv
   (made by ``benchmarks/xqute2-venv.sh``);
 - ``floor``  bare asyncio process spawning of the same wrapper scripts this
-  package writes, F at a time: what any manager must at least pay.
+  package writes, F at a time: what any manager must at least pay;
+- ``bare floor`` bare asyncio spawning of the plain command (``bash -c true``),
+  F at a time: what running the command costs with no wrapper at all.
+
+Contenders take turns within each repeat, so drifting machine load hits all
+of them alike.
 
 Each runs in a fresh process; the table gives wall time, jobs/s, the manager's
 CPU per job (user+sys of the manager process itself), the CPU of the jobs
@@ -35,9 +42,9 @@ MEASURE = textwrap.dedent(
     import asyncio, json, os, resource, sys, time
     mode, njobs, forks, workdir = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 
-    async def with_xqute():
+    async def with_xqute(usage=True):
         from xqute import Xqute
-        xq = Xqute(workdir=workdir, forks=forks)
+        xq = Xqute(workdir=workdir, forks=forks, scheduler_opts={} if usage else {"usage": False})
         for i in range(njobs):
             await xq.feed(["true"])
         await xq.run_until_complete()
@@ -60,18 +67,33 @@ MEASURE = textwrap.dedent(
         rcs = await asyncio.gather(*(one(p) for p in scripts))
         return sum(1 for rc in rcs if rc != 0)
 
-    if mode == "floor":
+    async def bare():
+        # the plain command, no wrapper, F at a time
+        sem = asyncio.Semaphore(forks)
+        async def one():
+            async with sem:
+                proc = await asyncio.create_subprocess_exec(
+                    "/bin/bash", "-c", "true", stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+                return await proc.wait()
+        rcs = await asyncio.gather(*(one() for _ in range(njobs)))
+        return sum(1 for rc in rcs if rc != 0)
+
+    if mode in ("floor", "bare"):
         import asyncio as _a
         _a.set_event_loop_policy(_a.DefaultEventLoopPolicy())
     start_cpu = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     if mode == "floor":
         bad = asyncio.run(floor())
+    elif mode == "bare":
+        bad = asyncio.run(bare())
     else:
         import logging
         import xqute  # noqa: F401  (sets the loop policy as a user would get it)
         logging.getLogger("XQUTE").setLevel(logging.WARNING)
-        bad = asyncio.get_event_loop_policy().new_event_loop().run_until_complete(with_xqute())
+        bad = asyncio.get_event_loop_policy().new_event_loop().run_until_complete(
+            with_xqute(usage=mode != "xqute-nousage"))
     wall = time.perf_counter() - start
     me = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -138,51 +160,58 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=3600)
     args = parser.parse_args()
 
-    contenders = [("xqute", sys.executable), ("floor", sys.executable)]
+    contenders = [
+        ("xqute", sys.executable),
+        ("xqute, usage off", sys.executable),
+        ("floor", sys.executable),
+        ("bare floor", sys.executable),
+    ]
     if not args.no_xqute2:
         py2 = subprocess.run(
             ["bash", str(HERE / "xqute2-venv.sh")], capture_output=True, text=True, check=True
         ).stdout.strip()
         contenders.append(("xqute 2.2.1", py2))
 
-    rows = []
-    for mode, python in contenders:
-        runs = []
-        for _ in range(args.repeat):
+    modes = {"xqute": "xqute", "xqute, usage off": "xqute-nousage", "floor": "floor",
+             "bare floor": "bare", "xqute 2.2.1": "xqute"}
+    runs: dict[str, list[dict]] = {mode: [] for mode, _ in contenders}
+    for _ in range(args.repeat):
+        for mode, python in contenders:
             result = run_one(
-                python,
-                "floor" if mode == "floor" else "xqute",
-                args.jobs,
-                args.forks,
-                args.timeout,
+                python, modes[mode], args.jobs, args.forks, args.timeout,
                 ours=mode != "xqute 2.2.1",
             )
-            if mode != "floor":
+            if mode.startswith("xqute"):
                 expected = "2.2.1" if mode == "xqute 2.2.1" else "3"
                 assert result["version"].startswith(expected), (mode, result["version"])
-            runs.append(result)
+            runs[mode].append(result)
             print(f"  {mode}: {result['wall']:.2f} s", file=sys.stderr, flush=True)
-        wall = statistics.median(r["wall"] for r in runs)
+    rows = []
+    for mode, _ in contenders:
+        done = runs[mode]
+        wall = statistics.median(r["wall"] for r in done)
         rows.append(
             (
                 mode,
                 wall,
                 args.jobs / wall,
-                1000 * statistics.median(r["cpu"] for r in runs) / args.jobs,
-                1000 * statistics.median(r["child_cpu"] for r in runs) / args.jobs,
-                max(r["maxrss_kb"] for r in runs) / 1024,
-                max(r["failed"] for r in runs),
+                1000 * statistics.median(r["cpu"] for r in done) / args.jobs,
+                1000 * statistics.median(r["child_cpu"] for r in done) / args.jobs,
+                max(r["maxrss_kb"] for r in done) / 1024,
+                max(r["failed"] for r in done),
             )
         )
 
     floor_wall = next(r[1] for r in rows if r[0] == "floor")
+    bare_wall = next(r[1] for r in rows if r[0] == "bare floor")
     print(f"\n{args.jobs} trivial jobs (`true`), forks={args.forks}, median of {args.repeat} run(s), {os.cpu_count()} CPUs\n")
-    header = ("contender", "wall s", "jobs/s", "manager CPU ms/job", "jobs' CPU ms/job", "peak MB", "failed", "wall / floor")
+    header = ("contender", "wall s", "jobs/s", "manager CPU ms/job", "jobs' CPU ms/job", "peak MB",
+              "failed", "wall / floor", "wall / bare floor")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for mode, wall, rate, cpu, child, mem, failed in rows:
         print(
-            f"| {mode} | {wall:.2f} | {rate:.1f} | {cpu:.2f} | {child:.2f} | {mem:.0f} | {failed} | {wall / floor_wall:.2f}x |"
+            f"| {mode} | {wall:.2f} | {rate:.1f} | {cpu:.2f} | {child:.2f} | {mem:.0f} | {failed} | {wall / floor_wall:.2f}x | {wall / bare_wall:.2f}x |"
         )
 
 
