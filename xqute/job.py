@@ -15,6 +15,12 @@ from .resources import Resources
 from .utils import CommandType, check_env_name, check_no_nul, normalize_cmd
 
 
+# The rc a reader gets when none was recorded (2.x's get_rc() gives it too),
+# and the rc file's text before the wrapper records the real one.
+RC_UNKNOWN = -9
+RC_PLACEHOLDER = f"{RC_UNKNOWN:<8}\n"
+
+
 def parse_meta_int(text: str | None) -> int | None:
     """An integer from a meta file's text; None for missing, empty or garbage."""
     if text is None:
@@ -210,8 +216,17 @@ class Job:
             await write_meta(self.status_file, f"{status}\n")
 
     async def read_rc_file(self) -> int | None:
-        """The return code in the rc file, or None when there is none usable."""
-        return parse_meta_int(await read_meta(self.rc_file))
+        """The return code in the rc file, or None when there is none usable
+        (or only the placeholder a trial starts with: -9, unknown)."""
+        rc = parse_meta_int(await read_meta(self.rc_file))
+        return None if rc == RC_UNKNOWN else rc
+
+    async def reserve_rc(self) -> None:
+        """Write the rc file's placeholder (-9, unknown, padded to the width the
+        wrapper writes): the wrapper then overwrites it in place, renaming
+        nothing and needing no new disk space, and a reader never finds the
+        file empty."""
+        await write_meta(self.rc_file, RC_PLACEHOLDER)
 
     async def get_rc(self) -> int:
         """The return code: from the rc file, -9 when unknown."""
