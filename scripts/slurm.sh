@@ -129,11 +129,16 @@ write_if_changed() {
 }
 
 configure() {
-    local host mem_mb changed=0
+    local host mem_mb def_mem changed=0
     host=$(hostname -s)
     # Leave some memory unclaimed: a node configured with more RealMemory than
     # slurmd finds is drained ("Low RealMemory").
     mem_mb=$(awk '/^MemTotal:/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
+    # Memory is a consumable resource (CR_Core_Memory): a job without --mem gets
+    # DefMemPerCPU per CPU, so all NODE_CPUS CPUs' worth of jobs must fit
+    # RealMemory or jobs would wait for memory rather than CPUs.
+    def_mem=$((mem_mb / NODE_CPUS))
+    [ "$def_mem" -gt 1024 ] && def_mem=1024
 
     mkdir -p "$ETC" "$RUN" "$LOG" "$SPOOL/ctld" "$SPOOL/d"
     chown -R slurm:slurm "$SPOOL/ctld" "$LOG" "$RUN"
@@ -158,7 +163,8 @@ SlurmdDebug=info
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=$def_mem
 SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=1
 SlurmdParameters=config_overrides
@@ -168,7 +174,12 @@ ReturnToService=2
 KillWait=2
 InactiveLimit=0
 MpiDefault=none
-JobAcctGatherType=jobacct_gather/none
+# Memory and CPU of each step sampled every second (sacct's MaxRSS, TotalCPU),
+# and a job over its --mem killed by slurmstepd (no cgroups here: the job ends
+# FAILED by signal 9, its stderr saying: Exceeded job memory limit).
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=1
+JobAcctGatherParams=OverMemoryKill
 JobCompType=jobcomp/none
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1

@@ -34,7 +34,7 @@ from ..defaults import JOBCMD_WRAPPER_LANG, JobStatus
 from ..directives import render_directives
 from ..job import Job
 from ..resources import Resources
-from ..scheduler import JobQuery, Scheduler, SubmissionError
+from ..scheduler import RC_VANISHED, JobQuery, Scheduler, SubmissionError
 from ..utils import chunks, logger, one_line, run_command
 
 # How Slurm's job states (squeue %T, sacct State) map onto xqute's view.
@@ -121,7 +121,26 @@ _DIRECTIVE_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*", re.ASCII)
 # 12+0) and of `sacct -P -o JobID,State,ExitCode,Reason`: anything else means
 # the command printed something xqute cannot read, which says nothing of the jobs.
 _SQUEUE_LINE_RE = re.compile(r"[0-9]+(?:[_+][0-9\[\]%,-]+)?\|[A-Z_]+(?:\|.*)?", re.ASCII)
-_SACCT_LINE_RE = re.compile(r"[0-9][0-9_+.\[\]%,-]*\|[A-Z_]*(?: .*)?\|[^|]*\|.*", re.ASCII)
+# sacct lists a job's steps too (no -X): 12.batch, 12_3.batch, 12.0, 12.extern.
+_SACCT_LINE_RE = re.compile(
+    r"[0-9][0-9_+\[\]%,-]*(?:\.[A-Za-z0-9_+-]+)?\|[A-Z_]*(?: .*)?\|[^|]*\|.*", re.ASCII
+)
+# What one sacct call asks: the state (as before) and the usage figures. MaxRSS
+# is on the step lines (the batch step's is the job script's), TotalCPU and
+# Elapsed on the job's line, NodeList the host, ReqMem the memory asked for.
+SACCT_FIELDS = "JobID,State,ExitCode,Reason,MaxRSS,TotalCPU,Elapsed,NodeList,ReqMem"
+# sacct sizes: 170008K, 1.50G, 300M (a bare number is bytes); ReqMem of older
+# Slurm versions ends in n (per node) or c (per CPU)
+_SACCT_SIZE_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)([KMGTP]?)([nc]?)", re.ASCII)
+_SACCT_SIZE_MB = {"": 1 / 1048576, "K": 1 / 1024, "M": 1.0, "G": 1024.0, "T": 1048576.0,
+                  "P": 1073741824.0}
+# sacct durations: [DD-][HH:]MM:SS[.mmm] (TotalCPU: 00:01.528; Elapsed: 1-02:03:04)
+_SACCT_DURATION_RE = re.compile(
+    r"(?:([0-9]+)-)?(?:([0-9]+):)?([0-9]+):([0-9]+(?:\.[0-9]+)?)", re.ASCII
+)
+# A job id missing this many rounds running from the sacct that answers a
+# round (slurmdbd lags, or never had it) is put to squeue instead.
+SACCT_MISSES = 3
 # A pending array's compressed squeue/sacct id: 123_[5-99%8], 123_[1,3,5-7].
 _ARRAY_RANGE_RE = re.compile(r"([0-9]+)_\[([0-9,%-]+)\]", re.ASCII)
 # Slurm's default MaxArraySize, when scontrol cannot tell.
@@ -202,6 +221,28 @@ def array_id_of(jid: str) -> str:
     return jid.partition("_")[0]
 
 
+def parse_sacct_memory(text: str) -> float | None:
+    """Megabytes from a size sacct prints (MaxRSS ``170008K``, ReqMem
+    ``300M``, ``1.50G``; a bare number is bytes); None when empty, unreadable
+    or per CPU (an old ReqMem's ``c`` suffix)."""
+    match = _SACCT_SIZE_RE.fullmatch(text.strip())
+    if match is None or match.group(3) == "c":
+        return None
+    return float(match.group(1)) * _SACCT_SIZE_MB[match.group(2)]
+
+
+def parse_sacct_duration(text: str) -> float | None:
+    """Seconds from a duration sacct prints: ``MM:SS.mmm``, ``HH:MM:SS``,
+    ``D-HH:MM:SS`` (TotalCPU, Elapsed); None when empty or unreadable."""
+    match = _SACCT_DURATION_RE.fullmatch(text.strip())
+    if match is None:
+        return None
+    days, hours, minutes, seconds = match.groups()
+    if days is not None and hours is None:  # D-HH:MM
+        hours, minutes, seconds = minutes, seconds, "0"
+    return ((int(days or 0) * 24 + int(hours or 0)) * 60 + int(minutes)) * 60 + float(seconds)
+
+
 class SlurmScheduler(Scheduler):
     """Submit each job with ``sbatch`` to a Slurm cluster.
 
@@ -228,6 +269,7 @@ class SlurmScheduler(Scheduler):
     default_end_grace = 10.0
     required_binaries = ("sbatch", "squeue", "scancel")
     time_enforced_by_scheduler = True  # --time
+    usage_from_scheduler = True  # sacct's MaxRSS, TotalCPU, NodeList
 
     def __init__(
         self,
@@ -260,6 +302,14 @@ class SlurmScheduler(Scheduler):
         # whole array in one call when all its live members go)
         self._arrays: dict[str, list[Job]] = {}
         self._max_array_size: int | None = None
+        # jid -> usage figures of an ended job, from the sacct call of a status
+        # round, until its usage record takes them (``job_usage``)
+        self._ended_figures: dict[str, dict[str, Any]] = {}
+        # jids of trials that ended without the wrapper's record: their usage
+        # record takes all of sacct's figures (wall time and host too)
+        self._vanished: set[str] = set()
+        # jid -> rounds in a row that sacct answered without it
+        self._sacct_misses: dict[str, int] = {}
         # counters, for benchmarks and tests
         self.status_calls = 0
         self.submit_calls = 0
@@ -278,8 +328,10 @@ class SlurmScheduler(Scheduler):
 
     def resource_directives(self, resources: Resources) -> dict[str, Any]:
         """``resources`` as #SBATCH options: ``--cpus-per-task``, ``--mem``
-        (megabytes), ``--time`` (``[D-]HH:MM:SS``), ``--gres=gpu:N``. A raw
-        option the user gave for the same thing (by either of its names) wins."""
+        (megabytes), ``--time`` (``[D-]HH:MM:SS``), ``--gres=gpu:N``, and
+        ``--exclude=a,b`` for the nodes a retry keeps away from. A raw option
+        the user gave for the same thing (by either of its names) wins, but
+        for ``exclude``: the nodes of both are excluded."""
         user_keys = {str(key).replace("_", "-") for key in self.config}
         mapped: dict[str, tuple[str, Any, tuple[str, ...]]] = {
             "cpus": ("cpus-per-task", resources.cpus, ("cpus-per-task", "c")),
@@ -294,6 +346,10 @@ class SlurmScheduler(Scheduler):
             ),
         }
         directives: dict[str, Any] = {}
+        if resources.exclude_nodes:
+            # nodes a retry keeps away from (a node failure): merged with the
+            # user's own --exclude/-x in ``_script_head``, never overridden
+            directives["exclude"] = ",".join(resources.exclude_nodes)
         for resource, (option, value, names) in mapped.items():
             if value is None:
                 continue
@@ -325,11 +381,19 @@ class SlurmScheduler(Scheduler):
             for key, value in own.items()
             if key not in user_keys and _OWN_DIRECTIVES.get(key) not in user_keys
         }
+        mapped = self.resource_directives(resources or Resources())
+        config = dict(self.config)
+        if "exclude" in mapped:
+            for key in [key for key in config if str(key).replace("_", "-") in ("exclude", "x")]:
+                given = config.pop(key)
+                if given not in (None, False, True):
+                    nodes = [*str(given).split(","), *mapped["exclude"].split(",")]
+                    mapped["exclude"] = ",".join(dict.fromkeys(n for n in nodes if n))
         lines = [
             f"#!{JOBCMD_WRAPPER_LANG}",
             *directive_lines(own),
-            *directive_lines(self.resource_directives(resources or Resources())),
-            *directive_lines(dict(self.config)),
+            *directive_lines(mapped),
+            *directive_lines(config),
         ]
         return "\n".join(lines)
 
@@ -561,14 +625,7 @@ class SlurmScheduler(Scheduler):
         """What Slurm says about ``jobs``: one ``squeue`` call for all of them,
         plus one ``sacct`` call for those that left the queue. (The base class
         paces these calls and gives ended jobs' files their grace.)"""
-        answers: dict[Job, JobQuery] = {}
-        by_jid: dict[str, Job] = {}
-        for job in jobs:
-            jid = job.jid or await job.get_jid()
-            if not jid:
-                answers[job] = JobQuery(JobQuery.ENDED, f"no Slurm job id was recorded for job {job.index}")
-            else:
-                by_jid[str(jid)] = job
+        answers, by_jid = await self._job_ids(jobs)
         if not by_jid:
             return answers
         self._forget_finished()
@@ -578,8 +635,12 @@ class SlurmScheduler(Scheduler):
         # arrays still listed: a member missing from one left it without running
         listed = {array_id_of(jid) for jid in found}
         gone = [jid for jid in by_jid if jid not in found]
+        accounts: dict[str, _Account] = {}
         if gone:
-            found.update(await self._sacct(gone))
+            accounts = await self._sacct(gone)
+            found.update(
+                (jid, (account.state, account.reason)) for jid, account in accounts.items()
+            )
         for jid, job in by_jid.items():
             state, reason = found.get(jid, ("", ""))
             if not state and "_" in jid and array_id_of(jid) in listed:
@@ -590,8 +651,131 @@ class SlurmScheduler(Scheduler):
                 )
                 state = "CANCELLED"
             self._tracked.setdefault(jid, _Tracked(job, "")).state = state
-            answers[job] = self._to_query(jid, state, reason)
+            answers[job] = await self._answer(job, jid, state, reason, accounts.get(jid))
         return answers
+
+    async def query_jobs_and_usage(
+        self, jobs: Sequence[Job], ended: Sequence[str]
+    ) -> tuple[dict[Job, JobQuery], dict[str, dict[str, Any]]]:
+        """A status round while some ended jobs wait for their usage figures:
+        **one** ``sacct`` call answers both, the live ``jobs`` (sacct lists
+        pending and running jobs too; an array by its id) and the ``ended``
+        ones, in place of ``squeue``. So a round costs one call with usage as
+        without. A live job sacct does not list yet (slurmdbd lags behind the
+        controller) is left unanswered this round, and put to ``squeue`` after
+        ``SACCT_MISSES`` such rounds. Without accounting, or past
+        ``MAX_LISTED_IDS`` ids, the base's squeue-then-sacct."""
+        answers, by_jid = await self._job_ids(jobs)
+        due = [str(jid) for jid in ended]
+        arrays = {array_id_of(jid) for jid in by_jid}
+        asked = list(
+            dict.fromkeys([*(array_id_of(jid) for jid in by_jid),
+                           *(jid for jid in due if array_id_of(jid) not in arrays)])
+        )
+        if self._accounting is False or len(asked) > MAX_LISTED_IDS:
+            return await super().query_jobs_and_usage(jobs, ended)
+        self._forget_finished()
+        accounts, error = await self._sacct_accounts(asked)
+        if error:  # Slurm did not answer: unknown for now (or no accounting at all)
+            return answers, {}
+        lagging: list[Job] = []
+        for jid, job in by_jid.items():
+            account = accounts.get(jid)
+            if account is None or not account.state:
+                misses = self._sacct_misses.get(jid, 0) + 1
+                if misses >= SACCT_MISSES:
+                    self._sacct_misses.pop(jid, None)
+                    lagging.append(job)
+                else:
+                    self._sacct_misses[jid] = misses
+                continue
+            self._sacct_misses.pop(jid, None)
+            self._tracked.setdefault(jid, _Tracked(job, "")).state = account.state
+            answers[job] = await self._answer(job, jid, account.state, account.reason, account)
+        if lagging:
+            answers.update(await self.query_jobs(lagging))
+        usage = {
+            jid: accounts[jid].figures(full=jid in self._vanished)
+            for jid in due
+            if jid in accounts and accounts[jid].settled
+        }
+        self._vanished.difference_update(usage)
+        return answers, usage
+
+    async def query_usage(self, jids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """sacct's figures for the ended jobs ``jids``, in one call (a few
+        for thousands): peak memory (the batch step's MaxRSS), CPU time
+        (TotalCPU) and host (NodeList); wall time too for a trial whose
+        wrapper did not record its own. Jobs whose accounting is not settled
+        yet (slurmdbd lags) are left out, to be asked again."""
+        if not self.usage or self._accounting is False or not jids:
+            return {}
+        accounts, _ = await self._sacct_accounts([str(jid) for jid in jids])
+        usage = {
+            str(jid): accounts[str(jid)].figures(full=str(jid) in self._vanished)
+            for jid in jids
+            if str(jid) in accounts and accounts[str(jid)].settled
+        }
+        self._vanished.difference_update(usage)
+        return usage
+
+    def job_usage(self, job: Job) -> dict[str, Any]:
+        """The figures of ``job``'s trial that the status rounds' sacct call
+        already had (it answered while the job had ended). A trial that ended
+        without its wrapper's record (killed by Slurm: out of memory, time,
+        node failure) takes all of sacct's figures, now or when fetched."""
+        jid = str(job.jid or "")
+        vanished = job._rc == RC_VANISHED
+        figures = self._ended_figures.pop(jid, None)
+        if figures is None:
+            if vanished and jid:
+                self._vanished.add(jid)
+            return {}
+        if not vanished:
+            # the wrapper timed the command itself, to the millisecond
+            figures = {key: value for key, value in figures.items() if key != "wall_s"}
+            figures["sources"] = {
+                key: src for key, src in figures["sources"].items() if key != "wall_s"
+            }
+        return figures
+
+    async def _job_ids(self, jobs: Sequence[Job]) -> tuple[dict[Job, JobQuery], dict[str, Job]]:
+        """({job: answer} for jobs with no job id, {jid: job} for the others)."""
+        answers: dict[Job, JobQuery] = {}
+        by_jid: dict[str, Job] = {}
+        for job in jobs:
+            jid = job.jid or await job.get_jid()
+            if not jid:
+                answers[job] = JobQuery(JobQuery.ENDED, f"no Slurm job id was recorded for job {job.index}")
+            else:
+                by_jid[str(jid)] = job
+        return answers, by_jid
+
+    async def _answer(
+        self, job: Job, jid: str, state: str, reason: str, account: "_Account | None"
+    ) -> JobQuery:
+        """``_to_query``, its cause sharpened for a job that ended FAILED or
+        CANCELLED: over its memory (sacct's MaxRSS above ReqMem, or Slurm's
+        "Exceeded job memory limit" in its stderr) is ``oom``; a time limit
+        or node failure in its stderr likewise. Keeps the figures of an
+        ended job for its usage record (``job_usage``)."""
+        query = self._to_query(jid, state, reason)
+        if query.state != JobQuery.ENDED:
+            return query
+        if account is not None and account.settled:
+            self._ended_figures[jid] = account.figures(full=True)
+        if query.cause not in ("failed", "cancelled", ""):
+            return query
+        cause = "oom" if account is not None and account.over_memory else ""
+        if not cause:
+            try:
+                tail = await _tail(job.stderr_file)
+            except OSError:
+                tail = ""
+            cause = next((named for pattern, named in _STDERR_CAUSES if pattern.search(tail)), "")
+        if cause and cause != query.cause:
+            return JobQuery(query.state, query.reason, cause=cause)
+        return query
 
     def _forget_finished(self) -> None:
         """Stop following jobs that ended or were requeued under a new job id."""
@@ -599,6 +783,9 @@ class SlurmScheduler(Scheduler):
             job = tracked.job
             if job.status not in _FOLLOWED_STATUSES or job.jid not in (None, jid):
                 del self._tracked[jid]
+                self._sacct_misses.pop(jid, None)
+        if len(self._ended_figures) > 4 * MAX_LISTED_IDS:  # never taken: keep it bounded
+            self._ended_figures.clear()
 
     async def _squeue(self, by_jid: dict[str, Job]) -> dict[str, tuple[str, str]] | None:
         """{jid: (state, reason)} for the jobs squeue still lists; None on failure."""
@@ -639,15 +826,27 @@ class SlurmScheduler(Scheduler):
                     found[jid] = (fields[1].strip(), "|".join(fields[2:]).strip())
         return found
 
-    async def _sacct(self, jids: list[str]) -> dict[str, tuple[str, str]]:
-        """{jid: (state, reason)} from accounting for jobs gone from squeue."""
+    async def _sacct(self, jids: list[str]) -> dict[str, "_Account"]:
+        """{jid: account} from accounting for jobs gone from squeue; a job
+        sacct could not answer for has an account with no state and a reason."""
+        accounts, error = await self._sacct_accounts(jids)
+        if error:
+            for jid in jids:
+                if jid not in accounts:
+                    accounts[jid] = _Account(reason=f"sacct could not say how it ended: {error}")
+        return accounts
+
+    async def _sacct_accounts(self, ids: list[str]) -> tuple[dict[str, "_Account"], str]:
+        """({jid: account}, error) from ``sacct`` (without ``-X``: with the
+        job steps, for MaxRSS) about job or array ids ``ids``: one call per
+        ``MAX_LISTED_IDS`` ids. ``error`` says why a call failed ("" if none)."""
         if self._accounting is False:
-            return {}
-        found: dict[str, tuple[str, str]] = {}
-        for chunk in chunks(jids, MAX_LISTED_IDS):
+            return {}, "Slurm accounting is not available"
+        accounts: dict[str, _Account] = {}
+        error = ""
+        for chunk in chunks(ids, MAX_LISTED_IDS):
             result = await run_command(
-                self.sacct, "-n", "-P", "-X", "-j", ",".join(chunk),
-                "-o", "JobID,State,ExitCode,Reason",
+                self.sacct, "-n", "-P", "-j", ",".join(chunk), "-o", SACCT_FIELDS,
                 timeout=self.command_timeout,
             )
             self.status_calls += 1
@@ -663,8 +862,7 @@ class SlurmScheduler(Scheduler):
                     )
                 else:
                     logger.warning("Slurm's sacct failed: %s", message)
-                for jid in chunk:
-                    found[jid] = ("", f"sacct could not say how it ended: {message}")
+                error = message
                 continue
             unreadable = [
                 line for line in result.stdout.splitlines()
@@ -672,25 +870,14 @@ class SlurmScheduler(Scheduler):
             ]
             if unreadable:
                 logger.warning("Slurm's sacct printed what xqute cannot read: %r", unreadable[0][:200])
-                for jid in chunk:
-                    found[jid] = ("", f"sacct could not say how it ended: it printed {unreadable[0][:80]!r}")
+                error = f"it printed {unreadable[0][:80]!r}"
                 continue
             self._accounting = True
             for line in result.stdout.splitlines():
-                fields = line.strip().split("|")
-                members = [jid for jid in expand_job_ids(fields[0]) if jid in chunk]
-                if len(fields) < 4 or not members:
-                    continue
-                # "CANCELLED by 1000" -> CANCELLED, keeping who did it for the reason
-                state, _, by_whom = fields[1].partition(" ")
-                details = [f"exit code {fields[2]}"] if fields[2] not in ("", "0:0") else []
-                if by_whom:
-                    details.insert(0, by_whom)
-                if fields[3] and fields[3] != "None":
-                    details.append(fields[3])
-                for jid in members:
-                    found[jid] = (state, ", ".join(details))
-        return found
+                _read_sacct_line(line.strip().split("|"), accounts)
+        for account in accounts.values():
+            account.settle()
+        return accounts, error
 
     def _to_query(self, jid: str, state: str, reason: str) -> JobQuery:
         """Map a Slurm state (and reason) to a JobQuery."""
@@ -746,6 +933,96 @@ class _Tracked:
 
     job: Job
     state: str
+
+
+@dataclass
+class _Account:
+    """What sacct says of one job: its state (and why), and what it used."""
+
+    state: str = ""
+    reason: str = ""
+    cpu_s: float | None = None
+    wall_s: float | None = None
+    host: str | None = None
+    requested_mb: float | None = None
+    peak_mb: float | None = None  # the most of its steps' MaxRSS
+    batch_state: str = ""  # of its batch step ("" when sacct has none)
+    batch_signal: int = 0  # the signal that ended the batch step
+
+    def settle(self) -> None:
+        """slurmdbd may have the batch step running before it has the job
+        running: the job is running then."""
+        if self.state in PENDING_STATES and self.batch_state in RUNNING_STATES:
+            self.state = "RUNNING"
+
+    @property
+    def settled(self) -> bool:
+        """Ended, with its figures recorded: its batch step ended too (or it
+        never ran on a node)."""
+        return self.state in ENDED_STATES and (
+            self.host is None or self.batch_state in ENDED_STATES
+        )
+
+    @property
+    def over_memory(self) -> bool:
+        """Its steps' peak memory passed what it asked for."""
+        return (
+            self.peak_mb is not None and self.requested_mb is not None
+            and self.peak_mb > self.requested_mb
+        )
+
+    def figures(self, full: bool) -> dict[str, Any]:
+        """Usage figures for the usage record (``full``: wall time too)."""
+        figures: dict[str, Any] = {
+            "peak_memory_mb": None if self.peak_mb is None else round(self.peak_mb, 1),
+            # slurmstepd's rusage misses processes killed by a signal
+            "cpu_s": None if self.batch_signal else self.cpu_s,
+            "host": self.host,
+        }
+        if full:
+            figures["wall_s"] = self.wall_s
+        figures = {key: value for key, value in figures.items() if value is not None}
+        figures["sources"] = {key: "sacct" for key in figures}
+        return figures
+
+
+def _read_sacct_line(fields: list[str], accounts: dict[str, _Account]) -> None:
+    """Add one line of ``sacct -o SACCT_FIELDS`` to ``accounts``: a job's
+    line gives its state, CPU time, elapsed time, node and request; a step's
+    line (``12.batch``) its peak memory."""
+    if len(fields) < 4:
+        return
+    fields = fields + [""] * (9 - len(fields))
+    job_id, step_state, exit_code, why, max_rss, total_cpu, elapsed, nodes, req_mem = fields[:9]
+    base, dot, step = job_id.partition(".")
+    jids = expand_job_ids(base)
+    if dot:
+        for jid in jids:
+            account = accounts.setdefault(jid, _Account())
+            rss = parse_sacct_memory(max_rss)
+            if rss is not None:
+                account.peak_mb = max(rss, account.peak_mb or 0.0)
+            if step == "batch":
+                account.batch_state = step_state.partition(" ")[0]
+                signal = exit_code.partition(":")[2]
+                account.batch_signal = int(signal) if signal.isdigit() else 0
+        return
+    # "CANCELLED by 1000" -> CANCELLED, keeping who did it for the reason
+    state, _, by_whom = step_state.partition(" ")
+    details = [f"exit code {exit_code}"] if exit_code not in ("", "0:0") else []
+    if by_whom:
+        details.insert(0, by_whom)
+    if why and why != "None":
+        details.append(why)
+    host = nodes.strip() if nodes.strip() and nodes.strip() != "None assigned" else None
+    for jid in jids:
+        account = accounts.setdefault(jid, _Account())
+        account.state = state
+        account.reason = ", ".join(details)
+        account.cpu_s = parse_sacct_duration(total_cpu)
+        account.wall_s = parse_sacct_duration(elapsed)
+        account.host = host
+        account.requested_mb = parse_sacct_memory(req_mem)
 
 
 __all__: Iterable[str] = ["SlurmScheduler", "directive_lines", "format_directive_value"]
