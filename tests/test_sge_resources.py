@@ -56,7 +56,7 @@ async def test_over_its_time_a_job_ends_as_timeout_and_its_retry_asks_for_more(w
     cmd = FIRST_OR_SECOND.format(first="sleep 120", second="echo second")
     xq = Xqute(
         "sge", workdir=workdir, error_strategy="retry", num_retries=1,
-        scheduler_opts={"resources": {"time": 3}, "query_interval": 1, "qacct_wait": 5},
+        scheduler_opts={"resources": {"time": 3}, "query_interval": 1, "qacct_wait": 2},
     )
     job = await xq.feed(["bash", "-c", cmd])
     await xq.run_until_complete()
