@@ -126,9 +126,12 @@ def prepare_floor(workdir: Path, njobs: int) -> None:
     (workdir / "scripts.txt").write_text("\n".join(paths) + "\n")
 
 
-def run_one(python: str, mode: str, njobs: int, forks: int, timeout: float, ours: bool) -> dict:
-    """``ours``: import xqute from this checkout (else whatever ``python`` has)."""
-    workdir = Path(tempfile.mkdtemp(prefix=f"xqbench-{mode}-"))
+def run_one(
+    python: str, mode: str, njobs: int, forks: int, timeout: float, ours: bool, where: str | None = None
+) -> dict:
+    """``ours``: import xqute from this checkout (else whatever ``python`` has);
+    ``where``: the folder to make the workdir in (default: $TMPDIR or /tmp)."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"xqbench-{mode}-", dir=where))
     try:
         if mode == "floor":
             prepare_floor(workdir, njobs)
@@ -158,6 +161,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs per contender; the median is shown")
     parser.add_argument("--no-xqute2", action="store_true", help="skip xqute 2.2.1 (it is slow)")
     parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument(
+        "--dir", default=None,
+        help="where to make the workdirs (default: $TMPDIR or /tmp); file creation costs "
+        "differ a lot between file systems, and every job creates a few files",
+    )
     args = parser.parse_args()
 
     contenders = [
@@ -179,7 +187,7 @@ def main() -> None:
         for mode, python in contenders:
             result = run_one(
                 python, modes[mode], args.jobs, args.forks, args.timeout,
-                ours=mode != "xqute 2.2.1",
+                ours=mode != "xqute 2.2.1", where=args.dir,
             )
             if mode.startswith("xqute"):
                 expected = "2.2.1" if mode == "xqute 2.2.1" else "3"
@@ -204,7 +212,11 @@ def main() -> None:
 
     floor_wall = next(r[1] for r in rows if r[0] == "floor")
     bare_wall = next(r[1] for r in rows if r[0] == "bare floor")
-    print(f"\n{args.jobs} trivial jobs (`true`), forks={args.forks}, median of {args.repeat} run(s), {os.cpu_count()} CPUs\n")
+    where = args.dir or tempfile.gettempdir()
+    print(
+        f"\n{args.jobs} trivial jobs (`true`), forks={args.forks}, median of {args.repeat} run(s), "
+        f"{os.cpu_count()} CPUs, workdirs in {where}\n"
+    )
     header = ("contender", "wall s", "jobs/s", "manager CPU ms/job", "jobs' CPU ms/job", "peak MB",
               "failed", "wall / floor", "wall / bare floor")
     print("| " + " | ".join(header) + " |")

@@ -34,6 +34,10 @@ HOST=$(hostname)
 SLOTS=32
 SMALL_SLOTS=2
 MAX_AJ_TASKS=100
+# Slots of the smp parallel environment, the one xqute's resources' cpus go
+# to (`-pe smp N`, the SgeScheduler's pe_name): all on one host
+# ($pe_slots), the queues' slots being the real cap.
+SMP_SLOTS=999
 
 say() { echo "sge.sh: $*" >&2; }
 die() { echo "sge.sh: $*"; exit 1; }
@@ -179,12 +183,15 @@ configure() {
     qconf -ss 2>/dev/null | grep -qx "$HOST" || qconf -as "$HOST" >/dev/null 2>&1 ||
         die "qconf -as $HOST failed"
 
-    # Parallel environments the default queue template names (and `-pe smp N`).
-    local pe
+    # Parallel environments the default queue template names (and `-pe smp N`,
+    # where xqute asks for resources' cpus), attached to both queues (pe_list).
+    local pe pe_slots
     for pe in make smp mpi; do
+        pe_slots=$SLOTS
+        [ "$pe" = smp ] && pe_slots=$SMP_SLOTS
         cat >"$conf/pe_$pe" <<EOF
 pe_name            $pe
-slots              $SLOTS
+slots              $pe_slots
 user_lists         NONE
 xuser_lists        NONE
 start_proc_args    NONE
@@ -198,7 +205,8 @@ qsort_args         NONE
 EOF
         if ! qconf -sp "$pe" >/dev/null 2>&1; then
             qconf -Ap "$conf/pe_$pe" >/dev/null || die "qconf -Ap $pe failed"
-        elif ! qconf -sp "$pe" | grep -qE "^slots +$SLOTS$"; then
+        elif ! qconf -sp "$pe" | grep -qE "^slots +$pe_slots$" ||
+             ! qconf -sp "$pe" | grep -qE "^allocation_rule +\\\$pe_slots$"; then
             qconf -Mp "$conf/pe_$pe" >/dev/null || die "qconf -Mp $pe failed"
         fi
     done
@@ -224,7 +232,13 @@ EOF
     ensure_queue small.q 1 "$SMALL_SLOTS"
 }
 
-# A cluster queue on this host: name, seq_no, slots.  Added if missing, modified
+# A cluster queue on this host: name, seq_no, slots.  Its h_rt and h_vmem are
+# INFINITY, so a job's own request is its limit, and Grid Engine enforces it
+# (checked on 8.1.9): h_vmem is a setrlimit of each process's address space
+# (times the job's slots; an allocation past it fails: Python raises
+# MemoryError) and execd SIGKILLs a job whose processes together pass it; a
+# job past its h_rt is SIGKILLed.  qacct records both kills as failed 37
+# ("qmaster enforced h_rt, h_cpu, or h_vmem limit"), exit_status 137.  Added if missing, modified
 # when a setting this script cares about differs.
 ensure_queue() {
     local name=$1 seq_no=$2 slots=$3 file=$STATE/conf/$1
@@ -285,7 +299,10 @@ EOF
     elif ! qconf -sq "$name" | grep -qE "^slots +$slots$" ||
          ! qconf -sq "$name" | grep -qE "^seq_no +$seq_no$" ||
          ! qconf -sq "$name" | grep -qE "^shell_start_mode +unix_behavior$" ||
-         ! qconf -sq "$name" | grep -qE "^hostlist +$HOST$"; then
+         ! qconf -sq "$name" | grep -qE "^hostlist +$HOST$" ||
+         ! qconf -sq "$name" | grep -qE "^pe_list +make smp mpi$" ||
+         ! qconf -sq "$name" | grep -qE "^h_rt +INFINITY$" ||
+         ! qconf -sq "$name" | grep -qE "^h_vmem +INFINITY$"; then
         qconf -Mq "$file" >/dev/null || die "qconf -Mq $name failed"
     fi
 }

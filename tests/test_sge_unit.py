@@ -4,6 +4,7 @@ print no job id. These run on any machine (no Grid Engine needed)."""
 
 from __future__ import annotations
 
+import logging
 import textwrap
 from pathlib import Path
 
@@ -11,7 +12,13 @@ import pytest
 
 from xqute import Xqute
 from xqute.scheduler import JobQuery, SubmissionError
-from xqute.schedulers.sge_scheduler import SgeScheduler, _parse_error_reasons, _parse_qacct
+from xqute.schedulers.sge_scheduler import (
+    SgeScheduler,
+    _parse_error_reasons,
+    _parse_qacct,
+    limit_cause,
+    usage_figures,
+)
 
 
 def fake_command(folder: Path, name: str, body: str) -> str:
@@ -256,3 +263,149 @@ async def test_config_changed_after_creation_is_used(workdir):
     assert not any(line.startswith("#$ -q") for line in directive_lines(sched.wrap_job_script(job)))
     sched.config["q"] = "all.q"
     assert "#$ -q all.q" in directive_lines(sched.wrap_job_script(job))
+
+
+# ------------------------------------------------------------------ resources
+async def test_resources_become_directives(workdir):
+    """cpus in the parallel environment ``pe_name``, memory as h_vmem per slot
+    (rounded up), time as h_rt, excluded nodes as one hostname request; the
+    same lines head an array's script."""
+    sched = SgeScheduler(
+        workdir, pe_name="make", resources={"cpus": 3, "memory": "1G", "time": "26h30m"}
+    )
+    jobs = []
+    for index in range(2):
+        job = await sched.create_job(index, ["true"])
+        await sched.queue_job(job)
+        job.resources = job.resources.excluding("node-1").excluding("n2.example.org")
+        jobs.append(job)
+    expected = [
+        "#$ -pe make 3",
+        "#$ -l h_vmem=342M",  # 1024M / 3 slots, rounded up
+        "#$ -l h_rt=26:30:00",  # no days field in Grid Engine's time
+        "#$ -l hostname=!node-1&!n2.example.org",
+    ]
+    lines = directive_lines(sched.wrap_job_script(jobs[0]))
+    assert lines[5:] == expected  # after -N -S -cwd -o -e, before the user's
+    assert directive_lines(sched.array_script(jobs, "arr"))[5:] == expected
+
+
+async def test_a_raw_option_wins_with_one_warning(workdir, caplog):
+    sched = SgeScheduler(
+        workdir, resources={"cpus": 4, "memory": "2G", "time": 60},
+        pe="smp 2", l=["h_vmem=1G,h_rt=120", "h=node7"],
+    )
+    caplog.set_level(logging.WARNING)
+    for index in range(3):
+        job = await sched.create_job(index, ["true"])
+        await sched.queue_job(job)
+        job.resources = job.resources.excluding("node-1")
+        lines = directive_lines(sched.wrap_job_script(job))
+        assert lines[5:] == ["#$ -pe smp 2", "#$ -l h_vmem=1G,h_rt=120", "#$ -l h=node7"]
+    warnings = sorted(r.message for r in caplog.records if "overrides resources" in r.message)
+    assert len(warnings) == 4, warnings  # cpus, memory, time, exclude_nodes: once each
+    assert any("'pe'" in w and "'cpus'" in w for w in warnings)
+
+
+async def test_memory_per_slot_follows_a_raw_pe(workdir):
+    sched = SgeScheduler(workdir, resources={"cpus": 8, "memory": "1000M"}, pe="mpi 4")
+    job = await sched.create_job(0, ["true"])
+    await sched.queue_job(job)
+    assert "#$ -l h_vmem=250M" in directive_lines(sched.wrap_job_script(job))
+
+
+@pytest.mark.parametrize("pe_name", ["smp 4", "smp\nrm -rf /", "", "smp,mpi", 4])
+def test_a_bad_pe_name_is_refused_before_any_job(workdir, pe_name):
+    with pytest.raises(ValueError, match="pe_name"):
+        SgeScheduler(workdir, pe_name=pe_name, resources={"cpus": 2})
+
+
+def test_gpus_are_refused_before_any_job(workdir):
+    with pytest.raises(ValueError, match="GPU"):
+        SgeScheduler(workdir, resources={"gpus": 1})
+    SgeScheduler(workdir, resources={"gpus": 0})  # none asked: nothing to map
+
+
+async def test_an_allocation_refused_under_h_vmem_is_oom(workdir):
+    """The program's own words in its stderr tell an allocation past h_vmem;
+    without a memory limit the same words are a plain failure."""
+    limited = SgeScheduler(workdir, resources={"memory": "300M"})
+    free = SgeScheduler(workdir)
+    job = await limited.create_job(0, ["true"])
+    await limited.queue_job(job)
+    Path(job.stderr_file).write_text("Traceback (most recent call last):\nMemoryError\n")
+    assert await limited.exit_cause(job, 1) == "oom"
+    assert await free.exit_cause(job, 1) == "oom"  # job.resources still asks 300M
+    job.resources = free.resources
+    assert await free.exit_cause(job, 1) == "failed"
+    Path(job.stderr_file).write_text("no such file\n")
+    job.resources = limited.resources
+    assert await limited.exit_cause(job, 1) == "failed"
+    assert await limited.exit_cause(job, 0) == "ok"
+
+
+# qacct's records (Grid Engine 8.1.9) of jobs killed over h_rt and over
+# h_vmem (two processes of 200 MB under h_vmem=300M), and of one that ran
+QACCT_KILLED = """\
+==============================================================
+qname        all.q
+hostname     vm
+jobname      xqexp-rt
+jobnumber    26146
+taskid       undefined
+slots        1
+failed       37  : qmaster enforced h_rt, h_cpu, or h_vmem limit
+exit_status  137                  (Killed)
+ru_wallclock 4s
+ru_maxrss    4.523KB
+cpu          0.011s
+maxvmem      4.746MB
+category     -l h_rt=3
+==============================================================
+qname        all.q
+hostname     vm
+jobname      xqexp-two
+jobnumber    26149
+taskid       undefined
+slots        1
+failed       37  : qmaster enforced h_rt, h_cpu, or h_vmem limit
+exit_status  137                  (Killed)
+ru_wallclock 3s
+ru_maxrss    4.488KB
+cpu          1.250s
+maxvmem      319.008MB
+category     -l h_vmem=300M
+==============================================================
+qname        all.q
+hostname     vm
+jobname      xqexp-use
+jobnumber    26148
+taskid       undefined
+slots        2
+failed       0
+exit_status  0
+ru_wallclock 4s
+ru_maxrss    207.934KB
+cpu          1.654s
+maxvmem      211.027MB
+category     -l h_rt=65,h_vmem=200M,hostname=!nodeA&!nodeB -pe smp 2
+"""
+
+
+def test_causes_and_figures_from_qacct():
+    records = _parse_qacct(QACCT_KILLED)
+    assert limit_cause(records["26146"]) == "timeout"
+    assert limit_cause(records["26149"]) == "oom"
+    assert limit_cause(records["26148"]) == ""
+    # killed: the wrapper's rusage misses the killed processes; maxvmem is higher
+    killed = usage_figures(records["26149"], full=True)
+    assert killed["peak_memory_mb"] == 319.0 and killed["sources"]["peak_memory_mb"] == "qacct maxvmem"
+    assert killed["wall_s"] == 3 and killed["cpu_s"] == 1.25
+    ran = usage_figures(records["26148"], full=False)
+    # 8.1.9 prints ru_maxrss's kilobytes as if bytes: 207.934KB is 207934 KB
+    assert ran["peak_memory_mb"] == round(207.934 * 1024 / 1024, 1) == 207.9
+    assert ran["sources"] == {
+        "peak_memory_mb": "qacct ru_maxrss", "peak_vmem_mb": "qacct maxvmem",
+        "cpu_s": "qacct cpu", "host": "qacct hostname",
+    }
+    assert "wall_s" not in ran and ran["host"] == "vm"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import time
 from collections import OrderedDict
@@ -33,7 +34,7 @@ from ..defaults import JOBCMD_WRAPPER_LANG, KILL_GRACE, JobStatus
 from ..job import Job
 from ..path import cloud_cache_path
 from ..scheduler import JobQuery, Scheduler, SubmissionError
-from ..utils import logger
+from ..utils import logger, shell_quote
 
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -113,6 +114,246 @@ def _exit_reason(wait_status: int) -> str:
     return "the job's wrapper exited without recording a return code"
 
 
+
+# ------------------------------------------------------------ memory cgroups
+_CGROUP_PREFIX = "xqute-"
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii", errors="replace") as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+def _write_text(path: str, text: str) -> bool:
+    try:
+        with open(path, "w", encoding="ascii") as fh:
+            fh.write(text)
+    except OSError:
+        return False
+    return True
+
+
+# The wrapper's line that starts the command in the background, which the
+# best-effort memory limit wraps.
+_EVAL_LINE = re.compile(r'^(eval "[^\n]*\$cmd") &$', re.MULTILINE)
+
+# How a failed allocation under ``ulimit -d`` shows at the end of a job's
+# stderr, in the common runtimes: Python, C (strerror ENOMEM), C++, bash, R,
+# Java, Go.
+_ALLOCATION_ERRORS = re.compile(
+    rb"MemoryError|Cannot allocate memory|std::bad_alloc|xmalloc: cannot allocate"
+    rb"|cannot allocate vector of size|java\.lang\.OutOfMemoryError"
+    rb"|fatal error: runtime: out of memory|[Oo]ut of memory"
+)
+_STDERR_TAIL = 4096
+
+
+def _allocation_failed(job: Job) -> bool:
+    """Whether the last ``_STDERR_TAIL`` bytes of ``job``'s stderr (a local
+    file) name a failed allocation."""
+    path = job.stderr_file
+    if not isinstance(path, LocalPath):
+        return False
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - _STDERR_TAIL))
+            return _ALLOCATION_ERRORS.search(fh.read()) is not None
+    except OSError:
+        return False
+
+
+def _memory_hierarchy() -> tuple[int, str, str] | str:
+    """Where this process's memory cgroup is: (version, mount point, the
+    cgroup's path under it), or why there is none."""
+    cgroups = _read_text("/proc/self/cgroup")
+    mountinfo = _read_text("/proc/self/mountinfo")
+    if cgroups is None or mountinfo is None:
+        return "no /proc/self/cgroup or /proc/self/mountinfo (not Linux?)"
+    v1_path = v2_path = None
+    for line in cgroups.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if "memory" in parts[1].split(","):
+            v1_path = parts[2]
+        elif parts[0] == "0" and parts[1] == "":
+            v2_path = parts[2]
+    v1_mount = v2_mount = None
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields, after = left.split(), right.split()
+        if not sep or len(fields) < 5 or len(after) < 3:
+            continue
+        # the mount's root within the hierarchy (not "/" without a cgroup
+        # namespace) and its mount point; octal escapes (a space) are kept as is
+        mount = (fields[3], fields[4])
+        if after[0] == "cgroup" and "memory" in after[2].split(",") and v1_mount is None:
+            v1_mount = mount
+        elif after[0] == "cgroup2" and v2_mount is None:
+            v2_mount = mount
+    # the memory controller is in one hierarchy only: v1's when it is bound there
+    if v1_path is not None and v1_mount is not None:
+        version, path, (root, point) = 1, v1_path, v1_mount
+    elif v2_path is not None and v2_mount is not None:
+        version, path, (root, point) = 2, v2_path, v2_mount
+    else:
+        return "no memory cgroup hierarchy is mounted"
+    if root != "/" and (path == root or path.startswith(root.rstrip("/") + "/")):
+        path = path[len(root.rstrip("/")):]
+    return version, point, path
+
+
+class MemoryCgroups:
+    """Memory cgroups for the jobs of one scheduler: a parent,
+    ``xqute-<manager pid>-<token>``, made next to (under) the manager's own
+    cgroup where that is writable, and one child per job trial with its limit.
+
+    v1: ``memory.limit_in_bytes`` (and ``memory.memsw.limit_in_bytes``, no
+    swap past it, where present); peak ``memory.max_usage_in_bytes``; an OOM
+    kill from ``memory.oom_control``'s ``oom_kill`` counter (kernels >= 4.13),
+    else a SIGKILL after ``memory.failcnt`` counted the limit being hit.
+    v2: ``memory.max`` (and ``memory.swap.max`` 0); peak ``memory.peak``
+    (kernels >= 5.19); ``memory.events``' ``oom_kill``.
+    """
+
+    def __init__(self, version: int, parent: str) -> None:
+        self.version = version
+        self.parent = parent
+        self._sequence = 0
+
+    @classmethod
+    def find(cls) -> "MemoryCgroups | str":
+        """Make this manager's parent cgroup; or say why no cgroup can be made."""
+        where = _memory_hierarchy()
+        if isinstance(where, str):
+            return where
+        version, point, path = where
+        own = os.path.normpath(point + "/" + path.lstrip("/"))
+        candidates = []
+        for place in (own, os.path.dirname(own), point):
+            if place not in candidates and (place + "/").startswith(point.rstrip("/") + "/"):
+                candidates.append(place)
+        name = f"{_CGROUP_PREFIX}{os.getpid()}-{os.urandom(3).hex()}"
+        reasons = []
+        for place in candidates:
+            if not os.path.isdir(place):
+                continue
+            _sweep(place)
+            parent = os.path.join(place, name)
+            try:
+                os.mkdir(parent)
+            except OSError as exc:
+                reasons.append(f"{place}: {exc.strerror}")
+                continue
+            if version == 2 and not _v2_memory_delegated(place, parent):
+                reasons.append(f"{place}: the memory controller is not enabled below it")
+                _rmdir(parent)
+                continue
+            return cls(version, parent)
+        return "no memory cgroup this process may make children in (" + "; ".join(reasons) + ")"
+
+    def make(self, index: int, memory_mb: int) -> str | None:
+        """A cgroup for one trial of job ``index`` limited to ``memory_mb``;
+        None if it cannot be made or limited."""
+        self._sequence += 1
+        path = os.path.join(self.parent, f"job{index}.{self._sequence}")
+        try:
+            os.mkdir(path)
+        except OSError as exc:
+            logger.warning("Cannot make the memory cgroup %s: %s", path, exc)
+            return None
+        limit = str(memory_mb * 1048576)
+        if self.version == 1:
+            done = _write_text(f"{path}/memory.limit_in_bytes", limit)
+            # memory plus swap, where the kernel accounts swap: no swapping past the limit
+            _write_text(f"{path}/memory.memsw.limit_in_bytes", limit)
+        else:
+            done = _write_text(f"{path}/memory.max", limit)
+            _write_text(f"{path}/memory.swap.max", "0")
+        if not done:
+            logger.warning("Cannot set the memory limit of the cgroup %s", path)
+            _rmdir(path)
+            return None
+        return path
+
+    def peak_file(self, path: str) -> str | None:
+        if self.version == 1:
+            return f"{path}/memory.max_usage_in_bytes"
+        peak = f"{path}/memory.peak"
+        return peak if os.path.exists(peak) else None
+
+    def oom_killed(self, path: str, rc: int | None) -> bool:
+        """Whether the kernel's OOM killer killed a process of cgroup ``path``
+        (``rc``: the wrapper's exit code, for kernels without the counter)."""
+        text = _read_text(f"{path}/memory.oom_control" if self.version == 1 else f"{path}/memory.events")
+        for line in (text or "").splitlines():
+            words = line.split()
+            if len(words) == 2 and words[0] == "oom_kill":
+                return words[1].isdigit() and int(words[1]) > 0
+        if self.version == 1 and rc == 128 + signal.SIGKILL:
+            failcnt = (_read_text(f"{path}/memory.failcnt") or "").strip()
+            return failcnt.isdigit() and int(failcnt) > 0
+        return False
+
+    def remove(self, path: str) -> bool:
+        return _rmdir(path)
+
+    def close(self, paths: Any = ()) -> None:
+        """Remove ``paths`` (job cgroups) and then the parent, those empty."""
+        for path in paths:
+            _rmdir(path)
+        _rmdir(self.parent)
+
+
+def _rmdir(path: str) -> bool:
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        return True
+    except OSError:  # processes left in it (EBUSY): kept for later
+        return False
+    return True
+
+
+def _v2_memory_delegated(place: str, parent: str) -> bool:
+    """On cgroup v2, whether ``parent`` (just made under ``place``) has the
+    memory controller, enabling it where needed; then hand it to its children."""
+    controllers = (_read_text(f"{parent}/cgroup.controllers") or "").split()
+    if "memory" not in controllers:
+        # fails (EBUSY) when ``place`` holds processes itself, as the manager's own does
+        _write_text(f"{place}/cgroup.subtree_control", "+memory")
+        controllers = (_read_text(f"{parent}/cgroup.controllers") or "").split()
+    return "memory" in controllers and _write_text(f"{parent}/cgroup.subtree_control", "+memory")
+
+
+def _sweep(place: str) -> None:
+    """Remove the empty cgroups that managers now dead left under ``place``
+    (a manager killed outright cannot remove its own; a cgroup still holding
+    a job's processes is not empty, and stays)."""
+    try:
+        entries = os.listdir(place)
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.startswith(_CGROUP_PREFIX):
+            continue
+        pid = entry[len(_CGROUP_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or LocalScheduler._pid_alive(int(pid)):
+            continue
+        parent = os.path.join(place, entry)
+        try:
+            children = [e.path for e in os.scandir(parent) if e.is_dir(follow_symlinks=False)]
+        except OSError:
+            continue
+        for child in children:
+            _rmdir(child)
+        _rmdir(parent)
+
+
 class LocalScheduler(Scheduler):
     """Run each job as a local process (``forks`` at a time).
 
@@ -163,6 +404,23 @@ class LocalScheduler(Scheduler):
         # boot tick at which a wrapper being killed was seen to exit
         self._exit_ticks: dict[int, int] = {}
         self._devnull: int | None = None
+        # usage: the wrappers whose rusage (from wait4) is kept, and that
+        # rusage, pid -> (user + sys CPU seconds, kept only when a signal ended
+        # the wrapper before it could measure its command's; ru_maxrss in KB;
+        # whether its cgroup gave the wrapper the peak memory instead)
+        self._rusage_wanted: set[int] = set()
+        self._rusage: dict[int, tuple[float | None, int, bool]] = {}
+        # memory: this manager's cgroups (None: not looked for yet; a string:
+        # why there are none), the cgroup of each job's current trial, the
+        # wrapper pid -> (job, cgroup) until it exits, whether that trial was
+        # OOM-killed, the best-effort limit (KB) of jobs without a cgroup, and
+        # cgroups that still held processes when their wrapper exited
+        self._memcg: MemoryCgroups | str | None = None
+        self._cgroup_of: dict[Job, str] = {}
+        self._cgroup_pid: dict[int, tuple[Job, str]] = {}
+        self._oom: dict[Job, bool] = {}
+        self._ulimit_of: dict[Job, int] = {}
+        self._leftover_cgroups: list[str] = []
 
     # ------------------------------------------------------------ watching
     def _watch(self, pid: int, job: Job, child: bool) -> bool:
@@ -176,8 +434,8 @@ class LocalScheduler(Scheduler):
             if not child:
                 return self._pid_alive(pid)
             self._running[pid] = job
-            fut = loop.run_in_executor(None, os.waitpid, pid, 0)
-            fut.add_done_callback(lambda f, pid=pid: self._exited(pid, f.result()[1]))
+            fut = loop.run_in_executor(None, os.wait4, pid, 0)
+            fut.add_done_callback(lambda f, pid=pid: self._reaped(pid, *f.result()[1:]))
             return True
         self._running[pid] = job
         self._pidfds[pid] = fd
@@ -188,16 +446,40 @@ class LocalScheduler(Scheduler):
         fd = self._pidfds.pop(pid)
         asyncio.get_running_loop().remove_reader(fd)
         os.close(fd)
-        status = None
-        if child:
-            try:
-                _, status = os.waitpid(pid, 0)
-            except ChildProcessError:  # someone else reaped it
-                status = None
+        if not child:
+            self._exited(pid, None)
+            return
+        try:
+            # wait4, not waitpid: the same one syscall, with the rusage too
+            _, status, rusage = os.wait4(pid, 0)
+        except ChildProcessError:  # someone else reaped it
+            self._exited(pid, None)
+            return
+        self._reaped(pid, status, rusage)
+
+    def _reaped(self, pid: int, status: int, rusage: Any) -> None:
+        """Our child ``pid`` was reaped: keep its rusage where usage is kept.
+        The wrapper's rusage covers the descendants it waited for (the
+        command): its CPU is theirs and its own, its ru_maxrss the largest
+        resident set of any one of them."""
+        if pid in self._rusage_wanted:
+            self._rusage_wanted.discard(pid)
+            cgroup = self._cgroup_pid.get(pid)
+            self._rusage[pid] = (
+                # the wrapper's own figure (its command's CPU, from ``times``)
+                # stands unless a signal ended it before it could take it
+                rusage.ru_utime + rusage.ru_stime if os.WIFSIGNALED(status) else None,
+                rusage.ru_maxrss,
+                cgroup is not None
+                and isinstance(self._memcg, MemoryCgroups)
+                and self._memcg.peak_file(cgroup[1]) is not None,
+            )
         self._exited(pid, status)
 
     def _exited(self, pid: int, status: int | None) -> None:
         self._running.pop(pid, None)
+        if pid in self._cgroup_pid:
+            self._cgroup_done(pid, status)
         self._ended[pid] = status
         if pid in self._exit_waiters:  # being killed: remember when it ended
             self._exit_ticks[pid] = _boot_ticks()
@@ -213,6 +495,122 @@ class LocalScheduler(Scheduler):
         if freed or held is not None:
             self._let_go()
         self.notify()
+
+    # ------------------------------------------------------------ memory
+    def _prepare_memory(self, job: Job) -> None:
+        """Before a trial's wrapper is written: a cgroup limited to the memory
+        it asks for, where one can be made, else the best-effort limit."""
+        self._cgroup_of.pop(job, None)
+        self._ulimit_of.pop(job, None)
+        self._oom.pop(job, None)
+        asked = getattr(job, "resources", None)
+        memory_mb = asked.memory_mb if asked else None
+        if not memory_mb:
+            return
+        if self._memcg is None:
+            self._memcg = MemoryCgroups.find()
+            if isinstance(self._memcg, str):
+                logger.warning(
+                    "Memory limits are best effort (ulimit -d in the wrapper): %s", self._memcg
+                )
+            else:
+                logger.debug("Memory limits: cgroup v%s under %s", self._memcg.version, self._memcg.parent)
+        if isinstance(self._memcg, MemoryCgroups):
+            path = self._memcg.make(job.index, memory_mb)
+            if path is not None:
+                self._cgroup_of[job] = path
+                return
+        self._ulimit_of[job] = memory_mb * 1024
+
+    def _cgroup_done(self, pid: int, status: int | None) -> None:
+        """A wrapper with a memory cgroup exited: note whether the OOM killer
+        struck in it, and remove it (or keep it for ``close`` while the
+        command's leftovers are still in it)."""
+        job, path = self._cgroup_pid.pop(pid)
+        if self._cgroup_of.get(job) == path:
+            del self._cgroup_of[job]
+        assert isinstance(self._memcg, MemoryCgroups)
+        rc = os.waitstatus_to_exitcode(status) if status is not None else None
+        self._oom[job] = self._memcg.oom_killed(path, rc)
+        if not self._memcg.remove(path):
+            self._leftover_cgroups.append(path)
+
+    @property
+    def memory_cgroups(self) -> MemoryCgroups | None:
+        """The cgroups memory limits are made in (None: none could be, or no
+        job asked for memory yet)."""
+        return self._memcg if isinstance(self._memcg, MemoryCgroups) else None
+
+    def peak_memory_file(self, job: Job) -> str | None:
+        """The peak memory of the job's own cgroup (where it has one)."""
+        path = self._cgroup_of.get(job)
+        if path is None or not isinstance(self._memcg, MemoryCgroups):
+            return None
+        return self._memcg.peak_file(path)
+
+    def wrap_job_script(self, job: Job) -> str:
+        """The base's wrapper; with a memory cgroup, joining it is its first
+        line (a builtin, before anything else runs or allocates); with the
+        best-effort limit, the command's shell sets ``ulimit -d`` first."""
+        text = super().wrap_job_script(job)
+        path = self._cgroup_of.get(job)
+        if path is not None:
+            shebang, rest = text.split("\n", 1)
+            join = (
+                f"# into the job's memory cgroup (its limit) before anything runs\n"
+                f"{{ echo $$ >{shell_quote(path + '/cgroup.procs')}; }} 2>/dev/null"
+            )
+            return f"{shebang}\n{join}\n{rest}"
+        kilobytes = self._ulimit_of.get(job)
+        if kilobytes is not None:
+            # only the command's shell (the background job) is limited, not
+            # the wrapper that records the end
+            limited, count = _EVAL_LINE.subn(
+                lambda m: f"{{ ulimit -S -d {kilobytes} 2>/dev/null; {m.group(1)}; }} &",
+                text,
+                count=1,
+            )
+            if count:
+                return limited
+            logger.warning("Job %s: no line to set its memory limit on in the wrapper", job.index)
+        return text
+
+    async def exit_cause(self, job: Job, rc: int) -> str:
+        """The base's reading of ``rc``; a failure whose cgroup counted an OOM
+        kill is ``oom``; with the best-effort limit, a failure whose stderr
+        ends with an allocation error is ``oom`` too."""
+        cause = await super().exit_cause(job, rc)
+        if cause in ("ok", "timeout"):
+            return cause
+        if self._oom.pop(job, False):
+            return "oom"
+        if job in self._ulimit_of and _allocation_failed(job):
+            return "oom"
+        return cause
+
+    def job_usage(self, job: Job) -> dict[str, Any]:
+        """The wrapper's rusage from wait4 (kept when it was reaped): peak
+        memory, unless the job's cgroup gave it (the cgroup's counts every
+        process of the job together); CPU when the wrapper could not measure
+        it (a signal ended the wrapper itself). A subclass with accounting of
+        its own (``usage_from_scheduler``) gets none of it: its accounting
+        fills the record."""
+        try:
+            pid = int(job.jid or "")
+        except (TypeError, ValueError):
+            return {}
+        figures = self._rusage.pop(pid, None)
+        if figures is None or self.usage_from_scheduler:
+            return {}
+        cpu_s, maxrss_kb, cgroup_peak = figures
+        usage: dict[str, Any] = {"sources": {}}
+        if cpu_s is not None:
+            usage["cpu_s"] = round(cpu_s, 3)
+            usage["sources"]["cpu_s"] = "rusage"
+        if maxrss_kb and not cgroup_peak:
+            usage["peak_memory_mb"] = round(maxrss_kb / 1024, 1)
+            usage["sources"]["peak_memory_mb"] = "rusage"
+        return usage
 
     # ------------------------------------------------------------ the CPU budget
     def cpus_asked(self, job: Job) -> int:
@@ -299,6 +697,7 @@ class LocalScheduler(Scheduler):
     # ------------------------------------------------------------ the interface
     async def submit_job(self, job: Job) -> int:
         """Start the job's wrapper; returns its pid (an int, as in 2.x)."""
+        self._prepare_memory(job)
         script = await self.wrapped_job_script(job)
         # bash runs a local file: a wrapper in a bucket runs from its local copy
         script_path = str(script.mounted)
@@ -313,7 +712,14 @@ class LocalScheduler(Scheduler):
         try:
             pid = self.start_process([JOBCMD_WRAPPER_LANG, script_path], cpus)
         except OSError as exc:
+            cgroup = self._cgroup_of.pop(job, None)
+            if cgroup is not None and isinstance(self._memcg, MemoryCgroups):
+                self._memcg.remove(cgroup)
             raise SubmissionError(f"cannot start {JOBCMD_WRAPPER_LANG}: {exc}") from exc
+        if job in self._cgroup_of:
+            self._cgroup_pid[pid] = (job, self._cgroup_of[job])
+        if self.usage:
+            self._rusage_wanted.add(pid)
         self._watch(pid, job, child=True)
         return pid
 
@@ -455,3 +861,11 @@ class LocalScheduler(Scheduler):
         if self._devnull is not None:
             os.close(self._devnull)
             self._devnull = None
+        self._rusage_wanted.clear()
+        self._rusage.clear()
+        if isinstance(self._memcg, MemoryCgroups):
+            # the cgroups of wrappers still running stay (a job outliving its
+            # manager keeps its limit); a later manager's sweep removes them
+            self._memcg.close(self._leftover_cgroups)
+            self._leftover_cgroups.clear()
+            self._memcg = None  # looked for again (a parent anew) if jobs follow

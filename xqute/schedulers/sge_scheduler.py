@@ -8,6 +8,11 @@ rounds and backs off while nothing changes). A job that leaves ``qstat``
 without having written its return code is looked up in ``qacct`` so the
 reason (exit status, ``failed`` code) lands in its stderr file.
 
+``resources`` map onto Grid Engine's own requests: cpus to a parallel
+environment (``-pe smp N``), memory to ``h_vmem`` per slot, time to ``h_rt``,
+the nodes a retry keeps away from to a ``hostname`` request that excludes
+them. Usage figures (peak memory, CPU, host) come from ``qacct``, batched.
+
 A burst of queued jobs goes to Grid Engine as ONE array job (``qsub -t 1-N
 -tc <throttle>``): each task execs its member's own wrapper, and a member's job
 id is ``<job number>.<task id>`` (``123.5``). ``qstat``, ``qacct`` and ``qdel``
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import math
 import os
 import re
 import shutil
@@ -31,7 +37,8 @@ from ..defaults import JOBCMD_WRAPPER_LANG, JobStatus
 from ..directives import render_directives
 from ..job import Job
 from ..path import read_meta, write_meta
-from ..scheduler import JobQuery, Scheduler, SubmissionError
+from ..resources import Resources
+from ..scheduler import RC_SUBMISSION_FAILED, RC_VANISHED, JobQuery, Scheduler, SubmissionError
 from ..utils import chunks, logger, run_command
 
 # Characters Grid Engine refuses in a job name (sge_types(1), "name").
@@ -58,6 +65,31 @@ _RUNNING_LETTERS = set("rtsST")  # not "R": "Rq" is a restarted job waiting
 _PATH_OPTIONS = {"o", "e", "i", "wd", "S"}
 # Directives the scheduler sets itself unless the user gives them.
 _OWN_DIRECTIVES = ("N", "S", "o", "e", "wd", "cwd")
+
+# A parallel environment's name as ``-pe`` takes it (wildcards allowed).
+_PE_NAME_RE = re.compile(r"[A-Za-z0-9_.+*?\[\]-]+", re.ASCII)
+# A host name that can go into a ``hostname`` request.
+_HOST_RE = re.compile(r"[A-Za-z0-9_.-]+", re.ASCII)
+# Grid Engine's memory specifier (sge_types(1)): K, M, G, T are powers of
+# 1024, k, m, g, t of 1000; qacct 8.1.9 also prints a "B" after the unit.
+_SGE_MEMORY_RE = re.compile(r"([0-9]+(?:\.[0-9]*)?)\s*([KMGTkmgt]?)B?", re.ASCII)
+_SGE_MEMORY_UNITS = {
+    "": 1.0, "K": 1024.0, "M": 1024.0**2, "G": 1024.0**3, "T": 1024.0**4,
+    "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12,
+}
+# What programs print when an allocation is refused (h_vmem is a setrlimit
+# of the address space: the program sees ENOMEM and says so itself).
+_MEMORY_STDERR_RE = re.compile(
+    r"MemoryError|Cannot allocate memory|bad_alloc|out ?of ?memory|memory exhausted"
+    r"|cannot allocate|unable to allocate|memory allocation failed",
+    re.IGNORECASE,
+)
+# qacct's failed code for a job execd killed over a limit ("qmaster enforced
+# h_rt, h_cpu, or h_vmem limit"); such a job's exit_status is 137 (SIGKILL).
+_LIMIT_FAILED = "37"
+# The share of its h_vmem a job killed over a limit must have reached (qacct's
+# maxvmem, sampled) to count as out of memory.
+_VMEM_NEAR_LIMIT = 0.9
 
 # Meaning of qacct's ``failed`` codes that matter here (the rest are printed
 # by qacct itself, after the number).
@@ -237,6 +269,146 @@ def _parse_error_reasons(text: str, by_task: bool = False) -> dict[str, str]:
     return {jid: "; ".join(lines) for jid, lines in reasons.items() if lines}
 
 
+def parse_sge_memory(text: Any) -> float | None:
+    """A Grid Engine memory value (``200M``, ``1.5G``, ``4.746MB``, ``512``)
+    in bytes; None when it is none of these."""
+    match = _SGE_MEMORY_RE.fullmatch(str(text or "").strip())
+    if match is None:
+        return None
+    return float(match.group(1)) * _SGE_MEMORY_UNITS[match.group(2)]
+
+
+def parse_sge_seconds(text: Any) -> float | None:
+    """A Grid Engine time (``65``, ``1.654s``, ``0:1:5``, ``01:00:05``) in
+    seconds; None when it is none of these."""
+    value = str(text or "").strip()
+    if value.endswith("s"):
+        value = value[:-1]
+    parts = value.split(":")
+    if not parts or len(parts) > 3:
+        return None
+    try:
+        numbers = [float(part) if part else 0.0 for part in parts]
+    except ValueError:
+        return None
+    seconds = 0.0
+    for number in numbers:
+        seconds = seconds * 60 + number
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def format_h_rt(seconds: int) -> str:
+    """``h_rt`` as ``HH:MM:SS`` (hours past 99 as they are: Grid Engine has no
+    days field)."""
+    hours, rest = divmod(int(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}"
+
+
+def request_names(values: Any) -> dict[str, str]:
+    """``-l`` values (one, or a list: ``"h_rt=60,h_vmem=1G"``) as {resource
+    name: value}; the shortcut ``h`` is named ``hostname``."""
+    found: dict[str, str] = {}
+    for value in values if isinstance(values, (list, tuple)) else (values,):
+        if value in (None, False, True):
+            continue
+        for item in str(value).split(","):
+            name, _, given = item.strip().partition("=")
+            name = name.strip()
+            if name:
+                found["hostname" if name == "h" else name] = given.strip()
+    return found
+
+
+def category_limits(category: str) -> dict[str, str]:
+    """The ``-l`` requests in qacct's ``category`` field (``-l
+    h_rt=3,h_vmem=300M -pe smp 2``) as {name: value}."""
+    words = str(category or "").split()
+    found: dict[str, str] = {}
+    for flag, value in zip(words, words[1:]):
+        if flag == "-l":
+            found.update(request_names(value))
+    return found
+
+
+def _record_int(record: dict[str, str], key: str) -> int | None:
+    word = (record.get(key) or "").split(" ")[0].strip()
+    return int(word) if word.lstrip("-").isdigit() else None
+
+
+def limit_cause(record: dict[str, str]) -> str:
+    """How a job qacct recorded ended when Grid Engine killed it (qacct's
+    ``failed`` 37, or exit status 137): ``oom`` when its peak virtual memory
+    (``maxvmem``) reached its ``h_vmem`` (per slot, times its slots),
+    ``timeout`` when its wall clock reached its ``h_rt`` (or its CPU time
+    its ``h_cpu``), ``killed`` for another kill; "" when it was not killed."""
+    failed = (record.get("failed") or "").split(":")[0].strip()
+    exit_status = _record_int(record, "exit_status")
+    if failed != _LIMIT_FAILED and exit_status != 137:
+        return ""
+    limits = category_limits(record.get("category", ""))
+    slots = _record_int(record, "slots") or 1
+    vmem_limit = parse_sge_memory(limits.get("h_vmem"))
+    maxvmem = parse_sge_memory(record.get("maxvmem"))
+    if vmem_limit and maxvmem and maxvmem >= _VMEM_NEAR_LIMIT * vmem_limit * slots:
+        return "oom"
+    for limit_key, used_key in (("h_rt", "ru_wallclock"), ("h_cpu", "cpu")):
+        limit = parse_sge_seconds(limits.get(limit_key))
+        used = parse_sge_seconds(record.get(used_key))
+        # ru_wallclock is whole seconds: a kill at the limit may show one less
+        if limit and used is not None and used >= limit - 1:
+            return "timeout"
+    if failed == _LIMIT_FAILED:
+        # one limit asked for: that is the one enforced
+        asked = [key for key in ("h_vmem", "h_rt", "h_cpu") if key in limits]
+        if asked == ["h_vmem"]:
+            return "oom"
+        if asked and "h_vmem" not in asked:
+            return "timeout"
+    return "killed"
+
+
+def usage_figures(record: dict[str, str], full: bool) -> dict[str, Any]:
+    """Usage figures of one qacct record, for the usage record: peak memory
+    (``ru_maxrss``; for a job killed by a signal, whose killed processes
+    rusage misses, ``maxvmem`` when that is higher), CPU time (``cpu``), host
+    (``hostname``), the peak virtual memory (``maxvmem``, as
+    ``peak_vmem_mb``) and, when ``full``, the wall time (``ru_wallclock``).
+    qacct 8.1.9 prints ``ru_maxrss`` (kilobytes) as if bytes ("207.934KB"
+    for 207934 KB); other versions print the kilobytes as a plain number:
+    either way the number read is kilobytes."""
+    figures: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    rss_kb = parse_sge_memory(record.get("ru_maxrss"))
+    vmem = parse_sge_memory(record.get("maxvmem"))
+    vmem_mb = round(vmem / 1048576, 1) if vmem else None
+    if rss_kb:
+        figures["peak_memory_mb"] = round(rss_kb / 1024, 1)
+        sources["peak_memory_mb"] = "qacct ru_maxrss"
+    signalled = (_record_int(record, "exit_status") or 0) > 128
+    if vmem_mb and signalled and vmem_mb > figures.get("peak_memory_mb", 0):
+        figures["peak_memory_mb"] = vmem_mb
+        sources["peak_memory_mb"] = "qacct maxvmem"
+    if vmem_mb:
+        figures["peak_vmem_mb"] = vmem_mb
+        sources["peak_vmem_mb"] = "qacct maxvmem"
+    cpu = parse_sge_seconds(record.get("cpu"))
+    if cpu is not None:
+        figures["cpu_s"] = round(cpu, 3)
+        sources["cpu_s"] = "qacct cpu"
+    host = (record.get("hostname") or "").strip()
+    if host and host not in ("-", "NONE", "UNKNOWN"):
+        figures["host"] = host
+        sources["host"] = "qacct hostname"
+    if full:
+        wall = parse_sge_seconds(record.get("ru_wallclock"))
+        if wall is not None:
+            figures["wall_s"] = wall
+            sources["wall_s"] = "qacct ru_wallclock"
+    figures["sources"] = sources
+    return figures
+
+
 class SgeScheduler(Scheduler):
     """Submit jobs to Grid Engine with ``qsub``.
 
@@ -252,12 +424,23 @@ class SgeScheduler(Scheduler):
         kill_wait: seconds ``kill_jobs`` waits for deleted jobs to leave
             ``qstat``, so nothing is left running when a run ends.
         command_timeout: seconds any one Grid Engine command may take.
+        pe_name: the parallel environment ``resources``' cpus are asked in
+            (``-pe <pe_name> <cpus>``; ``smp``). It must allocate all slots on
+            one host (``allocation_rule $pe_slots``).
         **kwargs: the base Scheduler's options (``array=False``: one ``qsub``
             per job); every other key becomes a ``#$`` directive: ``True`` a
             bare flag (``notify=True`` -> ``#$ -notify``), a list repeats the
             flag (``l=["h_rt=60", "h_vmem=1G"]``), anything else ``-key
             value``; ``None``/``False`` leave the flag out. ``N``, ``o``,
             ``e``, ``S``, ``wd``/``cwd`` replace the ones xqute sets.
+
+    ``resources``: cpus -> ``-pe <pe_name> <cpus>``; memory -> ``-l
+    h_vmem=<memory / cpus>M`` (per slot, rounded up: Grid Engine multiplies it
+    by the slots); time -> ``-l h_rt=HH:MM:SS``; the nodes a retry excludes
+    after a node failure -> ``-l hostname=!a&!b``. gpus are refused (Grid
+    Engine has no standard GPU resource: ask your site's with ``l="gpu=1"``).
+    A raw option for the same thing (``pe``, or ``l`` naming ``h_vmem``,
+    ``h_rt``, ``h``/``hostname``) wins, with one warning.
 
     Jobs are named ``<prefix>-<short hash of workdir>-<index>``; ``-wd`` is the
     scheduler's ``cwd`` when given, else ``-cwd``; Grid Engine's own output
@@ -277,6 +460,10 @@ class SgeScheduler(Scheduler):
     # qdel SIGKILLs the job's process group (unless the cluster enables
     # ENABLE_ADDGRP_KILL): the command must stay in the wrapper's group.
     wrapper_own_process_group = False
+    # h_rt: Grid Engine kills a job at its time (the wrapper does not time it)
+    time_enforced_by_scheduler = True
+    # qacct's ru_maxrss, cpu, maxvmem, hostname
+    usage_from_scheduler = True
 
     def __init__(
         self,
@@ -289,8 +476,14 @@ class SgeScheduler(Scheduler):
         qacct_wait: float | None = None,
         kill_wait: float = 15.0,
         command_timeout: float = 60.0,
+        pe_name: str = "smp",
         **kwargs: Any,
     ) -> None:
+        if not isinstance(pe_name, str) or not _PE_NAME_RE.fullmatch(pe_name):
+            raise ValueError(
+                f"Invalid Grid Engine parallel environment name pe_name={pe_name!r}: "
+                "one word of letters, digits and _ . - + (wildcards * ? [ ] allowed)"
+            )
         if qacct_wait is not None:
             kwargs.setdefault("end_grace", qacct_wait)
         super().__init__(*args, **kwargs)
@@ -302,6 +495,12 @@ class SgeScheduler(Scheduler):
         self.qacct_wait = self.end_grace
         self.kill_wait = float(kill_wait)
         self.command_timeout = float(command_timeout)
+        self.pe_name = pe_name
+        if self.resources.gpus:
+            raise ValueError(
+                "resources: Grid Engine has no standard GPU resource, so gpus cannot be "
+                "mapped; ask for your site's own (say l='gpu=1') and leave gpus out"
+            )
         self.user = getpass.getuser()
         name = self._user_name
         if name is not None and _BAD_NAME_CHARS.search(name):
@@ -327,6 +526,9 @@ class SgeScheduler(Scheduler):
         # all the jobs looked for by name (see _listing_for_find)
         self._adoption_listing: QstatListing | None = None
         self._adopting = False
+        # jid -> usage figures of a trial qacct answered for while the status
+        # round explained its end, until its usage record takes them
+        self._ended_figures: dict[str, dict[str, Any]] = {}
 
     @property
     def _user_name(self) -> str | None:
@@ -360,9 +562,66 @@ class SgeScheduler(Scheduler):
     def _given(self, key: str) -> bool:
         return any(str(k).lstrip("-") == key for k, v in self.config.items() if v not in (None, False))
 
-    def _directives(self, name: str, stdout: Any, stderr: Any) -> list[str]:
-        """xqute's ``#$`` lines (each unless the user gives that option), then
-        the user's."""
+    def _user_requests(self) -> dict[str, str]:
+        """The resources the user's raw ``-l`` options request, by name."""
+        found: dict[str, str] = {}
+        for key, value in self.config.items():
+            if str(key).lstrip("-") == "l":
+                found.update(request_names(value))
+        return found
+
+    def resource_directives(self, resources: Resources) -> list[str]:
+        """``resources`` as ``#$`` lines: ``-pe <pe_name> <cpus>``, ``-l
+        h_vmem=<per slot>M``, ``-l h_rt=HH:MM:SS``, ``-l hostname=!a&!b``. A
+        raw option for the same thing wins (one warning per pair)."""
+        if resources.gpus:
+            raise ValueError("resources: Grid Engine cannot map gpus (see SgeScheduler)")
+        requests = self._user_requests()
+        lines = []
+        slots = resources.cpus or 1
+        if resources.cpus is not None:
+            if self._given("pe"):
+                self.raw_option_wins("cpus", "pe")
+                raw = next(str(v) for k, v in self.config.items() if str(k).lstrip("-") == "pe")
+                last = raw.split()[-1] if raw.split() else ""
+                slots = int(last) if last.isdigit() and int(last) > 0 else 1
+            else:
+                lines.append(f"#$ -pe {self.pe_name} {resources.cpus}")
+        if resources.memory_mb is not None:
+            if "h_vmem" in requests:
+                self.raw_option_wins("memory", "l h_vmem")
+            else:
+                lines.append(f"#$ -l h_vmem={math.ceil(resources.memory_mb / slots)}M")
+        if resources.time_s is not None:
+            if "h_rt" in requests:
+                self.raw_option_wins("time", "l h_rt")
+            else:
+                lines.append(f"#$ -l h_rt={format_h_rt(resources.time_s)}")
+        if resources.exclude_nodes:
+            nodes = [node for node in resources.exclude_nodes if _HOST_RE.fullmatch(node)]
+            if len(nodes) < len(resources.exclude_nodes):
+                logger.warning(
+                    "sge scheduler: not excluding nodes whose names a hostname request "
+                    "cannot hold: %s", ", ".join(
+                        repr(n) for n in resources.exclude_nodes if n not in nodes
+                    ),
+                )
+            if "hostname" in requests:
+                self.raw_option_wins("exclude_nodes", "l hostname")
+            elif nodes:
+                lines.append("#$ -l hostname=" + "&".join(f"!{node}" for node in nodes))
+        return lines
+
+    def _memory_limited(self, job: Job) -> bool:
+        """Whether ``job``'s trial ran under a virtual memory limit."""
+        requests = self._user_requests()
+        return bool(job.resources.memory_mb) or "h_vmem" in requests or "s_vmem" in requests
+
+    def _directives(
+        self, name: str, stdout: Any, stderr: Any, resources: Resources | None = None
+    ) -> list[str]:
+        """xqute's ``#$`` lines (each unless the user gives that option), the
+        ``resources``, then the user's."""
         lines = []
         if not self._given("N"):
             lines.append(f"#$ -N {name}")
@@ -378,6 +637,7 @@ class SgeScheduler(Scheduler):
             lines.append(f"#$ -o {_directive_path(stdout, 'o')}")
         if not self._given("e"):
             lines.append(f"#$ -e {_directive_path(stderr, 'e')}")
+        lines.extend(self.resource_directives(resources or Resources()))
         lines.extend(self._render_user_directives())
         return lines
 
@@ -386,7 +646,9 @@ class SgeScheduler(Scheduler):
         meta = job.metadir.mounted
         return "\n".join(
             [f"#!{JOBCMD_WRAPPER_LANG}",
-             *self._directives(self.job_name(job), meta / "job.sge.stdout", meta / "job.sge.stderr")]
+             *self._directives(
+                 self.job_name(job), meta / "job.sge.stdout", meta / "job.sge.stderr", job.resources
+             )]
         )
 
     def array_folder(self, name: str) -> Any:
@@ -404,7 +666,10 @@ class SgeScheduler(Scheduler):
         links = self.array_folder(name).mounted
         lines = [
             f"#!{JOBCMD_WRAPPER_LANG}",
-            *self._directives(name, links / "$TASK_ID.stdout", links / "$TASK_ID.stderr"),
+            # members of one array ask for the same (the base groups them so)
+            *self._directives(
+                name, links / "$TASK_ID.stdout", links / "$TASK_ID.stderr", jobs[0].resources
+            ),
         ]
         for line in lines:
             if not line.startswith("#") or "\r" in line or "\0" in line:
@@ -651,12 +916,98 @@ class SgeScheduler(Scheduler):
         """One ``qstat -xml`` for all ``jobs`` (array members found in their
         array's task ranges); ``qstat -j`` only for jobs in an error state and
         ``qacct`` only for jobs that vanished without an rc file."""
+        answers, _ = await self.query_jobs_and_usage(jobs, ())
+        return answers
+
+    async def query_jobs_and_usage(
+        self, jobs: Sequence[Job], ended: Sequence[str]
+    ) -> tuple[dict[Job, JobQuery], dict[str, dict[str, Any]]]:
+        """A status round: one ``qstat -xml`` for the live ``jobs``, then ONE
+        ``qacct`` call for both the jobs that left qstat without an rc file
+        and the ended trials ``ended`` that wait for their usage figures."""
+        answers: dict[Job, JobQuery] = {}
+        vanished: list[Job] = []
         asked = [job for job in jobs if job.jid]
-        if not asked:
+        if asked:
+            listed = await self._listed_answers(asked)
+            if listed is not None:
+                answers, vanished = listed
+        unexplained = []
+        for job in vanished:
+            if await job.read_rc_file() is not None:
+                answers[job] = JobQuery(JobQuery.ENDED)
+            else:
+                unexplained.append(job)
+        due = [str(jid) for jid in ended] if self.usage else []
+        if not unexplained and not due:
+            return answers, {}
+        records = await self._accounting([str(job.jid) for job in unexplained] + due)
+        answers.update(self._explain_vanished(unexplained, records))
+        return answers, self._usage_of(due, records)
+
+    async def query_usage(self, jids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """qacct's figures for the ended trials ``jids``, in one call (by the
+        job number when they share one, else by this workdir's job names).
+        Trials qacct has no record of yet are left out, to be asked again."""
+        if not self.usage or not jids:
             return {}
+        records = await self._accounting([str(jid) for jid in jids])
+        return self._usage_of([str(jid) for jid in jids], records)
+
+    def _usage_of(
+        self, jids: Sequence[str], records: dict[str, dict[str, str]]
+    ) -> dict[str, dict[str, Any]]:
+        usage = {}
+        for jid in jids:
+            record = records.get(jid)
+            if record is not None and self._name_of_workdir(record.get("jobname", "")):
+                usage[jid] = usage_figures(record, full=False)
+        return usage
+
+    def _name_of_workdir(self, name: str) -> bool:
+        """Whether ``name`` is a job name this workdir's jobs and arrays get."""
+        if self._user_name:
+            return name == self._user_name
+        return name.startswith(self._name_base() + "-")
+
+    def _name_base(self) -> str:
+        """``<prefix>-<hash of workdir>``: what all this workdir's names begin with."""
+        return self.job_name(_IndexOnly(0)).rsplit("-", 1)[0]  # type: ignore[arg-type]
+
+    def job_usage(self, job: Job) -> dict[str, Any]:
+        """qacct's figures for a trial that ended without its wrapper's record
+        (killed by Grid Engine over a limit), fetched by the status round that
+        explained its end: all of them, wall time too."""
+        return self._ended_figures.pop(str(job.jid or ""), {})
+
+    async def exit_cause(self, job: Job, rc: int) -> str:
+        """The base's reading of ``rc``; a command that failed under a
+        virtual memory limit (``h_vmem``, from ``resources``' memory or a raw
+        option) and said its allocation was refused (Python's MemoryError,
+        "Cannot allocate memory", ``std::bad_alloc``, "out of memory" in the
+        last 4 KB of its stderr) is ``oom``: h_vmem is a setrlimit, the
+        program sees the refusal and ends itself. Trials Grid Engine killed
+        get their cause from qacct (``limit_cause``) when they vanish."""
+        cause = await super().exit_cause(job, rc)
+        if cause in ("ok", "timeout") or rc in (RC_VANISHED, RC_SUBMISSION_FAILED):
+            return cause
+        if not self._memory_limited(job):
+            return cause
+        try:
+            tail = await asyncio.to_thread(_tail, str(job.stderr_file))
+        except OSError:
+            return cause
+        return "oom" if _MEMORY_STDERR_RE.search(tail) else cause
+
+    async def _listed_answers(
+        self, asked: Sequence[Job]
+    ) -> tuple[dict[Job, JobQuery], list[Job]] | None:
+        """What one qstat listing says of ``asked``: answers for the listed
+        ones (qstat -j for those in an error state), and the jobs it no longer
+        lists. None when qstat failed."""
         listing = await self._qstat_listing()
         if listing is None:
-            return {}
+            return None
         answers: dict[Job, JobQuery] = {}
         in_error: list[Job] = []
         vanished: list[Job] = []
@@ -674,9 +1025,7 @@ class SgeScheduler(Scheduler):
                 answers[job] = JobQuery(JobQuery.PENDING)
         if in_error:
             answers.update(await self._error_answers(in_error))
-        if vanished:
-            answers.update(await self._vanished_answers(vanished))
-        return answers
+        return answers, vanished
 
     def _is_ours(self, job: Job, name: str) -> bool:
         """Job numbers restart when a cluster is re-created: a number is only
@@ -710,28 +1059,28 @@ class SgeScheduler(Scheduler):
             )
         return answers
 
-    async def _vanished_answers(self, jobs: list[Job]) -> dict[Job, JobQuery]:
-        """Jobs Grid Engine no longer lists: ended. The reason is qacct's when it
-        has a record; accounting can lag, so the base class keeps asking (each
-        query round) for ``end_grace`` seconds before taking "no record"."""
+    def _explain_vanished(
+        self, jobs: list[Job], records: dict[str, dict[str, str]]
+    ) -> dict[Job, JobQuery]:
+        """Jobs Grid Engine no longer lists and that wrote no rc file: ended.
+        The reason is qacct's when it has a record (and with it the cause:
+        ``limit_cause``, and the trial's usage figures); accounting can lag,
+        so the base class keeps asking (each query round) for ``end_grace``
+        seconds before taking "no record"."""
         answers: dict[Job, JobQuery] = {}
-        unexplained = []
         for job in jobs:
-            if await job.read_rc_file() is not None:
-                answers[job] = JobQuery(JobQuery.ENDED)
-            else:
-                unexplained.append(job)
-        if not unexplained:
-            return answers
-        records = await self._accounting(unexplained)
-        for job in unexplained:
             jid: str = job.jid  # type: ignore[assignment]
             record = records.get(jid)
             if record is not None and "jobname" in record and not self._is_ours(job, record["jobname"]):
                 record = None  # a job of an earlier cluster with the same number
             if record is not None:
-                answers[job] = JobQuery(JobQuery.ENDED, self._accounting_reason(jid, record))
+                if self.usage:
+                    self._ended_figures[jid] = usage_figures(record, full=True)
+                answers[job] = JobQuery(
+                    JobQuery.ENDED, self._accounting_reason(jid, record), cause=limit_cause(record)
+                )
             else:
+                self._ended_figures.pop(jid, None)
                 answers[job] = JobQuery(
                     JobQuery.ENDED,
                     f"Grid Engine job {jid} is gone without recording its return code and "
@@ -739,24 +1088,24 @@ class SgeScheduler(Scheduler):
                 )
         return answers
 
-    async def _accounting(self, jobs: list[Job]) -> dict[str, dict[str, str]]:
-        """qacct records of ``jobs`` in one call: by number for one job (and
-        ``-t <tasks>`` for members of one array), by the workdir's job-name
-        pattern for several jobs (qacct takes one -j)."""
-        if shutil.which(self.qacct) is None:
+    async def _accounting(self, jids: list[str]) -> dict[str, dict[str, str]]:
+        """qacct records of the jobs ``jids`` in one call: by number when they
+        share one (with ``-t <tasks>`` for members of one array), else by the
+        workdir's job-name pattern (qacct takes one -j)."""
+        if not jids or shutil.which(self.qacct) is None:
             return {}
-        ids = [split_jid(job.jid) for job in jobs]
+        ids = [split_jid(jid) for jid in jids]
         numbers = {number for number, _ in ids}
         if len(numbers) == 1:
             args = ["-j", numbers.pop()]
             tasks = sorted(task for _, task in ids if task is not None)
             if tasks and len(tasks) == len(ids):
-                args += ["-t", str(tasks[0]) if len(tasks) == 1 else f"{tasks[0]}-{tasks[-1]}"]
+                args += ["-t", str(tasks[0]) if tasks[0] == tasks[-1] else f"{tasks[0]}-{tasks[-1]}"]
         elif self._user_name:
             args = ["-j", self._user_name]
         else:
             # every default name of this workdir, jobs' and arrays': <prefix>-<hash>-*
-            args = ["-j", self.job_name(jobs[0]).rsplit("-", 1)[0] + "-*"]
+            args = ["-j", self._name_base() + "-*"]
         result = await run_command(self.qacct, *args, timeout=self.command_timeout)
         if not result.ok:
             return {}
@@ -842,6 +1191,14 @@ class SgeScheduler(Scheduler):
             ]
             if other:
                 logger.warning("sge scheduler: %s: %s", self.qdel, "; ".join(other))
+
+
+def _tail(path: str, size: int = 4096) -> str:
+    """The last ``size`` bytes of a local file, as text."""
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, handle.tell() - size))
+        return handle.read().decode(errors="replace")
 
 
 class _IndexOnly:

@@ -667,11 +667,8 @@ class SlurmScheduler(Scheduler):
         ``MAX_LISTED_IDS`` ids, the base's squeue-then-sacct."""
         answers, by_jid = await self._job_ids(jobs)
         due = [str(jid) for jid in ended]
-        arrays = {array_id_of(jid) for jid in by_jid}
-        asked = list(
-            dict.fromkeys([*(array_id_of(jid) for jid in by_jid),
-                           *(jid for jid in due if array_id_of(jid) not in arrays)])
-        )
+        # arrays by their ids: sacct lists their members (a short command line)
+        asked = list(dict.fromkeys(array_id_of(jid) for jid in [*by_jid, *due]))
         if self._accounting is False or len(asked) > MAX_LISTED_IDS:
             return await super().query_jobs_and_usage(jobs, ended)
         self._forget_finished()
@@ -710,7 +707,10 @@ class SlurmScheduler(Scheduler):
         yet (slurmdbd lags) are left out, to be asked again."""
         if not self.usage or self._accounting is False or not jids:
             return {}
-        accounts, _ = await self._sacct_accounts([str(jid) for jid in jids])
+        # arrays by their ids: sacct lists their members (a short command line)
+        accounts, _ = await self._sacct_accounts(
+            list(dict.fromkeys(array_id_of(str(jid)) for jid in jids))
+        )
         usage = {
             str(jid): accounts[str(jid)].figures(full=str(jid) in self._vanished)
             for jid in jids

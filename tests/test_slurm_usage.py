@@ -1,0 +1,146 @@
+"""Usage records, causes and escalating retries on the real Slurm of
+``scripts/slurm.sh`` (memory accounting on: jobacct_gather/linux sampling every
+second, OverMemoryKill, CR_Core_Memory).
+
+Nothing here is faked: the figures are sacct's, the out-of-memory kill is
+slurmstepd's. Counting wrappers (``count_calls``) log each Slurm call and exec
+the real binary.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.test_slurm import calls, count_calls, read, run, slurm, slurm_cli  # noqa: F401
+from xqute.schedulers.slurm_scheduler import SlurmScheduler
+
+# Python holding ``mb`` megabytes (touched, so they count in RSS) long enough
+# for the accounting, sampling every second, to see them; then ``cpu`` seconds
+# of CPU burnt while holding them.
+HOLD = (
+    "import time\n"
+    "block = b'\\x01' * ({mb} * 2**20)\n"
+    "start = time.process_time()\n"
+    "while time.process_time() - start < {cpu}: pass\n"
+    "time.sleep({sleep})\n"
+)
+
+
+def hold(mb: int, cpu: float = 0.0, sleep: float = 3.0) -> list[str]:
+    return [sys.executable, "-c", HOLD.format(mb=mb, cpu=cpu, sleep=sleep)]
+
+
+def node_name() -> str:
+    return slurm_cli("sinfo", "-h", "-N", "-o", "%N").split()[0]
+
+
+def usage_of(path) -> dict:
+    return json.loads(read(path))
+
+
+async def test_a_job_over_its_memory_is_oom_and_retried_with_twice_the_memory(slurm, workdir):
+    """150 MB in a job that asked for 100M: slurmstepd kills it (FAILED, signal
+    9, "Exceeded job memory limit" in its stderr; the wrapper dies with it, so
+    no rc is recorded). Cause oom; the retry asks for 200M, which suffices."""
+    xq = await run(
+        workdir, [hold(150)], forks=1, error_strategy="retry", num_retries=1,
+        resources={"memory": "100M"},
+        query_interval=1, end_grace=1,
+    )
+    job = xq.jobs[0]
+    first = usage_of(job.metadir / "job.retry" / "0" / "job.usage")
+    assert first["cause"] == "oom", first
+    assert first["requested"]["memory"] == "100M"
+    # sacct saw it pass its request: the batch step's MaxRSS
+    assert first["peak_memory_mb"] > 100 and first["sources"]["peak_memory_mb"] == "sacct", first
+    assert first["host"] == node_name()
+    assert job.trial_count == 1 and await job.get_rc() == 0
+    second = await job.get_usage()
+    assert second["cause"] == "ok" and second["requested"]["memory"] == "200M", second
+    assert 100 < second["peak_memory_mb"] <= 200, second
+    assert "#SBATCH --mem=200M" in read(job.metadir / "job.wrapped.slurm").splitlines()
+
+
+async def test_usage_figures_from_sacct_and_no_more_calls_per_round(slurm, workdir, tmp_path):
+    """Four jobs, each holding 200 MB and burning 1.2 s of CPU, ending a few
+    seconds apart, run twice: usage on and usage off.
+
+    With usage on, each record has sacct's peak memory (>= 200 MB), CPU time
+    (>= 0.9 s) and node name. Each status round costs one call either way:
+    squeue, or (usage on, figures due) one sacct that answers the live jobs
+    and the ended ones together. Usage on adds only the run's end: one sacct
+    for the jobs that ended after the last round, and at most one more a
+    second later if slurmdbd did not have them all yet.
+    """
+    cmds = [hold(200, cpu=1.2, sleep=1 + 2 * i) for i in range(4)]
+    runs = {}
+    for usage in (True, False):
+        (tmp_path / str(usage)).mkdir()
+        opts, log = count_calls(tmp_path / str(usage))
+        xq = await run(
+            workdir / str(usage), cmds, forks=4, usage=usage,
+            resources={"memory": "400M"}, query_interval=1, **opts,
+        )
+        assert [await job.get_rc() for job in xq.jobs] == [0] * 4
+        sched = xq.scheduler
+        squeues, saccts = len(calls(log, "squeue")), len(calls(log, "sacct"))
+        assert squeues + saccts == sched.status_calls
+        runs[usage] = (sched.query_rounds, squeues, saccts, xq)
+        print(f"usage={usage}: {sched.query_rounds} rounds, {squeues} squeue, {saccts} sacct")
+
+    rounds, squeues, saccts, xq = runs[False]
+    assert saccts == 0 and squeues == rounds  # one squeue per round, nothing else
+    assert not (xq.jobs[0].metadir / "job.usage").exists()
+
+    rounds, squeues, saccts, xq = runs[True]
+    # one call per round, the rounds with figures due answered by sacct alone...
+    assert squeues < rounds, runs[True][:3]
+    # ...and the run's end: one sacct, maybe one more
+    assert 1 <= squeues + saccts - rounds <= 2, runs[True][:3]
+    node = node_name()
+    for job in xq.jobs:
+        record = await job.get_usage()
+        assert record["peak_memory_mb"] >= 200, record
+        assert record["cpu_s"] >= 0.9, record
+        assert record["host"] == node, record
+        assert record["sources"]["peak_memory_mb"] == "sacct"
+        assert record["sources"]["cpu_s"] == "sacct"
+        # the wrapper's own timing is kept
+        assert record["sources"]["wall_s"] == "wrapper" and record["wall_s"] >= 1
+        assert record["cause"] == "ok"
+
+
+async def test_resources_and_excluded_nodes_reach_slurm(slurm, workdir):
+    """A node failure's retry keeps away from the node the trial ran on: its
+    #SBATCH lines carry --exclude (merged with the user's own -x), and Slurm
+    reads it (scontrol's ExcNodeList)."""
+    node = node_name()
+    sched = SlurmScheduler(
+        workdir, resources={"cpus": 1, "memory": "64M", "time": "5m"}, x="ghost1", hold=True,
+    )
+    job = await sched.create_job(0, ["true"])
+    await sched.queue_job(job)
+    job.cause = "node_fail"
+    job.usage = {"host": node}
+    assert await sched._escalate(job)  # the base's retry step
+    assert job.resources.exclude_nodes == (node,)
+    head = sched.jobcmd_shebang(job).splitlines()
+    for line in ("#SBATCH --cpus-per-task=1", "#SBATCH --mem=64M", "#SBATCH --time=00:05:00",
+                 f"#SBATCH --exclude=ghost1,{node}"):
+        assert line in head, head
+    assert "#SBATCH -x ghost1" not in head
+
+    # Slurm refuses an unknown node in --exclude: keep only the real one
+    sched = SlurmScheduler(workdir / "real", resources={"memory": "64M"}, hold=True)
+    job = await sched.create_job(0, ["true"])
+    await sched.queue_job(job)
+    job.resources = job.resources.excluding(node)
+    jid = await sched.submit_job(job)
+    try:
+        shown = slurm_cli("scontrol", "show", "job", jid)
+    finally:
+        subprocess.run(["scancel", jid], capture_output=True, timeout=60)
+    assert f"ExcNodeList={node}" in shown, shown
+    assert "MinMemoryNode=64M" in shown, shown
