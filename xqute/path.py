@@ -81,6 +81,14 @@ class _PairedPath:
         return type(self)._pair_root()._build(plain, partner)
 
     def __truediv__(self, key: Any) -> Any:
+        if self._partner is None and isinstance(self, LocalPath) and isinstance(key, str) \
+                and key and "/" not in key and key not in (".", ".."):
+            # a local path with no other side, and one plain name: the join
+            # needs no parsing (status rounds build thousands of these)
+            base = str(self)
+            obj = type(self)._new_plain(base + key if base.endswith("/") else f"{base}/{key}")
+            obj._partner = None
+            return obj
         plain = PanPath(str(self)) / str(key)
         return self._derived(plain, self._partner_path() / str(key))
 
