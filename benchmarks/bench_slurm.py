@@ -15,6 +15,12 @@ arrays). Run:
     python benchmarks/bench_slurm.py                 # 100 jobs, every variant, once
     python benchmarks/bench_slurm.py -n 1000         # the issue-14 figure
     python benchmarks/bench_slurm.py -n 100 -r 3 --only arrays,no-arrays
+    python benchmarks/bench_slurm.py --usage -r 3    # usage records on vs off
+
+``--usage`` runs this package twice per repeat, usage records on (sacct's
+figures fetched inside the status rounds and once at the run's end) and off
+(``usage: False``), and prints squeue and sacct calls, status rounds and wall
+time side by side.
 
 Each repeat also times the same number of plain ``sbatch --wrap true`` jobs,
 submitted in a loop with no manager (the floor; ``--no-floor`` skips it), and the
@@ -55,19 +61,27 @@ RUNNER = textwrap.dedent(
         for _ in range(njobs):
             await xq.feed(["true"])
         await xq.run_until_complete()
+        return xq.scheduler
 
     start = time.monotonic()
-    asyncio.run(main())
+    scheduler = asyncio.run(main())
     wall = time.monotonic() - start
     usage = resource.getrusage(resource.RUSAGE_SELF)
     rcs = []
+    from_sacct = 0  # usage records with figures from sacct
     for i in range(njobs):
         rc_file = Path(workdir) / str(i) / "job.rc"
         rcs.append(rc_file.read_text().strip() if rc_file.exists() else "missing")
+        record = Path(workdir) / str(i) / "job.usage"
+        if record.exists():
+            sources = json.loads(record.read_text()).get("sources", {})
+            from_sacct += "sacct" in sources.values()
     Path(out).write_text(json.dumps({
         "version": xqute.__version__, "wall": wall,
         "cpu": usage.ru_utime + usage.ru_stime,
         "succeeded": sum(rc == "0" for rc in rcs),
+        "rounds": getattr(scheduler, "query_rounds", None),
+        "from_sacct": from_sacct,
     }))
     """
 )
@@ -95,6 +109,8 @@ VARIANTS = {
     "arrays": ("this", {}),
     "no-arrays": ("this", {"array": False}),
     "xqute2": ("xqute2", {}),
+    "usage-on": ("this", {"usage": True}),
+    "usage-off": ("this", {"usage": False}),
 }
 
 
@@ -165,7 +181,11 @@ def main() -> None:
                         help=f"comma-separated variants of {', '.join(VARIANTS)}")
     parser.add_argument("--no-floor", action="store_true",
                         help="skip the plain-sbatch run that shows the cluster's own speed")
+    parser.add_argument("--usage", action="store_true",
+                        help="usage records on vs off (variants usage-on,usage-off; no floor)")
     args = parser.parse_args()
+    if args.usage:
+        args.only, args.no_floor = "usage-on,usage-off", True
 
     status = subprocess.run(
         ["bash", str(ROOT / "scripts" / "slurm.sh"), "status"], capture_output=True, text=True
@@ -200,6 +220,9 @@ def main() -> None:
             print(f"# {label}: {json.dumps(run)}", file=sys.stderr)
             runs_by_label[label].append(run)
 
+    if args.usage:
+        print_usage_table(args, runs_by_label)
+        return
     print(f"\n{args.jobs} trivial jobs (`true`) through the local Slurm at forks "
           f"{args.forks}, median of {args.repeat} run(s):\n")
     print("| variant | wall time (s) | jobs rc 0 | submit calls (sbatch) | status queries "
@@ -221,6 +244,30 @@ def main() -> None:
             f"| {median('sbatch'):g} | {statistics.median(r['squeue'] + r['sacct'] for r in runs):g} "
             f"| {median('cpu'):.2f} | {median('scontrol'):g} | {median('scancel'):g} |"
         )
+
+
+def print_usage_table(args: argparse.Namespace, runs_by_label: dict[str, list[dict]]) -> None:
+    """Usage on vs off, side by side: status calls, rounds, wall time."""
+    print(f"\n{args.jobs} trivial jobs (`true`) through the local Slurm at forks "
+          f"{args.forks}, usage records on vs off, median of {args.repeat} run(s) "
+          f"(each run: {', '.join(runs_by_label)} in turn):\n")
+    print("| usage | wall time (s) | jobs rc 0 | status rounds | squeue | sacct "
+          "| status queries (squeue + sacct) | usage records with sacct's figures |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for label, runs in runs_by_label.items():
+        def median(key: str) -> float:
+            return statistics.median(r[key] for r in runs)
+        print(
+            f"| {label.split('-')[1]} | {median('wall'):.1f} "
+            f"| {min(r['succeeded'] for r in runs)}/{args.jobs} | {median('rounds'):g} "
+            f"| {median('squeue'):g} | {median('sacct'):g} "
+            f"| {statistics.median(r['squeue'] + r['sacct'] for r in runs):g} "
+            f"| {min(r['from_sacct'] for r in runs)}/{args.jobs} |"
+        )
+    print("\nper run (squeue+sacct): " + "; ".join(
+        f"{label} " + ", ".join(f"{r['squeue'] + r['sacct']}" for r in runs)
+        for label, runs in runs_by_label.items()
+    ))
 
 
 if __name__ == "__main__":
