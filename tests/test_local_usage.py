@@ -19,7 +19,7 @@ import pytest
 
 from xqute import JobStatus, Xqute
 from xqute.schedulers import local_scheduler
-from xqute.schedulers.local_scheduler import LocalScheduler, MemoryCgroups
+from xqute.schedulers.local_scheduler import MemoryCgroups
 
 # touches 200 MB (bytes * writes every page), then burns 1.2 s of CPU
 ALLOCATE_AND_BURN = [

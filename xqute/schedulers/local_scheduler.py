@@ -16,6 +16,19 @@ let go, first come first served. The manager's loop never waits for CPUs, so a
 Ctrl-C or a halt is as quick as ever; a manager that dies closes the pipes and
 its held jobs exit without running (a rerun runs them). Jobs that ask for no
 CPUs do not count.
+
+Memory (``resources`` ``memory``): each trial gets a memory cgroup of its own,
+limited, under a parent for this manager (``MemoryCgroups``), where this
+process may make one; the wrapper joins it as its first line (a builtin,
+before it forks anything), reads its peak at the end (``peak_memory_file``),
+and an OOM kill it counted makes the cause ``oom``. Elsewhere the command's
+shell sets ``ulimit -S -d`` (best effort; the cause is ``oom`` when the job's
+stderr ends with an allocation error). Time is the wrapper's ``timeout``.
+
+Usage: wrappers are reaped with ``wait4`` (the same one system call as
+``waitpid``), whose rusage covers the wrapper and the descendants it waited
+for: ``ru_maxrss`` gives the peak memory where no cgroup did, and the CPU
+where a signal ended the wrapper before it could measure its command.
 """
 
 from __future__ import annotations
