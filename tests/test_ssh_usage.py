@@ -104,3 +104,91 @@ async def test_the_ssh_wrapper_measures_no_peak_memory(tmp_path):
     job = await sched.create_job(0, "true")
     assert sched.peak_memory_file(job) is None
     assert "_xq_peak() { :; }" in sched.wrap_job_script(job)
+
+
+# ------------------------------------------------------------ node failures
+FAKE_SSH = """#!/bin/sh
+# The real ssh, except that once {down} exists, {host} looks down: every call
+# for it but the control ones (-O check/exit) is refused as a dead host's are.
+echo "$*" >>{log}
+if [ -e {down} ]; then
+    case " $* " in
+        *" -O "*) ;;
+        *" {host} "*) echo "ssh: connect to host {host} port 22: Connection refused" >&2; exit 255 ;;
+    esac
+fi
+exec {real} "$@"
+"""
+
+
+async def test_a_job_lost_with_its_host_is_node_fail_and_its_retry_keeps_away(
+    env, shared_workdir, tmp_path
+):
+    """The job runs on host 2; host 2 then looks down to the manager (a client
+    that refuses it: the real host stays up for other tests) and the job's
+    processes there are SIGKILLed, so nothing records an end: after lost_after
+    the trial is node_fail with host 2's label as its host, and the retry asks
+    to exclude host 2 and runs on host 1."""
+    import asyncio
+    import shlex
+    import shutil
+
+    from tests.test_ssh import on_host
+
+    host1, host2 = env["XQUTE_SSH_HOST1"], env["XQUTE_SSH_HOST2"]
+    down, log, fake = tmp_path / "host2-down", tmp_path / "ssh.log", tmp_path / "ssh"
+    fake.write_text(FAKE_SSH.format(
+        down=shlex.quote(str(down)), log=shlex.quote(str(log)), host=host2,
+        real=shlex.quote(shutil.which("ssh")),
+    ))
+    fake.chmod(0o755)
+    mark = shared_workdir / "first-trial-ran"
+    xq = Xqute(
+        "ssh", workdir=shared_workdir, forks=1, error_strategy="retry", num_retries=1,
+        scheduler_opts={
+            "servers": servers(env, (2, 1)),  # host 2 first: the first job goes there
+            "ssh_args": known_hosts_args(env),
+            "ssh": str(fake),
+            "lost_after": 1,
+            "liveness_interval": 0.5,
+            "retry_host_after": 0.5,
+            "connect_timeout": 3,
+        },
+    )
+    job = await xq.feed(
+        ["bash", "-c", '[ -e "$1" ] && { hostname; exit 0; }; : >"$1"; exec sleep 600', "bash", str(mark)]
+    )
+    runner = asyncio.ensure_future(run(xq))
+    try:
+        for _ in range(600):
+            if mark.exists() and job._jid:
+                break
+            await asyncio.sleep(0.1)
+        pid, _, label = job._jid.partition("@")
+        assert label == host2 and pid.isdigit(), job._jid
+        down.touch()
+        # the wrapper first (so it records nothing), then the rest of its session
+        on_host(env, env["XQUTE_SSH_ALIAS2"], f"kill -KILL {pid}; pkill -KILL -s {pid}; true")
+        await runner
+    finally:
+        if not runner.done():
+            runner.cancel()
+    assert await job.get_rc() == 0, read(job.stderr_file)
+    assert job.trial_count == 1
+    first = json.loads(read(job.retry_dir / "0" / "job.usage"))
+    assert first["cause"] == "node_fail" and first["rc"] == -3, first
+    assert first["host"] == host2 and first["sources"]["host"] == "ssh", first
+    assert "taken as lost" in read(job.retry_dir / "0" / "job.stderr")
+    second = await job.get_usage()
+    assert second["cause"] == "ok", second
+    assert second["requested"] == {"exclude_nodes": [host2]}, second
+    assert second["host"] == env["XQUTE_SSH_HOSTNAME1"]
+    assert read(job.jid_file).strip().endswith("@" + host1)
+    assert read(job.stdout_file).strip() == env["XQUTE_SSH_HOSTNAME1"]
+
+
+def test_placement_leaves_out_excluded_hosts_unless_none_is_left(tmp_path):
+    sched = SshScheduler(str(tmp_path / "wd"), servers=["h1", "h2", "h3"])
+    for _ in range(3):  # whatever the turn
+        assert "h2" not in [host.label for host in sched._placement_order(("h2",))]
+    assert {host.label for host in sched._placement_order(("h1", "h2", "h3"))} == {"h1", "h2", "h3"}
