@@ -231,11 +231,13 @@ async def test_the_wrapper_reads_the_cgroup_with_builtins_only(tmp_path, fake_ru
     assert "_xq_peak() { :; }" in apptainer.wrap_job_script(job)
 
 
-async def test_usage_of_a_job_in_a_real_container(workdir, image):
+@pytest.mark.parametrize("runtime", runtime_bins())
+async def test_usage_of_a_job_in_a_real_container(workdir, image, runtime):
     """200 MB held at once and 1.2 s of CPU: the record says so, from the
     container's cgroup and the wrapper's own measurement."""
+    need_bin(runtime)
     xq = await run_jobs(
-        workdir, [["bash", "-c", f"{ALLOC_200M} && {BURN_ARG}"]], image=image, bin="podman",
+        workdir, [["bash", "-c", f"{ALLOC_200M} && {BURN_ARG}"]], image=image, bin=runtime,
         resources={"memory": "512M", "time": 600},  # time: a bound, should the loop not end
     )
     job = xq.jobs[0]
