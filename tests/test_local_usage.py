@@ -172,6 +172,23 @@ async def test_a_failure_under_the_limit_is_not_oom(workdir, memory_cgroups):
     assert (await killed.get_usage())["cause"] == "killed"
 
 
+async def test_a_wrapper_that_cannot_join_its_cgroup_says_so(workdir, tmp_path):
+    """The cgroup is gone (or not writable) when the wrapper starts: the job
+    still runs, and its stderr says the limit does not hold."""
+    xq = Xqute("local", workdir=workdir, scheduler_opts={"resources": {"memory": "100M"}})
+    gone = str(tmp_path / "no such cgroup")
+    memcg = MemoryCgroups(1, str(tmp_path / "no such parent"))
+    memcg.make = lambda index, memory_mb: gone
+    xq.scheduler._memcg = memcg
+    job = await xq.feed(["echo", "ran"])
+    await xq.run_until_complete()
+    assert await job.get_rc() == 0
+    assert Path(job.stdout_file).read_text() == "ran\n"
+    assert Path(job.stderr_file).read_text() == (
+        f"xqute: could not join the memory cgroup {gone}: the memory limit does not hold\n"
+    )
+
+
 def test_cgroups_of_dead_managers_are_swept(memory_cgroups):
     """An empty xqute-<pid>-* cgroup whose manager is gone is removed when
     the next manager looks for its cgroups; a live manager's is kept."""

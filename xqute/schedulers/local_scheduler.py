@@ -524,7 +524,7 @@ class LocalScheduler(Scheduler):
             self._memcg = MemoryCgroups.find()
             if isinstance(self._memcg, str):
                 logger.warning(
-                    "Memory limits are best effort (ulimit -d in the wrapper): %s", self._memcg
+                    "Memory limits are best effort (ulimit -d on each command): %s", self._memcg
                 )
             else:
                 logger.debug("Memory limits: cgroup v%s under %s", self._memcg.version, self._memcg.parent)
@@ -544,7 +544,8 @@ class LocalScheduler(Scheduler):
             del self._cgroup_of[job]
         assert isinstance(self._memcg, MemoryCgroups)
         rc = os.waitstatus_to_exitcode(status) if status is not None else None
-        self._oom[job] = self._memcg.oom_killed(path, rc)
+        if self._memcg.oom_killed(path, rc):
+            self._oom[job] = True
         if not self._memcg.remove(path):
             self._leftover_cgroups.append(path)
 
@@ -569,9 +570,11 @@ class LocalScheduler(Scheduler):
         path = self._cgroup_of.get(job)
         if path is not None:
             shebang, rest = text.split("\n", 1)
+            # (a failure is said in the job's stderr: see jobcmd_wrapper_init)
             join = (
                 f"# into the job's memory cgroup (its limit) before anything runs\n"
-                f"{{ echo $$ >{shell_quote(path + '/cgroup.procs')}; }} 2>/dev/null"
+                f"{{ echo $$ >{shell_quote(path + '/cgroup.procs')}; }} 2>/dev/null "
+                f"|| _xq_nolimit={shell_quote(path)}"
             )
             return f"{shebang}\n{join}\n{rest}"
         kilobytes = self._ulimit_of.get(job)
@@ -587,6 +590,17 @@ class LocalScheduler(Scheduler):
                 return limited
             logger.warning("Job %s: no line to set its memory limit on in the wrapper", job.index)
         return text
+
+    @property
+    def jobcmd_wrapper_init(self) -> str:
+        """The base's; then, in the job's stderr, whether the wrapper could
+        not join its memory cgroup (its limit then does not hold)."""
+        note = (
+            '[ -z "${_xq_nolimit:-}" ] || echo "xqute: could not join the memory cgroup '
+            '$_xq_nolimit: the memory limit does not hold" >&2'
+        )
+        base = super().jobcmd_wrapper_init
+        return f"{note}\n{base}" if base else note
 
     async def exit_cause(self, job: Job, rc: int) -> str:
         """The base's reading of ``rc``; a failure whose cgroup counted an OOM
