@@ -253,15 +253,17 @@ async def test_usage_of_a_job_in_a_real_container(workdir, image, runtime):
     assert usage["requested"] == {"memory": "512M", "time": 600}
 
 
+@pytest.mark.parametrize("runtime", runtime_bins())
 async def test_a_job_over_its_memory_ends_oom_and_its_retry_with_twice_the_memory_succeeds(
-    workdir, image
+    workdir, image, runtime
 ):
     """80 MB in a 64M container: the OOM killer (counted in the container's
     cgroup), cause oom; the retry gets --memory 128m and succeeds."""
+    need_bin(runtime)
     xq = Xqute(
         "container", workdir=workdir, jobname_prefix=unique_prefix(),
         error_strategy="retry", num_retries=1,
-        scheduler_opts={"image": image, "bin": "podman", "resources": {"memory": "64M"}},
+        scheduler_opts={"image": image, "bin": runtime, "resources": {"memory": "64M"}},
     )
     await xq.feed(["bash", "-c", "dd if=/dev/zero of=/dev/null bs=80M count=1"])
     await xq.run_until_complete()
@@ -288,3 +290,28 @@ async def test_a_sigkill_that_is_no_oom_stays_killed(workdir, image):
     usage = await job.get_usage()
     assert usage["cause"] == "killed", usage
     assert "oom_kill 0" in read(job.metadir / "job.usage.raw")
+
+
+async def test_a_job_over_its_time_ends_timeout_and_its_retry_asks_half_as_much_again(
+    workdir, image
+):
+    """time 2 s: the wrapper's timeout (GNU timeout in the image) ends the
+    first trial, rc 124, cause timeout; the retry asks 3 s and, finding the
+    first trial's mark in the workdir, ends at once."""
+    xq = Xqute(
+        "container", workdir=workdir, jobname_prefix=unique_prefix(),
+        error_strategy="retry", num_retries=1,
+        scheduler_opts={"image": image, "bin": "podman", "resources": {"time": 2}},
+    )
+    # the job's folder is the mounted workdir, where the mark outlives the trial
+    job = await xq.feed(["bash", "-c", '[ -e first-trial-ran ] && exit 0; : >first-trial-ran; sleep 120'])
+    await xq.run_until_complete()
+    assert await job.get_rc() == 0, read(job.stderr_file)
+    assert job.trial_count == 1
+    first = json.loads(read(job.retry_dir / "0" / "job.usage"))
+    assert first["rc"] == 124 and first["cause"] == "timeout", first
+    assert first["requested"] == {"time": 2}
+    second = await job.get_usage()
+    assert second["cause"] == "ok" and second["requested"] == {"time": 3}, second
+    assert "timeout 3 " in read(job.metadir / "job.wrapped.container")
+    assert (workdir / "first-trial-ran").exists()
