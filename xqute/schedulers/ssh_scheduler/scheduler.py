@@ -268,7 +268,7 @@ class SshScheduler(Scheduler):
         script = str((await self.wrapped_job_script(job)).mounted)
         errors: list[str] = []
         permanent = True
-        exclude = tuple(getattr(job.resources, "exclude_nodes", ()) or ())
+        exclude = tuple(getattr(getattr(job, "resources", None), "exclude_nodes", ()) or ())
         if exclude and set(self.servers) <= set(exclude) and job.index not in self._said_all_excluded:
             self._said_all_excluded.add(job.index)
             logger.warning(
