@@ -977,8 +977,14 @@ class SgeScheduler(Scheduler):
     def job_usage(self, job: Job) -> dict[str, Any]:
         """qacct's figures for a trial that ended without its wrapper's record
         (killed by Grid Engine over a limit), fetched by the status round that
-        explained its end: all of them, wall time too."""
-        return self._ended_figures.pop(str(job.jid or ""), {})
+        explained its end: all of them, wall time too (but for a trial whose
+        wrapper did record its end: its own wall time, to the millisecond, is
+        kept)."""
+        figures = self._ended_figures.pop(str(job.jid or ""), {})
+        if figures and job._rc != RC_VANISHED:
+            figures = {key: value for key, value in figures.items() if key != "wall_s"}
+            figures["sources"] = {k: v for k, v in figures["sources"].items() if k != "wall_s"}
+        return figures
 
     async def exit_cause(self, job: Job, rc: int) -> str:
         """The base's reading of ``rc``; a command that failed under a
