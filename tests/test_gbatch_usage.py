@@ -159,6 +159,53 @@ async def test_jobs_stopped_by_a_signal_ask_batch_once_a_round(monkeypatch):
     assert len(calls) == 1
 
 
+async def test_a_round_asks_batch_once_for_states_and_usage(monkeypatch):
+    """The live jobs' states and the ended trials' figures come from one jobs
+    list, and one tasks list per array job, in a status round."""
+    scheduler = make()
+    await scheduler.post_init()
+    calls = {"jobs": 0, "tasks": 0}
+    member_events = [
+        {"taskState": "RUNNING", "eventTime": "2026-01-01T00:00:00Z", "description": "to RUNNING"},
+        {"taskState": "SUCCEEDED", "eventTime": "2026-01-01T00:00:02Z", "description": "done"},
+    ]
+
+    async def list_jobs():
+        calls["jobs"] += 1
+        found = {
+            "live": {"uid": "", "state": "RUNNING", "event": "", "events": [], "run_duration": "1s"},
+            "done": {"uid": "", "state": "SUCCEEDED", "event": "", "events": [], "run_duration": "4s"},
+            "arr": {"uid": "", "state": "RUNNING", "event": "", "events": [], "run_duration": "9s"},
+        }
+        scheduler._batch_jobs.update(found)
+        return found
+
+    async def list_tasks(name):
+        calls["tasks"] += 1
+        scheduler._batch_tasks[(name, 0)] = {"state": "SUCCEEDED", "events": member_events}
+        scheduler._batch_tasks[(name, 1)] = {"state": "RUNNING", "events": member_events[:1]}
+        return {0: "SUCCEEDED", 1: "RUNNING"}, False
+
+    monkeypatch.setattr(scheduler, "_list_jobs", list_jobs)
+    monkeypatch.setattr(scheduler, "_list_tasks_now", list_tasks)
+    live = scheduler.job_class(0, ["true"], scheduler.workdir)
+    live._jid = "live"
+    member = scheduler.job_class(1, ["true"], scheduler.workdir)
+    member._jid = "arr:1"
+    scheduler._in_round = True
+    answers, usage = await scheduler.query_jobs_and_usage([live, member], ["done", "arr:0", "gone"])
+    assert calls == {"jobs": 1, "tasks": 1}
+    assert answers[live].state == answers[member].state == "running"
+    assert usage == {
+        "done": {"wall_s": 4.0, "sources": {"wall_s": "batch_run_duration"}},
+        "arr:0": {"wall_s": 2.0, "sources": {"wall_s": "batch_events"}},
+    }
+    # outside a round (the run's end): a list of its own
+    scheduler._in_round = False
+    await scheduler.query_usage(["done"])
+    assert calls["jobs"] == 2
+
+
 def test_batch_enforces_resources_time_not_the_wrapper():
     scheduler = make(resources={"time": 60})
     job = scheduler.job_class(0, ["sleep", "1"], scheduler.workdir)

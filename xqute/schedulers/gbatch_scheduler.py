@@ -38,12 +38,10 @@ members of one array share one request):
 
 - ``cpus`` -> ``taskGroups[0].taskSpec.computeResource.cpuMilli`` (cpus x 1000);
 - ``memory`` -> ``taskSpec.computeResource.memoryMib``;
-- ``time`` -> ``taskSpec.maxRunDuration`` (``"<seconds>s"``). The wrapper's
-  timeout is set to the same time too (as on every backend that does not say
-  it enforces ``time`` itself), but Batch counts the task's time from its first
-  runnable, so Batch usually stops the task first: a job Batch reports ended
-  with exit code 50005 (a task over its maxRunDuration) ends with the cause
-  ``timeout``, which the retry policy acts on;
+- ``time`` -> ``taskSpec.maxRunDuration`` (``"<seconds>s"``), which Batch
+  enforces (``time_enforced_by_scheduler``: the wrapper sets no timeout for
+  it): a task over it is stopped with exit code 50005, and its job ends with
+  the cause ``timeout``, which the retry policy acts on;
 - ``gpus`` -> ``allocationPolicy.instances[0].policy.accelerators[0]``:
   ``{"type": gpu_type, "count": N}`` and ``instances[0].installGpuDrivers``
   (true unless given). The GPU type comes from the ``gpu_type`` option, or from
@@ -54,6 +52,13 @@ members of one array share one request):
 A value already in the live ``config`` (``computeResource.cpuMilli``,
 ``memoryMib``, ``maxRunDuration``, an accelerator's ``count``) wins over
 ``resources``, with one warning (``raw_option_wins``).
+
+Usage and causes (see ``job_usage`` and ``exit_cause``): Batch's figures
+come from the lists the status rounds make anyway, never a call per job: a
+job's ``status.runDuration`` (``wall_s``), an array member's task events
+(RUNNING to its end: ``wall_s``; the VM they name: ``host``). Batch's reserved
+exit codes in a failed job's (or task's) event are the cause: 50005
+``timeout``, 50001 ``preempted``, 50002/50003/50004/50006 ``node_fail``.
 
 Arrays (on unless the ``array`` option is False):
 
@@ -588,6 +593,7 @@ class GbatchScheduler(Scheduler):
         self._round_list: dict[str, dict[str, Any]] | None = None
         self._round_refreshed = False
         self._round_tasks_listed: set[str] = set()
+        self._round_tasks: dict[str, tuple[dict[int, str] | None, bool]] = {}
         # counters, for benchmarks and tests
         self.gcloud_calls = 0
         self.status_calls = 0
@@ -1508,9 +1514,20 @@ class GbatchScheduler(Scheduler):
         logger.warning("%s is in state %s, unknown to xqute; taken as pending", what, state)
         return JobQuery(JobQuery.PENDING)
 
-    async def _list_tasks(self, name: str) -> tuple[dict[int, str] | None, bool]:
+    async def _list_tasks(
+        self, name: str, fresh: bool = False
+    ) -> tuple[dict[int, str] | None, bool]:
         """({task index: state} of the array job ``name``, or None on failure;
-        whether Batch has no such job)."""
+        whether Batch has no such job). Within a status round, once per array
+        job (unless ``fresh``): states, causes and usage share it."""
+        if self._in_round and not fresh and name in self._round_tasks:
+            return self._round_tasks[name]
+        answer = await self._list_tasks_now(name)
+        if self._in_round:
+            self._round_tasks[name] = answer
+        return answer
+
+    async def _list_tasks_now(self, name: str) -> tuple[dict[int, str] | None, bool]:
         self.status_calls += 1
         result = await self._gcloud(
             "batch", "tasks", "list", "--job", name,
@@ -1581,10 +1598,11 @@ class GbatchScheduler(Scheduler):
         asked at most once, whatever needs it (states, causes, usage)."""
         self._in_round, self._round_list, self._round_refreshed = True, None, False
         self._round_tasks_listed = set()
+        self._round_tasks = {}
         try:
             return await super().refresh_jobs(jobs)
         finally:
-            self._in_round, self._round_list = False, None
+            self._in_round, self._round_list, self._round_tasks = False, None, {}
 
     def _batch_record(self, jid: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """What the latest lists said of the Batch job of ``jid`` and, for an
@@ -1709,4 +1727,4 @@ class GbatchScheduler(Scheduler):
         if member is not None and member[0] not in self._round_tasks_listed:
             if self._in_round:
                 self._round_tasks_listed.add(member[0])
-            await self._list_tasks(member[0])
+            await self._list_tasks(member[0], fresh=True)
