@@ -27,8 +27,10 @@ stderr ends with an allocation error). Time is the wrapper's ``timeout``.
 
 Usage: wrappers are reaped with ``wait4`` (the same one system call as
 ``waitpid``), whose rusage covers the wrapper and the descendants it waited
-for: ``ru_maxrss`` gives the peak memory where no cgroup did, and the CPU
-where a signal ended the wrapper before it could measure its command.
+for: ``ru_maxrss`` gives the peak memory where no cgroup did (when it is
+above the manager's own peak, which the kernel counts into every wrapper that
+posix_spawn started), and the CPU where a signal ended the wrapper before it
+could measure its command.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import resource
 import signal
 import time
 from collections import OrderedDict
@@ -618,7 +621,8 @@ class LocalScheduler(Scheduler):
     def job_usage(self, job: Job) -> dict[str, Any]:
         """The wrapper's rusage from wait4 (kept when it was reaped): peak
         memory, unless the job's cgroup gave it (the cgroup's counts every
-        process of the job together); CPU when the wrapper could not measure
+        process of the job together) or it is not above the manager's own
+        peak (see below); CPU when the wrapper could not measure
         it (a signal ended the wrapper itself). A subclass with accounting of
         its own (``usage_from_scheduler``) gets none of it: its accounting
         fills the record."""
@@ -634,7 +638,11 @@ class LocalScheduler(Scheduler):
         if cpu_s is not None:
             usage["cpu_s"] = round(cpu_s, 3)
             usage["sources"]["cpu_s"] = "rusage"
-        if maxrss_kb and not cgroup_peak:
+        # posix_spawn's child shares the manager's memory until it execs, and
+        # the kernel then counts the manager's peak resident set into the
+        # child's ru_maxrss: a figure not above the manager's own peak may be
+        # the manager's, and is left out (the job used at most that)
+        if maxrss_kb and not cgroup_peak and maxrss_kb > resource.getrusage(resource.RUSAGE_SELF).ru_maxrss:
             usage["peak_memory_mb"] = round(maxrss_kb / 1024, 1)
             usage["sources"]["peak_memory_mb"] = "rusage"
         return usage
