@@ -311,3 +311,54 @@ async def test_a_lost_vm_is_the_cause_batch_names(batch, code, cause):
     assert record["wall_s"] >= 1, record
     stderr = await job.stderr_file.a_read_text()
     assert f"exit code {code}" in stderr
+
+
+def retrying_xqute(env: dict, **options) -> Xqute:
+    return Xqute(
+        "gbatch", workdir=workdir_for(env), error_strategy="retry", num_retries=1, forks=4,
+        scheduler_opts={
+            "project": env["CLOUDSDK_CORE_PROJECT"],
+            "location": env["CLOUDSDK_BATCH_LOCATION"],
+            "poll_interval": 0.5, "query_interval": 1, "end_grace": 1,
+            **options,
+        },
+    )
+
+
+async def test_an_array_member_over_its_time_is_a_timeout_by_its_task_s_exit_code(batch):
+    """Two members of one array job: the one Batch stops at maxRunDuration is
+    a timeout (its task's exit code 50005), the other ends ok; each record's
+    wall time is its own task's."""
+    xq = batch_xqute(batch, forks=2, resources={"time": 2})
+    await xq.feed(["sleep", "60"])
+    await xq.feed(["true"])
+    await asyncio.wait_for(xq.run_until_complete(), 300)
+    slow, quick = xq.jobs
+    assert parse_member_jid(await slow.get_jid())[0] == parse_member_jid(await quick.get_jid())[0]
+    slow_record = json.loads(await slow.usage_file.a_read_text())
+    quick_record = json.loads(await quick.usage_file.a_read_text())
+    assert slow_record["cause"] == "timeout", slow_record
+    assert quick_record["cause"] == "ok", quick_record
+    assert slow_record["sources"]["wall_s"] == "batch_events" and slow_record["wall_s"] >= 2
+    assert quick_record["sources"]["wall_s"] == "batch_events"
+    assert quick_record["wall_s"] < slow_record["wall_s"]
+
+
+async def test_a_node_failure_is_retried_with_the_same_request(batch):
+    """node_fail (50002, the VM stopped reporting): the retry policy keeps the
+    next trial off that host, which Batch has no field for (each trial gets
+    VMs of its own): the next trial's JSON asks for the same."""
+    xq = retrying_xqute(
+        batch, array=False, resources={"cpus": 1},
+        labels={"fake-batch-vm-lost-after": "1", "fake-batch-vm-lost-code": "50002"},
+    )
+    await xq.feed(["sleep", "60"])
+    await asyncio.wait_for(xq.run_until_complete(), 300)
+    job = xq.jobs[0]
+    assert job.trial_count == 1
+    first = json.loads(await (job.retry_dir / "0" / "job.usage").a_read_text())
+    last = json.loads(await job.usage_file.a_read_text())
+    assert first["cause"] == last["cause"] == "node_fail", (first, last)
+    assert last["requested"]["exclude_nodes"] == [first["host"]], last
+    spec = submitted(batch, await job.get_jid())["taskGroups"][0]["taskSpec"]
+    assert spec["computeResource"] == {"cpuMilli": "1000"}
