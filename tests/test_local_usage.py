@@ -163,6 +163,25 @@ async def test_the_command_runs_in_the_jobs_own_limited_cgroup(workdir, memory_c
     assert xqute_parents(memory_cgroups) == [os.path.basename(memory_cgroups.parent)]
 
 
+async def test_a_held_job_joins_its_own_cgroup_when_let_go(workdir, memory_cgroups):
+    """CPU budget 1, two 1-CPU jobs: the second waits, held, then runs in a
+    cgroup of its own."""
+    xq = Xqute(
+        "local", workdir=workdir, forks=2,
+        scheduler_opts={"resources": {"memory": "300M", "cpus": 1}, "cpu_budget": 1},
+    )
+    jobs = [await xq.feed(["bash", "-c", "sleep 0.3; cat /proc/self/cgroup"]) for _ in range(2)]
+    await xq.run_until_complete()
+    names = []
+    for job in jobs:
+        assert await job.get_rc() == 0
+        lines = Path(job.stdout_file).read_text().splitlines()
+        ours = [line for line in lines if f"/xqute-{os.getpid()}-" in line]
+        assert len(ours) == 1, lines
+        names.append(ours[0].rsplit("/", 1)[1])
+    assert sorted(names) == ["job0.1", "job1.2"]
+
+
 async def test_over_its_memory_a_job_is_oom_and_retried_with_twice_the_memory(workdir, memory_cgroups):
     xq = Xqute(
         "local", workdir=workdir, error_strategy="retry", num_retries=1,
