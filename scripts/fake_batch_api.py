@@ -826,19 +826,30 @@ def session_pids(sid: int) -> list[int]:
 def stop_session(sid: int, grace: float) -> None:
     """Stop every process of a task, its commands' own process groups too:
     SIGTERM and ``grace`` seconds to go (0: SIGKILL at once), then SIGKILL."""
-    signals = [signal.SIGTERM, signal.SIGKILL] if grace > 0 else [signal.SIGKILL]
-    for sig in signals:
+    def others() -> list[int]:
+        # the task's first process is reaped by its Popen; the rest must go
+        return [pid for pid in session_pids(sid) if pid != sid]
+
+    def send(sig: int) -> None:
         for pid in session_pids(sid):
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
+
+    if grace > 0:
+        send(signal.SIGTERM)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
-            # the task's first process is reaped by its Popen; the rest must go
-            if not [pid for pid in session_pids(sid) if pid != sid]:
+            if not others():
                 return
             time.sleep(0.05)
+    # SIGKILL until none is left (one forked meanwhile goes in the next pass)
+    for _ in range(20):
+        send(signal.SIGKILL)
+        if not others():
+            return
+        time.sleep(0.05)
 
 
 def sync_up_in_write_order(mirrors: list["BucketMirror"]) -> None:
