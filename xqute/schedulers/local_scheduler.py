@@ -167,6 +167,23 @@ _ALLOCATION_ERRORS = re.compile(
 _STDERR_TAIL = 4096
 
 
+# Resident-set counters are kept per CPU and read approximately: a figure
+# this close to the manager's peak is not taken as the job's.
+_PEAK_MARGIN_KB = 4096
+
+
+def _own_peak_kb() -> int:
+    """This process's peak resident set in KB (``VmHWM``: its memory's own,
+    without what the kernel counted in from the process that started it)."""
+    text = _read_text("/proc/self/status") or ""
+    for line in text.splitlines():
+        if line.startswith("VmHWM:"):
+            words = line.split()
+            if len(words) >= 2 and words[1].isdigit():
+                return int(words[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def _allocation_failed(job: Job) -> bool:
     """Whether the last ``_STDERR_TAIL`` bytes of ``job``'s stderr (a local
     file) name a failed allocation."""
@@ -426,6 +443,8 @@ class LocalScheduler(Scheduler):
         # whether its cgroup gave the wrapper the peak memory instead)
         self._rusage_wanted: set[int] = set()
         self._rusage: dict[int, tuple[float | None, int, bool]] = {}
+        # the manager's own peak resident set (KB), as last read
+        self._own_peak_kb = 0
         # memory: this manager's cgroups (None: not looked for yet; a string:
         # why there are none), the cgroup of each job's current trial, the
         # wrapper pid -> (job, cgroup) until it exits, whether that trial was
@@ -603,7 +622,8 @@ class LocalScheduler(Scheduler):
             '$_xq_nolimit: the memory limit does not hold" >&2'
         )
         base = super().jobcmd_wrapper_init
-        return f"{note}\n{base}" if base else note
+        # after the base's (2.x clients expect it to start with the cd)
+        return f"{base}\n{note}" if base else note
 
     async def exit_cause(self, job: Job, rc: int) -> str:
         """The base's reading of ``rc``; a failure whose cgroup counted an OOM
@@ -638,14 +658,28 @@ class LocalScheduler(Scheduler):
         if cpu_s is not None:
             usage["cpu_s"] = round(cpu_s, 3)
             usage["sources"]["cpu_s"] = "rusage"
-        # posix_spawn's child shares the manager's memory until it execs, and
-        # the kernel then counts the manager's peak resident set into the
-        # child's ru_maxrss: a figure not above the manager's own peak may be
-        # the manager's, and is left out (the job used at most that)
-        if maxrss_kb and not cgroup_peak and maxrss_kb > resource.getrusage(resource.RUSAGE_SELF).ru_maxrss:
+        if maxrss_kb and not cgroup_peak and self._above_own_peak(maxrss_kb):
             usage["peak_memory_mb"] = round(maxrss_kb / 1024, 1)
             usage["sources"]["peak_memory_mb"] = "rusage"
         return usage
+
+    def _above_own_peak(self, maxrss_kb: int) -> bool:
+        """Whether a wrapper's ``maxrss_kb`` is its job's: above the manager's
+        own peak resident set (with a margin).
+
+        posix_spawn's child shares the manager's memory until it execs, and
+        the kernel then counts that memory's peak into the child's
+        ``ru_maxrss`` (a fork would too): a figure not above it may be the
+        manager's, and is left out (the job used at most that). The manager's
+        peak is its memory's own, ``VmHWM`` in /proc/self/status, not its
+        ``ru_maxrss``, which holds the same floor from the process that
+        started the manager. It only grows: the value read last is kept, and
+        read again only for a figure above it.
+        """
+        floor = self._own_peak_kb
+        if maxrss_kb > floor + _PEAK_MARGIN_KB:
+            floor = self._own_peak_kb = _own_peak_kb()
+        return maxrss_kb > floor + _PEAK_MARGIN_KB
 
     # ------------------------------------------------------------ the CPU budget
     def cpus_asked(self, job: Job) -> int:
