@@ -55,11 +55,12 @@ RUNNER = textwrap.dedent(
 
     njobs, workdir, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     forks, opts = int(sys.argv[4]), json.loads(sys.argv[5])
+    cmd = json.loads(sys.argv[6]) if len(sys.argv) > 6 else ["true"]
 
     async def main():
         xq = Xqute("slurm", workdir=workdir, forks=forks, scheduler_opts=opts)
         for _ in range(njobs):
-            await xq.feed(["true"])
+            await xq.feed(cmd)
         await xq.run_until_complete()
         return xq.scheduler
 
@@ -114,7 +115,9 @@ VARIANTS = {
 }
 
 
-def run_once(python: str, njobs: int, label: str, forks: int, opts: dict) -> dict:
+def run_once(
+    python: str, njobs: int, label: str, forks: int, opts: dict, cmd: list[str] | None = None
+) -> dict:
     """One run of ``njobs`` jobs under ``python``; returns wall time and call counts."""
     # (a manager that crashed can leave files behind in the folder)
     with tempfile.TemporaryDirectory(prefix=f"bench-slurm-{label}-", ignore_cleanup_errors=True) as tmp:
@@ -136,7 +139,7 @@ def run_once(python: str, njobs: int, label: str, forks: int, opts: dict) -> dic
         start = time.monotonic()
         proc = subprocess.run(
             [python, str(runner), str(njobs), str(tmp_path / "workdir"), str(out),
-             str(forks), json.dumps(opts)],
+             str(forks), json.dumps(opts), json.dumps(cmd or ["true"])],
             cwd=tmp, env=env, capture_output=True, text=True,
         )
         if proc.returncode != 0:
@@ -183,7 +186,10 @@ def main() -> None:
                         help="skip the plain-sbatch run that shows the cluster's own speed")
     parser.add_argument("--usage", action="store_true",
                         help="usage records on vs off (variants usage-on,usage-off; no floor)")
+    parser.add_argument("--sleep", type=float, default=0,
+                        help="jobs run `sleep SECONDS` instead of `true` (several status rounds)")
     args = parser.parse_args()
+    cmd = ["sleep", f"{args.sleep:g}"] if args.sleep else ["true"]
     if args.usage:
         args.only, args.no_floor = "usage-on,usage-off", True
 
@@ -215,13 +221,13 @@ def main() -> None:
                   f"load {os.getloadavg()[0]:.1f}", file=sys.stderr)
         for label in variants:
             package, opts = VARIANTS[label]
-            run = run_once(pythons[package], args.jobs, package, args.forks, opts)
+            run = run_once(pythons[package], args.jobs, package, args.forks, opts, cmd)
             run["load"] = os.getloadavg()[0]
             print(f"# {label}: {json.dumps(run)}", file=sys.stderr)
             runs_by_label[label].append(run)
 
     if args.usage:
-        print_usage_table(args, runs_by_label)
+        print_usage_table(args, runs_by_label, cmd)
         return
     print(f"\n{args.jobs} trivial jobs (`true`) through the local Slurm at forks "
           f"{args.forks}, median of {args.repeat} run(s):\n")
@@ -246,9 +252,11 @@ def main() -> None:
         )
 
 
-def print_usage_table(args: argparse.Namespace, runs_by_label: dict[str, list[dict]]) -> None:
+def print_usage_table(
+    args: argparse.Namespace, runs_by_label: dict[str, list[dict]], cmd: list[str]
+) -> None:
     """Usage on vs off, side by side: status calls, rounds, wall time."""
-    print(f"\n{args.jobs} trivial jobs (`true`) through the local Slurm at forks "
+    print(f"\n{args.jobs} jobs (`{' '.join(cmd)}`) through the local Slurm at forks "
           f"{args.forks}, usage records on vs off, median of {args.repeat} run(s) "
           f"(each run: {', '.join(runs_by_label)} in turn):\n")
     print("| usage | wall time (s) | jobs rc 0 | status rounds | squeue | sacct "
