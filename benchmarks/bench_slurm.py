@@ -276,6 +276,10 @@ def print_usage_table(
         f"{label} " + ", ".join(f"{r['squeue'] + r['sacct']}" for r in runs)
         for label, runs in runs_by_label.items()
     ))
+    print("per run (records with sacct's figures): " + "; ".join(
+        f"{label} " + ", ".join(f"{r['from_sacct']}" for r in runs)
+        for label, runs in runs_by_label.items()
+    ))
 
 
 if __name__ == "__main__":
