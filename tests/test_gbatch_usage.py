@@ -22,6 +22,7 @@ import pytest
 
 from tests.test_gbatch import batch, batch_xqute, fake_api, make, workdir_for  # noqa: F401 - fixture
 from xqute import Xqute
+from xqute.defaults import JobStatus
 from xqute.resources import usage_from_wrapper
 from xqute.schedulers.gbatch_scheduler import (
     RESERVED_EXIT_CAUSES,
@@ -328,7 +329,7 @@ def retrying_xqute(env: dict, **options) -> Xqute:
 async def test_an_array_member_over_its_time_is_a_timeout_by_its_task_s_exit_code(batch):
     """Two members of one array job: the one Batch stops at maxRunDuration is
     a timeout (its task's exit code 50005), the other ends ok; each record's
-    wall time is its own task's."""
+    wall time is its own task's (it holds that member's wrapper's)."""
     xq = batch_xqute(batch, forks=2, resources={"time": 2})
     await xq.feed(["sleep", "60"])
     await xq.feed(["true"])
@@ -341,7 +342,10 @@ async def test_an_array_member_over_its_time_is_a_timeout_by_its_task_s_exit_cod
     assert quick_record["cause"] == "ok", quick_record
     assert slow_record["sources"]["wall_s"] == "batch_events" and slow_record["wall_s"] >= 2
     assert quick_record["sources"]["wall_s"] == "batch_events"
-    assert quick_record["wall_s"] < slow_record["wall_s"]
+    # each record has its own task's span, which holds its own wrapper's run
+    for job, record in ((slow, slow_record), (quick, quick_record)):
+        wrapper = await wrapper_figures(job.metadir / "job.usage.raw")
+        assert record["wall_s"] >= wrapper["wall_s"], (record, wrapper)
 
 
 async def test_a_node_failure_is_retried_with_the_same_request(batch):
@@ -362,3 +366,65 @@ async def test_a_node_failure_is_retried_with_the_same_request(batch):
     assert last["requested"]["exclude_nodes"] == [first["host"]], last
     spec = submitted(batch, await job.get_jid())["taskGroups"][0]["taskSpec"]
     assert spec["computeResource"] == {"cpuMilli": "1000"}
+
+
+async def test_a_signalled_end_waits_for_batch_to_say_how_it_ended(monkeypatch):
+    """rc 143 in the files while Batch's list still shows the job RUNNING (the
+    real service's list lags): the job stays open up to end_grace, and once
+    the list shows Batch's exit code 50005 it ends as a timeout."""
+    scheduler = make(end_grace=60)
+    await scheduler.post_init()
+    job = scheduler.job_class(0, ["sleep", "9"], scheduler.workdir)
+    job._jid = "j"
+    await scheduler.queue_job(job)
+    ended = []
+
+    async def read_rc(self):
+        return 143
+
+    async def mark_ended(job, rc, reason="", write=False, cause=""):
+        ended.append((rc, cause or await scheduler.exit_cause(job, rc)))
+
+    async def list_jobs():
+        scheduler._batch_jobs["j"] = {
+            "uid": "", "state": "FAILED", "event": failed_by(50005, "the time limit"),
+            "events": [], "run_duration": "9s",
+        }
+        return dict(scheduler._batch_jobs)
+
+    monkeypatch.setattr(type(job), "read_rc_file", read_rc)
+    monkeypatch.setattr(scheduler, "_mark_ended", mark_ended)
+    monkeypatch.setattr(scheduler, "_list_jobs", list_jobs)
+    scheduler._batch_jobs["j"] = {"uid": "", "state": "RUNNING", "event": "", "events": []}
+    scheduler._in_round = True
+    # a round: the files say FAILED, Batch (last asked) says RUNNING: not yet
+    assert await scheduler._end_from_files(job, JobStatus.FAILED) is False and not ended
+    # the round's query: Batch's list shows the end
+    await scheduler._jobs_listed()
+    assert await scheduler._end_from_files(job, JobStatus.FAILED) is True
+    assert ended == [(143, "timeout")]
+    # outside the rounds (or when Batch said it ended) the files are taken at once
+    scheduler._batch_jobs["j"] = {"uid": "", "state": "RUNNING", "event": "", "events": []}
+    scheduler._in_round = False
+    assert await scheduler._end_from_files(job, JobStatus.FAILED) is True
+
+
+async def test_a_signalled_end_batch_never_explains_ends_after_end_grace(monkeypatch):
+    scheduler = make(end_grace=0)
+    await scheduler.post_init()
+    job = scheduler.job_class(0, ["sleep", "9"], scheduler.workdir)
+    job._jid = "j"
+    await scheduler.queue_job(job)
+    ended = []
+
+    async def read_rc(self):
+        return 143
+
+    async def mark_ended(job, rc, reason="", write=False, cause=""):
+        ended.append(rc)
+
+    monkeypatch.setattr(type(job), "read_rc_file", read_rc)
+    monkeypatch.setattr(scheduler, "_mark_ended", mark_ended)
+    scheduler._batch_jobs["j"] = {"uid": "", "state": "RUNNING", "event": "", "events": []}
+    scheduler._in_round = True
+    assert await scheduler._end_from_files(job, JobStatus.FAILED) is True and ended == [143]

@@ -594,6 +594,10 @@ class GbatchScheduler(Scheduler):
         self._round_refreshed = False
         self._round_tasks_listed: set[str] = set()
         self._round_tasks: dict[str, tuple[dict[int, str] | None, bool]] = {}
+        # jobs whose files show a signalled end (rc 143/137) while Batch still
+        # runs them: when that was first seen (they wait end_grace for Batch)
+        self._signalled_at: dict[Job, float] = {}
+        self._ending_vanished = False
         # counters, for benchmarks and tests
         self.gcloud_calls = 0
         self.status_calls = 0
@@ -1604,6 +1608,44 @@ class GbatchScheduler(Scheduler):
         finally:
             self._in_round, self._round_list, self._round_tasks = False, None, {}
 
+    def _batch_live(self, jid: Any) -> bool:
+        """Whether the latest lists show the trial ``jid`` queued or running."""
+        entry, task = self._batch_record(jid)
+        if task is not None:
+            return task["state"] in TASK_PENDING_STATES or task["state"] in TASK_RUNNING_STATES
+        return entry is not None and (
+            entry["state"] in PENDING_STATES or entry["state"] in RUNNING_STATES
+        )
+
+    async def _end_from_files(self, job: Job, status: int | None = None) -> bool:
+        """The base class's, but a job whose wrapper was stopped by a signal
+        (rc 143 or 137: perhaps Batch stopping it at its maxRunDuration) while
+        Batch's lists still show it running waits up to ``end_grace`` seconds
+        (the rounds ask Batch about it meanwhile) for Batch to say how it
+        ended, so that its cause is Batch's (``timeout``), not ``killed``."""
+        if status is None:
+            status = await job.read_status_file()
+        if (
+            self._in_round
+            and not self._ending_vanished
+            and status == JobStatus.FAILED
+            and self._batch_live(job.jid)
+            and await job.read_rc_file() in _SIGNALLED_RCS
+        ):
+            first = self._signalled_at.setdefault(job, time.monotonic())
+            if time.monotonic() - first < self.end_grace:
+                return False
+        self._signalled_at.pop(job, None)
+        return await super()._end_from_files(job, status)
+
+    async def _end_vanished(self, job: Job, query: JobQuery) -> None:
+        # Batch said it ended: its files are taken as they are
+        self._ending_vanished = True
+        try:
+            await super()._end_vanished(job, query)
+        finally:
+            self._ending_vanished = False
+
     def _batch_record(self, jid: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """What the latest lists said of the Batch job of ``jid`` and, for an
         array member, of its task: (job entry, task entry), None where unknown
@@ -1634,7 +1676,9 @@ class GbatchScheduler(Scheduler):
         figures: dict[str, Any] = {"sources": {}}
         events = entry.get("events") or []
         run = _duration_seconds(entry.get("run_duration"))
+        source = "batch_run_duration"
         if run is None:
+            source = "batch_events"
             started = next(
                 (_event_time(e.get("eventTime")) for e in events
                  if " to RUNNING" in str(e.get("description", ""))),
@@ -1645,9 +1689,7 @@ class GbatchScheduler(Scheduler):
                 run = ended - started
         if run is not None:
             figures["wall_s"] = round(run, 3)
-            figures["sources"]["wall_s"] = (
-                "batch_run_duration" if entry.get("run_duration") else "batch_events"
-            )
+            figures["sources"]["wall_s"] = source
         found = _INSTANCE_RE.search(entry.get("event") or "")
         if found:
             figures["host"] = found.group(1)
