@@ -368,11 +368,10 @@ async def test_a_node_failure_is_retried_with_the_same_request(batch):
     assert spec["computeResource"] == {"cpuMilli": "1000"}
 
 
-async def test_a_signalled_end_waits_for_batch_to_say_how_it_ended(monkeypatch):
-    """rc 143 in the files while Batch's list still shows the job RUNNING (the
-    real service's list lags): the job stays open up to end_grace, and once
-    the list shows Batch's exit code 50005 it ends as a timeout."""
-    scheduler = make(end_grace=60)
+async def _job_whose_wrapper_was_signalled(monkeypatch, end_grace):
+    """A queued job "j" whose files say rc 143; ``ended`` collects the
+    (rc, cause) of each end the scheduler records."""
+    scheduler = make(end_grace=end_grace)
     await scheduler.post_init()
     job = scheduler.job_class(0, ["sleep", "9"], scheduler.workdir)
     job._jid = "j"
@@ -385,6 +384,17 @@ async def test_a_signalled_end_waits_for_batch_to_say_how_it_ended(monkeypatch):
     async def mark_ended(job, rc, reason="", write=False, cause=""):
         ended.append((rc, cause or await scheduler.exit_cause(job, rc)))
 
+    monkeypatch.setattr(type(job), "read_rc_file", read_rc)
+    monkeypatch.setattr(scheduler, "_mark_ended", mark_ended)
+    return scheduler, job, ended
+
+
+async def test_a_signalled_end_waits_for_batch_to_say_how_it_ended(monkeypatch):
+    """rc 143 in the files while Batch's list still shows the job RUNNING (the
+    real service's list lags): the job stays open up to end_grace, and once
+    the list shows Batch's exit code 50005 it ends as a timeout."""
+    scheduler, job, ended = await _job_whose_wrapper_was_signalled(monkeypatch, end_grace=60)
+
     async def list_jobs():
         scheduler._batch_jobs["j"] = {
             "uid": "", "state": "FAILED", "event": failed_by(50005, "the time limit"),
@@ -392,8 +402,6 @@ async def test_a_signalled_end_waits_for_batch_to_say_how_it_ended(monkeypatch):
         }
         return dict(scheduler._batch_jobs)
 
-    monkeypatch.setattr(type(job), "read_rc_file", read_rc)
-    monkeypatch.setattr(scheduler, "_mark_ended", mark_ended)
     monkeypatch.setattr(scheduler, "_list_jobs", list_jobs)
     scheduler._batch_jobs["j"] = {"uid": "", "state": "RUNNING", "event": "", "events": []}
     scheduler._in_round = True
@@ -410,21 +418,7 @@ async def test_a_signalled_end_waits_for_batch_to_say_how_it_ended(monkeypatch):
 
 
 async def test_a_signalled_end_batch_never_explains_ends_after_end_grace(monkeypatch):
-    scheduler = make(end_grace=0)
-    await scheduler.post_init()
-    job = scheduler.job_class(0, ["sleep", "9"], scheduler.workdir)
-    job._jid = "j"
-    await scheduler.queue_job(job)
-    ended = []
-
-    async def read_rc(self):
-        return 143
-
-    async def mark_ended(job, rc, reason="", write=False, cause=""):
-        ended.append(rc)
-
-    monkeypatch.setattr(type(job), "read_rc_file", read_rc)
-    monkeypatch.setattr(scheduler, "_mark_ended", mark_ended)
+    scheduler, job, ended = await _job_whose_wrapper_was_signalled(monkeypatch, end_grace=0)
     scheduler._batch_jobs["j"] = {"uid": "", "state": "RUNNING", "event": "", "events": []}
     scheduler._in_round = True
-    assert await scheduler._end_from_files(job, JobStatus.FAILED) is True and ended == [143]
+    assert await scheduler._end_from_files(job, JobStatus.FAILED) is True and [rc for rc, _ in ended] == [143]
