@@ -18,9 +18,11 @@ arrays). Run:
     python benchmarks/bench_slurm.py --usage -r 3    # usage records on vs off
 
 ``--usage`` runs this package twice per repeat, usage records on (sacct's
-figures fetched inside the status rounds and once at the run's end) and off
+figures fetched inside the status rounds; the run's end makes no call) and off
 (``usage: False``), and prints squeue and sacct calls, status rounds and wall
-time side by side.
+time side by side; then, for usage on, how many records one later
+``complete_usage`` call (what ``xqute status --fetch-usage`` does) completes,
+and its sacct calls (counted apart from the run's).
 
 Each repeat also times the same number of plain ``sbatch --wrap true`` jobs,
 submitted in a loop with no manager (the floor; ``--no-floor`` skips it), and the
@@ -48,7 +50,7 @@ SLURM_BINARIES = ("sbatch", "squeue", "sacct", "scontrol", "scancel")
 # Runs in the package's own interpreter; both packages share the 2.x API.
 RUNNER = textwrap.dedent(
     """
-    import asyncio, json, resource, sys, time
+    import asyncio, json, os, resource, sys, time
     from pathlib import Path
     import xqute
     from xqute import Xqute
@@ -69,20 +71,34 @@ RUNNER = textwrap.dedent(
     wall = time.monotonic() - start
     usage = resource.getrusage(resource.RUSAGE_SELF)
     rcs = []
-    from_sacct = 0  # usage records with figures from sacct
+
+    def records_from_sacct():
+        count = 0
+        for i in range(njobs):
+            record = Path(workdir) / str(i) / "job.usage"
+            if record.exists():
+                count += "sacct" in json.loads(record.read_text()).get("sources", {}).values()
+        return count
+
     for i in range(njobs):
         rc_file = Path(workdir) / str(i) / "job.rc"
         rcs.append(rc_file.read_text().strip() if rc_file.exists() else "missing")
-        record = Path(workdir) / str(i) / "job.usage"
-        if record.exists():
-            sources = json.loads(record.read_text()).get("sources", {})
-            from_sacct += "sacct" in sources.values()
+    from_sacct = records_from_sacct()  # usage records with figures from sacct
+    from_sacct_later = None
+    if opts.get("usage") is True and hasattr(scheduler, "complete_usage"):
+        # what `xqute status --fetch-usage` does a little later: one sacct
+        # for the records the run left pending (its calls are logged apart)
+        with open(os.environ["BENCH_CALL_LOG"], "a") as log:
+            log.write("later-fetch\n")
+        time.sleep(2)
+        asyncio.run(scheduler.complete_usage(range(njobs)))
+        from_sacct_later = records_from_sacct()
     Path(out).write_text(json.dumps({
         "version": xqute.__version__, "wall": wall,
         "cpu": usage.ru_utime + usage.ru_stime,
         "succeeded": sum(rc == "0" for rc in rcs),
         "rounds": getattr(scheduler, "query_rounds", None),
-        "from_sacct": from_sacct,
+        "from_sacct": from_sacct, "from_sacct_later": from_sacct_later,
     }))
     """
 )
@@ -131,6 +147,7 @@ def run_once(
         env = dict(os.environ)
         env["PATH"] = f"{tmp_path / 'shims'}{os.pathsep}{env.get('PATH', '')}"
         env["XQUTE_LOG_LEVEL"] = "WARNING"
+        env["BENCH_CALL_LOG"] = str(call_log)
         if label == "this":
             env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
         else:
@@ -150,9 +167,10 @@ def run_once(
                       "succeeded": 0, "crashed": last}
         else:
             result = json.loads(out.read_text())
-        calls = call_log.read_text().split()
+        calls, _, later = call_log.read_text().partition("later-fetch")
         for name in SLURM_BINARIES:
-            result[name] = calls.count(name)
+            result[name] = calls.split().count(name)
+        result["sacct_later"] = later.split().count("sacct")
         return result
 
 
@@ -252,6 +270,14 @@ def main() -> None:
         )
 
 
+def later(runs: list[dict], njobs: int) -> str:
+    """Records with sacct's figures after the later fetch, and its sacct calls."""
+    if any(r.get("from_sacct_later") is None for r in runs):
+        return "-"
+    calls = statistics.median(r["sacct_later"] for r in runs)
+    return f"{min(r['from_sacct_later'] for r in runs)}/{njobs} ({calls:g})"
+
+
 def print_usage_table(
     args: argparse.Namespace, runs_by_label: dict[str, list[dict]], cmd: list[str]
 ) -> None:
@@ -260,8 +286,9 @@ def print_usage_table(
           f"{args.forks}, usage records on vs off, median of {args.repeat} run(s) "
           f"(each run: {', '.join(runs_by_label)} in turn):\n")
     print("| usage | wall time (s) | jobs rc 0 | status rounds | squeue | sacct "
-          "| status queries (squeue + sacct) | usage records with sacct's figures |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| status queries (squeue + sacct) | records with sacct's figures at the run's end "
+          "| after one later fetch (sacct calls) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for label, runs in runs_by_label.items():
         def median(key: str) -> float:
             return statistics.median(r[key] for r in runs)
@@ -270,7 +297,8 @@ def print_usage_table(
             f"| {min(r['succeeded'] for r in runs)}/{args.jobs} | {median('rounds'):g} "
             f"| {median('squeue'):g} | {median('sacct'):g} "
             f"| {statistics.median(r['squeue'] + r['sacct'] for r in runs):g} "
-            f"| {min(r['from_sacct'] for r in runs)}/{args.jobs} |"
+            f"| {min(r['from_sacct'] for r in runs)}/{args.jobs} "
+            f"| {later(runs, args.jobs)} |"
         )
     print("\nper run (squeue+sacct): " + "; ".join(
         f"{label} " + ", ".join(f"{r['squeue'] + r['sacct']}" for r in runs)

@@ -230,7 +230,7 @@ async def wrapper_figures(path) -> dict:
 
 
 async def test_usage_of_a_job_burning_a_second_of_cpu(batch):
-    xq = batch_xqute(batch, array=False)
+    xq = batch_xqute(batch, array=False, usage="wait")
     await xq.feed(BURN_ONE_SECOND)
     await asyncio.wait_for(xq.run_until_complete(), 300)
     job = xq.jobs[0]
@@ -247,7 +247,7 @@ async def test_usage_of_a_job_burning_a_second_of_cpu(batch):
 
 
 async def test_usage_of_array_members_comes_from_their_task_events(batch):
-    xq = batch_xqute(batch, forks=2)
+    xq = batch_xqute(batch, forks=2, usage="wait")
     for _ in range(2):
         await xq.feed(BURN_ONE_SECOND)
     await asyncio.wait_for(xq.run_until_complete(), 300)
@@ -330,7 +330,7 @@ async def test_an_array_member_over_its_time_is_a_timeout_by_its_task_s_exit_cod
     """Two members of one array job: the one Batch stops at maxRunDuration is
     a timeout (its task's exit code 50005), the other ends ok; each record's
     wall time is its own task's (it holds that member's wrapper's)."""
-    xq = batch_xqute(batch, forks=2, resources={"time": 2})
+    xq = batch_xqute(batch, forks=2, resources={"time": 2}, usage="wait")
     await xq.feed(["sleep", "60"])
     await xq.feed(["true"])
     await asyncio.wait_for(xq.run_until_complete(), 300)

@@ -348,7 +348,8 @@ async def test_50_jobs_one_status_call_per_round(workdir, tmp_path):
     qacct_log = tmp_path / "qacct.log"
     qacct_log.touch()
     qacct = counting_wrapper(tmp_path / "bin", "qacct", qacct_log)
-    xq = Xqute("sge", workdir=workdir, forks=50, scheduler_opts={"qstat": qstat, "qacct": qacct})
+    xq = Xqute("sge", workdir=workdir, forks=50,
+               scheduler_opts={"qstat": qstat, "qacct": qacct, "usage": "wait"})
     for i in range(50):
         await xq.feed(["echo", str(i)])
     await xq.run_until_complete()
@@ -361,7 +362,8 @@ async def test_50_jobs_one_status_call_per_round(workdir, tmp_path):
     assert 1 <= len(qstat_calls) <= rounds
     assert len(qstat_calls) < 50
     # usage figures come from qacct: at most once per round (with the status
-    # question) plus the run's end (once, and once more for what it lacked)
+    # question) plus, with usage="wait", the run's end (once, and once more
+    # for what it lacked)
     qacct_calls = qacct_log.read_text().splitlines()
     assert len(qacct_calls) <= rounds + 2
     assert len(qacct_calls) < 10

@@ -86,7 +86,7 @@ async def test_usage_figures_come_from_qacct_in_one_call(workdir, tmp_path):
     xq = Xqute(
         "sge", workdir=workdir, forks=3,
         scheduler_opts={"resources": {"cpus": 2, "memory": "1G"}, "array": False,
-                        "query_interval": 1},
+                        "query_interval": 1, "usage": "wait"},
     )
     jobs = [await xq.feed(["bash", "-c", burn]) for _ in range(3)]
     # as a retry after node failures would: hosts that do not exist here
