@@ -15,6 +15,14 @@ arrays). Run:
     python benchmarks/bench_slurm.py                 # 100 jobs, every variant, once
     python benchmarks/bench_slurm.py -n 1000         # the issue-14 figure
     python benchmarks/bench_slurm.py -n 100 -r 3 --only arrays,no-arrays
+    python benchmarks/bench_slurm.py --usage -r 3    # usage records on vs off
+
+``--usage`` runs this package twice per repeat, usage records on (sacct's
+figures fetched inside the status rounds; the run's end makes no call) and off
+(``usage: False``), and prints squeue and sacct calls, status rounds and wall
+time side by side; then, for usage on, how many records one later
+``complete_usage`` call (what ``xqute status --fetch-usage`` does) completes,
+and its sacct calls (counted apart from the run's).
 
 Each repeat also times the same number of plain ``sbatch --wrap true`` jobs,
 submitted in a loop with no manager (the floor; ``--no-floor`` skips it), and the
@@ -42,32 +50,55 @@ SLURM_BINARIES = ("sbatch", "squeue", "sacct", "scontrol", "scancel")
 # Runs in the package's own interpreter; both packages share the 2.x API.
 RUNNER = textwrap.dedent(
     """
-    import asyncio, json, resource, sys, time
+    import asyncio, json, os, resource, sys, time
     from pathlib import Path
     import xqute
     from xqute import Xqute
 
     njobs, workdir, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     forks, opts = int(sys.argv[4]), json.loads(sys.argv[5])
+    cmd = json.loads(sys.argv[6]) if len(sys.argv) > 6 else ["true"]
 
     async def main():
         xq = Xqute("slurm", workdir=workdir, forks=forks, scheduler_opts=opts)
         for _ in range(njobs):
-            await xq.feed(["true"])
+            await xq.feed(cmd)
         await xq.run_until_complete()
+        return xq.scheduler
 
     start = time.monotonic()
-    asyncio.run(main())
+    scheduler = asyncio.run(main())
     wall = time.monotonic() - start
     usage = resource.getrusage(resource.RUSAGE_SELF)
     rcs = []
+
+    def records_from_sacct():
+        count = 0
+        for i in range(njobs):
+            record = Path(workdir) / str(i) / "job.usage"
+            if record.exists():
+                count += "sacct" in json.loads(record.read_text()).get("sources", {}).values()
+        return count
+
     for i in range(njobs):
         rc_file = Path(workdir) / str(i) / "job.rc"
         rcs.append(rc_file.read_text().strip() if rc_file.exists() else "missing")
+    from_sacct = records_from_sacct()  # usage records with figures from sacct
+    from_sacct_later = None
+    if opts.get("usage") is True and hasattr(scheduler, "complete_usage"):
+        # what `xqute status --fetch-usage` does a little later: one sacct
+        # for the records the run left pending (its calls are logged apart)
+        with open(os.environ["BENCH_CALL_LOG"], "a") as log:
+            log.write("later-fetch\n")
+        time.sleep(2)
+        asyncio.run(scheduler.complete_usage(range(njobs)))
+        from_sacct_later = records_from_sacct()
     Path(out).write_text(json.dumps({
         "version": xqute.__version__, "wall": wall,
         "cpu": usage.ru_utime + usage.ru_stime,
         "succeeded": sum(rc == "0" for rc in rcs),
+        "rounds": getattr(scheduler, "query_rounds", None),
+        "from_sacct": from_sacct, "from_sacct_later": from_sacct_later,
     }))
     """
 )
@@ -95,10 +126,14 @@ VARIANTS = {
     "arrays": ("this", {}),
     "no-arrays": ("this", {"array": False}),
     "xqute2": ("xqute2", {}),
+    "usage-on": ("this", {"usage": True}),
+    "usage-off": ("this", {"usage": False}),
 }
 
 
-def run_once(python: str, njobs: int, label: str, forks: int, opts: dict) -> dict:
+def run_once(
+    python: str, njobs: int, label: str, forks: int, opts: dict, cmd: list[str] | None = None
+) -> dict:
     """One run of ``njobs`` jobs under ``python``; returns wall time and call counts."""
     # (a manager that crashed can leave files behind in the folder)
     with tempfile.TemporaryDirectory(prefix=f"bench-slurm-{label}-", ignore_cleanup_errors=True) as tmp:
@@ -112,6 +147,7 @@ def run_once(python: str, njobs: int, label: str, forks: int, opts: dict) -> dic
         env = dict(os.environ)
         env["PATH"] = f"{tmp_path / 'shims'}{os.pathsep}{env.get('PATH', '')}"
         env["XQUTE_LOG_LEVEL"] = "WARNING"
+        env["BENCH_CALL_LOG"] = str(call_log)
         if label == "this":
             env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
         else:
@@ -120,7 +156,7 @@ def run_once(python: str, njobs: int, label: str, forks: int, opts: dict) -> dic
         start = time.monotonic()
         proc = subprocess.run(
             [python, str(runner), str(njobs), str(tmp_path / "workdir"), str(out),
-             str(forks), json.dumps(opts)],
+             str(forks), json.dumps(opts), json.dumps(cmd or ["true"])],
             cwd=tmp, env=env, capture_output=True, text=True,
         )
         if proc.returncode != 0:
@@ -131,9 +167,10 @@ def run_once(python: str, njobs: int, label: str, forks: int, opts: dict) -> dic
                       "succeeded": 0, "crashed": last}
         else:
             result = json.loads(out.read_text())
-        calls = call_log.read_text().split()
+        calls, _, later = call_log.read_text().partition("later-fetch")
         for name in SLURM_BINARIES:
-            result[name] = calls.count(name)
+            result[name] = calls.split().count(name)
+        result["sacct_later"] = later.split().count("sacct")
         return result
 
 
@@ -165,7 +202,14 @@ def main() -> None:
                         help=f"comma-separated variants of {', '.join(VARIANTS)}")
     parser.add_argument("--no-floor", action="store_true",
                         help="skip the plain-sbatch run that shows the cluster's own speed")
+    parser.add_argument("--usage", action="store_true",
+                        help="usage records on vs off (variants usage-on,usage-off; no floor)")
+    parser.add_argument("--sleep", type=float, default=0,
+                        help="jobs run `sleep SECONDS` instead of `true` (several status rounds)")
     args = parser.parse_args()
+    cmd = ["sleep", f"{args.sleep:g}"] if args.sleep else ["true"]
+    if args.usage:
+        args.only, args.no_floor = "usage-on,usage-off", True
 
     status = subprocess.run(
         ["bash", str(ROOT / "scripts" / "slurm.sh"), "status"], capture_output=True, text=True
@@ -195,11 +239,14 @@ def main() -> None:
                   f"load {os.getloadavg()[0]:.1f}", file=sys.stderr)
         for label in variants:
             package, opts = VARIANTS[label]
-            run = run_once(pythons[package], args.jobs, package, args.forks, opts)
+            run = run_once(pythons[package], args.jobs, package, args.forks, opts, cmd)
             run["load"] = os.getloadavg()[0]
             print(f"# {label}: {json.dumps(run)}", file=sys.stderr)
             runs_by_label[label].append(run)
 
+    if args.usage:
+        print_usage_table(args, runs_by_label, cmd)
+        return
     print(f"\n{args.jobs} trivial jobs (`true`) through the local Slurm at forks "
           f"{args.forks}, median of {args.repeat} run(s):\n")
     print("| variant | wall time (s) | jobs rc 0 | submit calls (sbatch) | status queries "
@@ -221,6 +268,46 @@ def main() -> None:
             f"| {median('sbatch'):g} | {statistics.median(r['squeue'] + r['sacct'] for r in runs):g} "
             f"| {median('cpu'):.2f} | {median('scontrol'):g} | {median('scancel'):g} |"
         )
+
+
+def later(runs: list[dict], njobs: int) -> str:
+    """Records with sacct's figures after the later fetch, and its sacct calls."""
+    if any(r.get("from_sacct_later") is None for r in runs):
+        return "-"
+    calls = statistics.median(r["sacct_later"] for r in runs)
+    return f"{min(r['from_sacct_later'] for r in runs)}/{njobs} ({calls:g})"
+
+
+def print_usage_table(
+    args: argparse.Namespace, runs_by_label: dict[str, list[dict]], cmd: list[str]
+) -> None:
+    """Usage on vs off, side by side: status calls, rounds, wall time."""
+    print(f"\n{args.jobs} jobs (`{' '.join(cmd)}`) through the local Slurm at forks "
+          f"{args.forks}, usage records on vs off, median of {args.repeat} run(s) "
+          f"(each run: {', '.join(runs_by_label)} in turn):\n")
+    print("| usage | wall time (s) | jobs rc 0 | status rounds | squeue | sacct "
+          "| status queries (squeue + sacct) | records with sacct's figures at the run's end "
+          "| after one later fetch (sacct calls) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for label, runs in runs_by_label.items():
+        def median(key: str) -> float:
+            return statistics.median(r[key] for r in runs)
+        print(
+            f"| {label.split('-')[1]} | {median('wall'):.1f} "
+            f"| {min(r['succeeded'] for r in runs)}/{args.jobs} | {median('rounds'):g} "
+            f"| {median('squeue'):g} | {median('sacct'):g} "
+            f"| {statistics.median(r['squeue'] + r['sacct'] for r in runs):g} "
+            f"| {min(r['from_sacct'] for r in runs)}/{args.jobs} "
+            f"| {later(runs, args.jobs)} |"
+        )
+    print("\nper run (squeue+sacct): " + "; ".join(
+        f"{label} " + ", ".join(f"{r['squeue'] + r['sacct']}" for r in runs)
+        for label, runs in runs_by_label.items()
+    ))
+    print("per run (records with sacct's figures): " + "; ".join(
+        f"{label} " + ", ".join(f"{r['from_sacct']}" for r in runs)
+        for label, runs in runs_by_label.items()
+    ))
 
 
 if __name__ == "__main__":

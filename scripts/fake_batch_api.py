@@ -44,6 +44,20 @@ Test knobs, read from the job's labels (so tests pass them through the scheduler
   DEADLINE_EXCEEDED.
 - ``fake-batch-queue-seconds: N``: the job stays QUEUED N seconds (default
   ``--step-seconds``), as real jobs wait for a VM.
+- ``fake-batch-vm-lost-after: N`` with ``fake-batch-vm-lost-code: C``: N
+  seconds into each task its "VM" goes away: every process of the task is
+  SIGKILLed (nothing more it wrote is uploaded, as on a VM that is gone) and
+  the task FAILED with Batch's reserved exit code C (50001 Spot VM preemption,
+  50002 VM reporting timeout, 50003 VM rebooted, 50004 task unresponsive,
+  50006 VM recreated; https://cloud.google.com/batch/docs/troubleshooting).
+
+Like the service, ``taskSpec.maxRunDuration`` (``"<seconds>s"``) is enforced:
+a task running longer is FAILED with exit code 50005 and its processes are
+stopped (SIGTERM, SIGKILL 2 s later).  Task events from the time a task has a
+"VM" say where it runs (``on zones/<zone>/instances/<this host's name>``), a
+job that failed says which task failed and its event (``Specifically, task
+with index N failed due to the following task event: "..."``), and the job's
+``status.runDuration`` is the time it spent RUNNING.
 
 ``GET /fake/stats`` returns request counts (API requests by method, storage
 requests the fake itself made), for benchmarks.
@@ -59,6 +73,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -80,10 +95,42 @@ TASKS_REST_RE = re.compile(r"^/taskGroups/(?P<group>[^/]+)/tasks(?:/(?P<task>\d+
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
 # parallelism defaults to min(taskCount, the parallel-tasks-per-job limit)
 MAX_PARALLEL_TASKS = 1000
+# Batch's reserved exit codes the fake can give (fake-batch-vm-lost-code), and
+# the exit code of a task over its maxRunDuration
+VM_LOSS_REASONS = {
+    50001: "Spot VM preemption",
+    50002: "VM reporting timeout",
+    50003: "VM rebooted during task execution",
+    50004: "task and VM unresponsive",
+    50006: "VM recreated during task execution",
+}
+MAX_RUN_DURATION_EXIT = 50005
+_DURATION_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)s$")
 
 
-def now_rfc3339() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+def parse_duration(value: object) -> float | None:
+    """Seconds of a protobuf Duration in JSON (``"3600s"``, ``"1.5s"``); None
+    when not given; ApiError when not a duration."""
+    if value in (None, ""):
+        return None
+    match = _DURATION_RE.match(str(value))
+    if not match:
+        raise ApiError(400, "INVALID_ARGUMENT", f"Invalid duration {value!r}: expected e.g. '3600s'")
+    return float(match.group(1))
+
+
+def format_duration(seconds: float) -> str:
+    text = f"{max(seconds, 0.0):.6f}".rstrip("0").rstrip(".")
+    return f"{text}s"
+
+
+def now_rfc3339(at: float | None = None) -> str:
+    moment = (
+        datetime.datetime.now(datetime.timezone.utc)
+        if at is None
+        else datetime.datetime.fromtimestamp(at, datetime.timezone.utc)
+    )
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def task_count_and_parallelism(group: dict) -> tuple[int, int]:
@@ -305,11 +352,33 @@ class FakeJob:
             group["taskCount"] = str(count)
             group["parallelism"] = str(parallelism)
         self.task_count, self.parallelism = task_count_and_parallelism(groups[0])
+        spec = groups[0].get("taskSpec") or {}
+        self.max_run_seconds = parse_duration(spec.get("maxRunDuration"))
+        labels = body.get("labels") or {}
+        try:
+            lost_after = labels.get("fake-batch-vm-lost-after")
+            self.vm_lost_after = None if lost_after is None else float(lost_after)
+            self.vm_lost_code = int(labels.get("fake-batch-vm-lost-code") or 50001)
+        except ValueError as exc:
+            raise ApiError(400, "INVALID_ARGUMENT", f"fake-batch-vm-lost-* labels: {exc}")
+        if self.vm_lost_code not in VM_LOSS_REASONS:
+            raise ApiError(
+                400, "INVALID_ARGUMENT",
+                f"fake-batch-vm-lost-code must be one of {sorted(VM_LOSS_REASONS)}",
+            )
+        # where the tasks run: this machine stands for the VM
+        location = parent.rsplit("/", 1)[-1]
+        self.vm = f"zones/{location}-a/instances/{socket.gethostname()}"
+        # wall-clock times of the job's move to RUNNING and out of it
+        self.running_since: float | None = None
+        self.running_until: float | None = None
         self.resource["status"] = {"state": "QUEUED", "statusEvents": []}
         # per task: state, exit code (once it ended on its own), statusEvents
         self.task_states = ["PENDING"] * self.task_count
         self.task_exits: list[int | None] = [None] * self.task_count
         self.task_events: list[list[dict]] = [[] for _ in range(self.task_count)]
+        # tasks the service itself ended (maxRunDuration, a lost VM)
+        self.task_forced: set[int] = set()
         self._event("STATUS_CHANGED", "Job state is set from  to QUEUED for job " + self.name)
 
     @property
@@ -320,9 +389,9 @@ class FakeJob:
     def state(self) -> str:
         return self.resource["status"]["state"]
 
-    def _event(self, kind: str, description: str) -> None:
+    def _event(self, kind: str, description: str, at: float | None = None) -> None:
         self.resource["status"]["statusEvents"].append(
-            {"type": kind, "description": description, "eventTime": now_rfc3339()}
+            {"type": kind, "description": description, "eventTime": now_rfc3339(at)}
         )
 
     def set_state(self, state: str, description: str = "") -> None:
@@ -330,11 +399,17 @@ class FakeJob:
             old = self.state
             if old == state:
                 return
+            at = time.time()
+            if state == "RUNNING":
+                self.running_since = at
+            elif old == "RUNNING":
+                self.running_until = at
             self.resource["status"]["state"] = state
-            self.resource["updateTime"] = now_rfc3339()
+            self.resource["updateTime"] = now_rfc3339(at)
             self._event(
                 "STATUS_CHANGED",
                 description or f"Job state is set from {old} to {state} for job {self.name}",
+                at,
             )
             if state in ("SUCCEEDED", "FAILED"):
                 # the job ended: a task that never ended on its own failed with it
@@ -344,12 +419,17 @@ class FakeJob:
                         self._set_task_state_locked(index, "FAILED")
                 self._update_counts_locked()
 
-    def _set_task_state_locked(self, index: int, state: str, exit_code: int | None = None) -> None:
+    def _set_task_state_locked(
+        self, index: int, state: str, exit_code: int | None = None, reason: str = ""
+    ) -> None:
         old = self.task_states[index]
         self.task_states[index] = state
+        # from its start on, a task's events say which VM it is on
+        where = f" on {self.vm}" if "RUNNING" in (old, state) else ""
         event: dict = {
             "type": "STATUS_CHANGED",
-            "description": f"Task state is updated from {old} to {state}"
+            "description": f"Task state is updated from {old} to {state}{where}"
+            + (f" due to {reason}" if reason else "")
             + (f" with exit code {exit_code}." if exit_code is not None else "."),
             "eventTime": now_rfc3339(),
             "taskState": state,
@@ -374,7 +454,50 @@ class FakeJob:
 
     def view(self) -> dict:
         with self.lock:
-            return json.loads(json.dumps(self.resource))
+            resource = json.loads(json.dumps(self.resource))
+            if self.running_since is not None:
+                until = self.running_until if self.running_until is not None else time.time()
+                resource["status"]["runDuration"] = format_duration(until - self.running_since)
+            return resource
+
+    def failure_description(self) -> str:
+        """The FAILED job's event: which task failed and the event it failed with."""
+        with self.lock:
+            failed = [
+                (i, code) for i, (code, state) in enumerate(zip(self.task_exits, self.task_states))
+                if code not in (0,) and state == "FAILED"
+            ]
+            first = failed[0][0] if failed else 0
+            task_event = ""
+            for event in reversed(self.task_events[first]):
+                if event.get("taskState") == "FAILED":
+                    task_event = event["description"]
+                    break
+            old = self.state
+        text = f"Job state is set from {old} to FAILED for job {self.name}. Job failed due to task failure."
+        if self.task_count > 1 and failed:
+            which = ", ".join(f"task {i} exited with code {code}" for i, code in failed)
+            text += f" {len(failed)} of {self.task_count} tasks failed: {which}."
+        if task_event:
+            text += (
+                f" Specifically, task with index {first} failed due to the following "
+                f'task event: "{task_event}"'
+            )
+        return text
+
+    def force_task_end(self, index: int, code: int, reason: str) -> None:
+        """The service ends task ``index`` itself (a lost VM, maxRunDuration):
+        FAILED with ``code`` now, and the job FAILED too when no task is left,
+        before the task's processes are stopped (their last files land later)."""
+        with self.lock:
+            self.task_forced.add(index)
+            self.task_exits[index] = code
+            self._set_task_state_locked(index, "FAILED", code, reason)
+            self.resource["updateTime"] = now_rfc3339()
+            self._update_counts_locked()
+            over = all(state in ("SUCCEEDED", "FAILED") for state in self.task_states)
+        if over and not self.stop_requested.is_set():
+            self.set_state("FAILED", self.failure_description())
 
     def task_view(self, index: int = 0) -> dict:
         if not 0 <= index < self.task_count:
@@ -450,23 +573,10 @@ class FakeJob:
             return
         with self.lock:
             codes = list(self.task_exits)
-        failed = [(i, code) for i, code in enumerate(codes) if code != 0]
-        if not failed:
+        if all(code == 0 for code in codes):
             self.set_state("SUCCEEDED")
-        elif self.task_count == 1:
-            self.set_state(
-                "FAILED",
-                f"Job state is set from RUNNING to FAILED for job {self.name}. "
-                f"Job failed due to task failure. Task exited with code {failed[0][1]}.",
-            )
         else:
-            which = ", ".join(f"task {i} exited with code {code}" for i, code in failed)
-            self.set_state(
-                "FAILED",
-                f"Job state is set from RUNNING to FAILED for job {self.name}. "
-                f"Job failed due to task failure. {len(failed)} of {self.task_count} "
-                f"tasks failed: {which}.",
-            )
+            self.set_state("FAILED", self.failure_description())
 
     def _run_tasks(self) -> None:
         """Run the tasks in index order, at most ``parallelism`` at once; a task
@@ -504,6 +614,8 @@ class FakeJob:
         code = self._execute(index)
         if self.stop_requested.is_set():
             return  # killed by a cancel or delete: its state is left as it was
+        if index in self.task_forced:
+            return  # the service ended it (maxRunDuration, a lost VM)
         self.set_task_state(index, "SUCCEEDED" if code == 0 else "FAILED", code)
 
     def _after_stop(self, reason: str) -> None:
@@ -616,6 +728,7 @@ class FakeJob:
         )
         log = open(self.service.state_dir / "logs" / f"{self.resource['uid']}{suffix}.log", "wb")
         proc = None
+        vm_lost = False
         try:
             # unshare -m: the bind mounts exist only for this task, like a VM's.
             proc = self.procs[index] = subprocess.Popen(
@@ -627,19 +740,51 @@ class FakeJob:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+            started = time.monotonic()
+            # when the service ends the task itself: its maxRunDuration, a lost VM
+            ends = []
+            if self.max_run_seconds is not None:
+                ends.append((started + self.max_run_seconds, "timeout"))
+            if self.vm_lost_after is not None:
+                ends.append((started + self.vm_lost_after, "vm_lost"))
+            ends.sort()
             while True:
+                wait = self.service.sync_interval
+                if ends:
+                    wait = max(0.0, min(wait, ends[0][0] - time.monotonic()))
                 try:
-                    code = proc.wait(timeout=self.service.sync_interval)
+                    code = proc.wait(timeout=wait)
                     break
                 except subprocess.TimeoutExpired:
-                    self._sync_up(mirrors)
-                    if self.stop_requested.is_set():
-                        self._kill_task(proc)
+                    pass
+                if ends and time.monotonic() >= ends[0][0]:
+                    _, what = ends.pop(0)
+                    if what == "timeout":
+                        self.force_task_end(
+                            index, MAX_RUN_DURATION_EXIT,
+                            f"task execution exceeded its maxRunDuration "
+                            f"({format_duration(self.max_run_seconds or 0)})",
+                        )
+                        stop_session(proc.pid, grace=2.0)
+                    else:
+                        self.force_task_end(
+                            index, self.vm_lost_code, VM_LOSS_REASONS[self.vm_lost_code]
+                        )
+                        # the VM is gone: everything on it stops at once, and
+                        # what it wrote since the last sync never reaches GCS
+                        vm_lost = True
+                        stop_session(proc.pid, grace=0.0)
+                    code = proc.wait()
+                    break
+                self._sync_up(mirrors)
+                if self.stop_requested.is_set():
+                    self._kill_task(proc)
         finally:
             log.close()
             if proc is not None:
                 self.procs.pop(index, None)
-            self._sync_up(mirrors)
+            if not vm_lost:
+                self._sync_up(mirrors)
             for mirror in mirrors:
                 self.service.release(mirror)
             shutil.rmtree(workspace, ignore_errors=True)
@@ -663,6 +808,48 @@ class FakeJob:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def session_pids(sid: int) -> list[int]:
+    """The processes of session ``sid`` (a task's: it was started in one)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getsid(int(entry)) == sid:
+                    pids.append(int(entry))
+            except (ProcessLookupError, PermissionError):
+                pass
+    return pids
+
+
+def stop_session(sid: int, grace: float) -> None:
+    """Stop every process of a task, its commands' own process groups too:
+    SIGTERM and ``grace`` seconds to go (0: SIGKILL at once), then SIGKILL."""
+    def others() -> list[int]:
+        # the task's first process is reaped by its Popen; the rest must go
+        return [pid for pid in session_pids(sid) if pid != sid]
+
+    def send(sig: int) -> None:
+        for pid in session_pids(sid):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    if grace > 0:
+        send(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if not others():
+                return
+            time.sleep(0.05)
+    # SIGKILL until none is left (one forked meanwhile goes in the next pass)
+    for _ in range(20):
+        send(signal.SIGKILL)
+        if not others():
+            return
+        time.sleep(0.05)
 
 
 def sync_up_in_write_order(mirrors: list["BucketMirror"]) -> None:

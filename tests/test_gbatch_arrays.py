@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -642,7 +643,11 @@ async def test_a_rerun_after_the_manager_is_killed_follows_the_array_members(bat
     def lines() -> list[str]:
         return log.read_text().splitlines()
 
-    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # a session of its own: the kill takes the manager's gcloud calls in flight
+    # too, so none of them lands after it and passes for the rerun's question
+    first = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
     try:
         await until(
             lambda: {"0 end", "1 start", "2 start"} <= set(lines()) or first.poll() is not None,
@@ -650,7 +655,7 @@ async def test_a_rerun_after_the_manager_is_killed_follows_the_array_members(bat
             "job 0 to end and jobs 1 and 2 to start",
         )
         assert first.poll() is None, first.communicate()
-        first.kill()
+        os.killpg(first.pid, signal.SIGKILL)
         _, first_err = first.communicate()
     finally:
         if first.poll() is None:

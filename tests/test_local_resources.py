@@ -62,15 +62,14 @@ async def all_succeeded(xq: Xqute) -> bool:
 # ------------------------------------------------------------------ the budget
 async def test_cpus_count_against_the_budget(workdir):
     """cpu_budget 4, six 2-CPU jobs of 1 s, forks 6: never more than 2 at once."""
-    began = time.monotonic()
     xq = await run(
         workdir, [stamped(1)] * 6, forks=6, resources={"cpus": 2}, cpu_budget=4,
     )
-    took = time.monotonic() - began
     assert await all_succeeded(xq)
-    assert peak_overlap(intervals(xq)) == 2
-    # three waves of two, not six at once, nor one at a time
-    assert 3 <= took < 5.5, took
+    spans = intervals(xq)
+    assert peak_overlap(spans) == 2
+    # three waves of two, by the jobs' own clocks: not six at once
+    assert max(end for _, end in spans) - min(start for start, _ in spans) >= 3
     assert xq.scheduler.cpus_in_use == 0 and xq.scheduler.held_jobs == 0
 
 

@@ -76,7 +76,8 @@ async def test_over_its_time_a_job_ends_as_timeout_and_its_retry_asks_for_more(w
 async def test_usage_figures_come_from_qacct_in_one_call(workdir, tmp_path):
     """Each job holds 200 MB and burns 1.2 s of CPU in 2 slots with 1G:
     qacct's ru_maxrss (peak) and cpu land in its usage record; Grid Engine
-    granted -pe smp 2 (NSLOTS) and h_vmem=512M per slot (qacct's category).
+    granted -pe smp 2 (NSLOTS), h_vmem=512M per slot and the excluded hosts
+    (qacct's category).
     Asked afterwards for the three jobs at once, qacct is called once."""
     burn = (
         "python3 -c 'import time; b = bytearray(200 * 2**20); t = time.process_time()\n"
@@ -85,9 +86,11 @@ async def test_usage_figures_come_from_qacct_in_one_call(workdir, tmp_path):
     xq = Xqute(
         "sge", workdir=workdir, forks=3,
         scheduler_opts={"resources": {"cpus": 2, "memory": "1G"}, "array": False,
-                        "query_interval": 1},
+                        "query_interval": 1, "usage": "wait"},
     )
     jobs = [await xq.feed(["bash", "-c", burn]) for _ in range(3)]
+    # as a retry after node failures would: hosts that do not exist here
+    jobs[0].resources = jobs[0].resources.excluding("nodeA").excluding("node-b")
     await xq.run_until_complete()
     for job in jobs:
         assert await job.get_rc() == 0, Path(job.stderr_file).read_text()
@@ -97,10 +100,11 @@ async def test_usage_figures_come_from_qacct_in_one_call(workdir, tmp_path):
         assert usage["peak_memory_mb"] >= 200, usage
         assert usage["sources"]["cpu_s"] == "qacct cpu" and usage["cpu_s"] >= 0.9, usage
         assert usage["host"] in (socket.gethostname(), "localhost"), usage
-        assert usage["requested"] == {"cpus": 2, "memory": "1024M"}
+        assert usage["requested"]["cpus"] == 2 and usage["requested"]["memory"] == "1024M"
     jid = await jobs[0].get_jid()
     category = subprocess.run(["qacct", "-j", jid], capture_output=True, text=True).stdout
     assert "h_vmem=512M" in category and "-pe smp 2" in category, category
+    assert "hostname=!nodeA&!node-b" in category, category
 
     log = tmp_path / "qacct.log"
     log.touch()

@@ -9,12 +9,20 @@ the real binary.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+import time
 
 from tests.test_slurm import calls, count_calls, read, run, slurm, slurm_cli  # noqa: F401
-from xqute.schedulers.slurm_scheduler import SlurmScheduler
+import pytest
+
+from xqute.schedulers.slurm_scheduler import (
+    SlurmScheduler,
+    parse_sacct_duration,
+    parse_sacct_memory,
+)
 
 # Python holding ``mb`` megabytes (touched, so they count in RSS) long enough
 # for the accounting, sampling every second, to see them; then ``cpu`` seconds
@@ -47,7 +55,7 @@ async def test_a_job_over_its_memory_is_oom_and_retried_with_twice_the_memory(sl
     xq = await run(
         workdir, [hold(150)], forks=1, error_strategy="retry", num_retries=1,
         resources={"memory": "100M"},
-        query_interval=1, end_grace=1,
+        query_interval=1, end_grace=1, usage="wait",
     )
     job = xq.jobs[0]
     first = usage_of(job.metadir / "job.retry" / "0" / "job.usage")
@@ -67,12 +75,13 @@ async def test_usage_figures_from_sacct_and_no_more_calls_per_round(slurm, workd
     """Four jobs, each holding 200 MB and burning 1.2 s of CPU, ending a few
     seconds apart, run twice: usage on and usage off.
 
-    With usage on, each record has sacct's peak memory (>= 200 MB), CPU time
-    (>= 0.9 s) and node name. Each status round costs one call either way:
-    squeue, or (usage on, figures due) one sacct that answers the live jobs
-    and the ended ones together. Usage on adds only the run's end: one sacct
-    for the jobs that ended after the last round, and at most one more a
-    second later if slurmdbd did not have them all yet.
+    Each status round costs one call either way: squeue, or (usage on,
+    figures due) one sacct that answers the live jobs and the ended ones
+    together, and the run's end makes no call: usage on makes no more Slurm
+    calls than usage off. Records the rounds did not complete stay
+    ``pending``; one later ``complete_usage`` (as ``xqute status
+    --fetch-usage`` does) gives every record sacct's peak memory (>= 200 MB),
+    CPU time (>= 0.9 s) and node name, in one sacct call.
     """
     cmds = [hold(200, cpu=1.2, sleep=1 + 2 * i) for i in range(4)]
     runs = {}
@@ -87,21 +96,39 @@ async def test_usage_figures_from_sacct_and_no_more_calls_per_round(slurm, workd
         sched = xq.scheduler
         squeues, saccts = len(calls(log, "squeue")), len(calls(log, "sacct"))
         assert squeues + saccts == sched.status_calls
-        runs[usage] = (sched.query_rounds, squeues, saccts, xq)
+        runs[usage] = (sched.query_rounds, squeues, saccts, xq, opts, log)
         print(f"usage={usage}: {sched.query_rounds} rounds, {squeues} squeue, {saccts} sacct")
 
-    rounds, squeues, saccts, xq = runs[False]
+    rounds, squeues, saccts, xq, _, _ = runs[False]
     assert saccts == 0 and squeues == rounds  # one squeue per round, nothing else
     assert not (xq.jobs[0].metadir / "job.usage").exists()
 
-    rounds, squeues, saccts, xq = runs[True]
-    # one call per round, the rounds with figures due answered by sacct alone...
-    assert squeues < rounds, runs[True][:3]
-    # ...and the run's end: one sacct, maybe one more
-    assert 1 <= squeues + saccts - rounds <= 2, runs[True][:3]
+    rounds, squeues, saccts, xq, opts, log = runs[True]
+    # one call per round, the rounds with figures due answered by sacct alone
+    assert squeues < rounds and squeues + saccts == rounds, runs[True][:3]
+    # the run's end makes no call of its own; a run is paced the same either way
+    # (sleeps of 1-7 s), so allow for one round more or less
+    assert squeues + saccts <= runs[False][0] + 1, (runs[True][:3], runs[False][:3])
+    pending = [job.index for job in xq.jobs if (await job.get_usage()).get("pending")]
+    assert pending, "the last job ends after the last round: its figures wait"
+    for index in pending:
+        record = await xq.jobs[index].get_usage()
+        assert record["jid"] == str(xq.jobs[index].jid) and record["sources"]["cpu_s"] == "wrapper"
+
+    later = SlurmScheduler(workdir / "True", **{k: v for k, v in opts.items()})
+    before = len(calls(log, "sacct"))
+    for _ in range(10):  # slurmdbd may lag a job's end by seconds
+        await later.complete_usage(range(4))
+        if not any([(await job.get_usage()).get("pending") for job in xq.jobs]):
+            break
+        await asyncio.sleep(1)
+    asked = calls(log, "sacct")[before:]
+    # one sacct per try, naming every pending job (or the array they are members of)
+    assert asked and all(str(xq.jobs[i].jid).split("_")[0] in asked[0][1] for i in pending), asked
     node = node_name()
     for job in xq.jobs:
         record = await job.get_usage()
+        assert "pending" not in record, record
         assert record["peak_memory_mb"] >= 200, record
         assert record["cpu_s"] >= 0.9, record
         assert record["host"] == node, record
@@ -144,3 +171,53 @@ async def test_resources_and_excluded_nodes_reach_slurm(slurm, workdir):
         subprocess.run(["scancel", jid], capture_output=True, timeout=60)
     assert f"ExcNodeList={node}" in shown, shown
     assert "MinMemoryNode=64M" in shown, shown
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("00:01.528", 1.528), ("12:03.5", 723.5), ("00:00:03", 3.0), ("01:02:03", 3723.0),
+    ("1-02:03:04", 93784.0), ("", None), ("INVALID", None),
+])
+def test_sacct_durations(text, seconds):
+    """TotalCPU ([DD-][HH:]MM:SS.mmm) and Elapsed ([D-]HH:MM:SS) as sacct prints them."""
+    assert parse_sacct_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text, megabytes", [
+    ("170008K", 170008 / 1024), ("300M", 300.0), ("1.50G", 1536.0), ("2097152", 2.0),
+    ("0", 0.0), ("100Mn", 100.0), ("100Mc", None), ("", None),
+])
+def test_sacct_sizes(text, megabytes):
+    """MaxRSS and ReqMem as sacct prints them (a bare number is bytes; a
+    per-CPU ReqMem of older versions is not a per-node figure)."""
+    assert parse_sacct_memory(text) == megabytes
+
+
+def test_xqute_status_fetch_usage_completes_what_the_run_left_pending(slurm, workdir, tmp_path):
+    """`xqute run -s slurm` ends with its last jobs' records pending (no call
+    at the run's end); `xqute status --fetch-usage` asks the recorded
+    scheduler once and every record then has sacct's figures."""
+    commands = tmp_path / "commands"
+    commands.write_text(f"{sys.executable} -c 'b = b\"\\x01\" * (60 * 2**20); import time; time.sleep(2)'\n" * 2)
+    xqute = [sys.executable, "-m", "xqute"]
+    done = subprocess.run(xqute + ["run", "-s", "slurm", "-w", str(workdir), "-f", "2", "-q",
+                                   "-o", "query_interval=1", str(commands)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    records = [usage_of(workdir / str(i) / "job.usage") for i in range(2)]
+    assert any(record.get("pending") for record in records), records
+    said = ""
+    for _ in range(10):  # slurmdbd may lag a job's end by seconds
+        shown = subprocess.run(xqute + ["status", "--fetch-usage", "--json", str(workdir)],
+                               capture_output=True, text=True, timeout=120)
+        assert shown.returncode == 0, shown.stderr
+        said += shown.stderr
+        records = [usage_of(workdir / str(i) / "job.usage") for i in range(2)]
+        if not any(record.get("pending") for record in records):
+            break
+        time.sleep(1)
+    assert "Fetched the scheduler's usage figures of" in said, said
+    for record in records:
+        assert "pending" not in record and record["sources"]["peak_memory_mb"] == "sacct", record
+        assert record["peak_memory_mb"] >= 60, record
+    state = json.loads(shown.stdout)
+    assert all(job["usage"]["sources"]["cpu_s"] == "sacct" for job in state["jobs"]), state["jobs"]

@@ -73,12 +73,10 @@ async def test_a_job_killed_by_the_manager_says_so(workdir):
     assert (await job.get_usage())["cause"] == "killed"
 
 
-async def test_figures_from_a_lagging_accounting_are_merged_at_the_end_in_one_call(workdir):
-    """The base class's accounting path (Slurm's sacct, Grid Engine's qacct),
-    driven here by the local scheduler with an accounting that has a job's
-    figures only from the second time it is asked, as sacct lags a job's end:
-    every trial's record gets them, retried ones in job.retry/<n>/, and the
-    ended jobs are asked about together, never one call per job."""
+def _lagging_accounting_scheduler():
+    """The local scheduler with an accounting (as Slurm's sacct, Grid Engine's
+    qacct) that has a job's figures only from the second time it is asked,
+    as sacct lags a job's end."""
     from xqute.schedulers.local_scheduler import LocalScheduler
 
     class LocalWithLaggingAccounting(LocalScheduler):
@@ -94,20 +92,67 @@ async def test_figures_from_a_lagging_accounting_are_merged_at_the_end_in_one_ca
                 for jid in jids
             }
 
-    xq = Xqute(LocalWithLaggingAccounting, workdir=workdir, forks=3, error_strategy="retry", num_retries=1)
+    return LocalWithLaggingAccounting
+
+
+async def _run_one_ok_and_one_retried(workdir, scheduler_class, usage):
+    xq = Xqute(scheduler_class, workdir=workdir, forks=3, error_strategy="retry", num_retries=1,
+               scheduler_opts={"usage": usage})
     ok = await xq.feed(["true"])
     flaky = await xq.feed(["bash", "-c", '[ -e "$0.once" ] || { touch "$0.once"; exit 4; }', str(workdir / "flag")])
     await xq.run_until_complete()
     assert await flaky.get_rc() == 0 and flaky.trial_count == 1
-    calls = LocalWithLaggingAccounting.asked
-    assert len(calls) == 2 and calls[0] == calls[1] and len(calls[0]) == 3  # 2 jobs, 3 trials
+    return ok, flaky
+
+
+async def _assert_accounted(ok, flaky):
     for record in (await ok.get_usage(), await flaky.get_usage()):
         assert record["peak_memory_mb"] == 42.0 and record["host"] == "accounted"
         assert record["sources"]["peak_memory_mb"] == "accounting"
         assert record["sources"]["wall_s"] == "wrapper"  # the wrapper's figures stay
+        assert "pending" not in record
     first = json.loads((flaky.metadir / "job.retry" / "0" / "job.usage").read_text())
     assert first["rc"] == 4 and first["cause"] == "failed" and first["peak_memory_mb"] == 42.0
+    assert "pending" not in first
+
+
+async def test_usage_wait_merges_lagging_figures_at_the_run_end_in_one_call(workdir):
+    """``usage="wait"``: every trial's record gets the accounting's figures at
+    the run's end, retried ones in job.retry/<n>/, and the ended jobs are
+    asked about together, never one call per job."""
+    scheduler_class = _lagging_accounting_scheduler()
+    ok, flaky = await _run_one_ok_and_one_retried(workdir, scheduler_class, "wait")
+    calls = scheduler_class.asked
+    assert len(calls) == 2 and calls[0] == calls[1] and len(calls[0]) == 3  # 2 jobs, 3 trials
+    await _assert_accounted(ok, flaky)
     assert ok.usage["peak_memory_mb"] == 42.0  # the in-memory record too
+
+
+async def test_by_default_the_run_end_makes_no_usage_call_and_a_later_fetch_completes(workdir):
+    """``usage=True`` (the default): the run makes no accounting call of its
+    own at the end (the rounds' calls carry usage), so records the rounds did
+    not complete stay ``pending`` with their jid; ``complete_usage`` from a
+    later process completes them all in one call."""
+    scheduler_class = _lagging_accounting_scheduler()
+    ok, flaky = await _run_one_ok_and_one_retried(workdir, scheduler_class, True)
+    assert scheduler_class.asked == []  # the trials ended between rounds
+    record = await ok.get_usage()
+    assert record["pending"] is True and record["jid"] == str(ok.jid) and record.get("peak_memory_mb") != 42.0
+
+    later = scheduler_class(workdir=workdir, forks=1)
+    assert await later.complete_usage([0, 1]) == 0  # accounting has nothing yet: records unchanged
+    assert (await ok.get_usage())["pending"] is True
+    assert await later.complete_usage([0, 1]) == 3
+    assert len(scheduler_class.asked) == 2 and len(scheduler_class.asked[1]) == 3
+    await _assert_accounted(ok, flaky)
+    assert await later.complete_usage([0, 1]) == 0 and len(scheduler_class.asked) == 2  # nothing left
+
+
+async def test_a_bad_usage_value_is_refused(workdir):
+    import pytest
+
+    with pytest.raises(ValueError, match='usage must be True, False or "wait"'):
+        Xqute("local", workdir=workdir, scheduler_opts={"usage": "yes"})
 
 
 async def test_usage_false_keeps_no_record(workdir):

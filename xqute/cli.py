@@ -30,7 +30,14 @@ from .progress import ProgressPlugin
 from .runkill import scheduler_for_run, stop_manager
 from .runrecord import RUN_RECORD_NAME, RunRecord, manager_alive, read_run_record
 from .utils import log_to_file, logger
-from .workdir_state import STATUS_NAMES, collect_status, format_status, jobs_going, remove_stale_metadirs
+from .workdir_state import (
+    STATUS_NAMES,
+    collect_status,
+    format_status,
+    jobs_going,
+    metadirs,
+    remove_stale_metadirs,
+)
 
 # RunRecord is imported from here in user code (docs/cli.md)
 __all__ = ["CliError", "RunRecord", "build_parser", "main"]
@@ -123,6 +130,11 @@ def show_status(args: argparse.Namespace) -> int:
         if only - STATUS_NAMES:
             raise CliError(f"unknown status {', '.join(sorted(only - STATUS_NAMES))}; "
                            f"use some of {', '.join(sorted(STATUS_NAMES))}")
+    if args.fetch_usage:
+        fetched = asyncio.run(fetch_usage(args))
+        if fetched:
+            print(f"Fetched the scheduler's usage figures of {fetched} trial"
+                  f"{'s' if fetched != 1 else ''}", file=sys.stderr)
     try:
         state = collect_status(args.workdir, args.lines)
     except ValueError as exc:
@@ -133,6 +145,29 @@ def show_status(args: argparse.Namespace) -> int:
         colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
         print(format_status(state, colour=colour, only=only))
     return EXIT_OK
+
+
+async def fetch_usage(args: argparse.Namespace) -> int:
+    """Complete the usage records the run left ``pending`` (figures its
+    scheduler's accounting had not given by the last status round), in one
+    call through the recorded scheduler; how many trials got them."""
+    workdir = args.workdir
+    if not os.path.isdir(workdir):
+        raise CliError(f"No such workdir: {args.workdir} (--fetch-usage reads a local workdir)")
+    record = read_run_record(workdir) or {}
+    name = args.scheduler or record.get("scheduler")
+    if not name:
+        raise CliError(f"{args.workdir} has no {RUN_RECORD_NAME}: say the scheduler with --scheduler")
+    indexes = [index for index, _ in metadirs(workdir)]
+    try:
+        scheduler = scheduler_for_run(record, name, parse_opts(args.opt or []), args.workdir,
+                                      forks=max(1, len(indexes)))
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        return await scheduler.complete_usage(indexes)
+    finally:
+        await scheduler.close()
 
 
 async def kill_run(args: argparse.Namespace) -> int:
@@ -241,6 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="lines of stderr shown for each failed job (default: %(default)s)")
     status.add_argument("--only", action="append", metavar="STATUS",
                         help="show only jobs with this status (repeatable, or comma-separated)")
+    status.add_argument("--fetch-usage", action="store_true",
+                        help="first ask the run's scheduler (Slurm's sacct, qacct, Batch), in one "
+                        "call, for the usage figures its accounting had not given by the run's "
+                        "last status round")
+    status.add_argument("-s", "--scheduler", help="with --fetch-usage: the scheduler, when the "
+                        "workdir has no record")
+    status.add_argument("-o", "--opt", action="append", metavar="KEY=VALUE",
+                        help="with --fetch-usage: a scheduler option, added to the recorded ones")
 
     kill = sub.add_parser(
         "kill", help="stop a run that is still going",

@@ -197,7 +197,9 @@ class Scheduler(ABC):
             request each backend maps onto its own options),
             ``resource_limits`` (caps on what escalating retries may ask) and
             ``retry_policy`` (what a failure cause changes on the next trial),
-            ``usage`` (False: no usage record, ``job.usage``, is kept);
+            ``usage`` (False: no usage record, ``job.usage``, is kept;
+            ``"wait"``: also wait at the run's end for the figures the
+            scheduler's accounting had not given by the last status round);
             all other keys go to ``config`` and become scheduler directives.
     """
 
@@ -287,8 +289,8 @@ class Scheduler(ABC):
         self.resource_limits = Resources.parse(kwargs.pop("resource_limits", None), "resource_limits")
         self.retry_policy = parse_retry_policy(kwargs.pop("retry_policy", None))
         self.usage = kwargs.pop("usage", True)
-        if not isinstance(self.usage, bool):
-            raise ValueError(f"usage must be True or False, got {self.usage!r}")
+        if not isinstance(self.usage, bool) and self.usage != "wait":
+            raise ValueError(f'usage must be True, False or "wait", got {self.usage!r}')
         over = self.resources.over(self.resource_limits)
         if over:
             raise ValueError(f"resources ask for more than resource_limits allow: {over}")
@@ -738,7 +740,10 @@ exit "$rc"
     # Backends whose scheduler keeps accounts of ended jobs (Slurm's sacct,
     # Grid Engine's qacct) set this and implement ``query_usage``: a trial
     # that ended without the status round having fetched its figures
-    # (``job_usage`` was empty) gets them in a later round, or at the run's end.
+    # (``job_usage`` was empty) gets them in a later round's call. Those still
+    # missing when the run ends stay ``pending`` in the record: the run makes
+    # no call of its own for them (unless ``usage="wait"``), and
+    # ``complete_usage`` (``xqute status --fetch-usage``) fetches them later.
     usage_from_scheduler = False
     # rounds after which a trial's record is left with the wrapper's figures
     USAGE_ROUNDS = 3
@@ -785,13 +790,16 @@ exit "$rc"
             requested=job.resources.as_dict(),
             sources=sources,
         )
+        due = self.usage_from_scheduler and not extra and bool(job.jid)
+        if due:  # figures to come from the scheduler's accounting
+            record.update(jid=str(job.jid), pending=True)
         job.usage = record
         try:
             await write_meta(job.usage_file, json.dumps(record, sort_keys=True) + "\n")
         except OSError as exc:
             logger.warning("Job %s: could not write its usage record: %s", job.index, exc)
             return
-        if self.usage_from_scheduler and not extra and job.jid:
+        if due:
             self._usage_due[str(job.jid)] = (job, job.trial_count, 0)
 
     async def _add_scheduler_usage(self, usage: dict[str, dict[str, Any]]) -> None:
@@ -806,39 +814,73 @@ exit "$rc"
                     self._usage_due[jid] = (job, trial, rounds + 1)
                 continue
             del self._usage_due[jid]
-            path = job.usage_file if job.trial_count == trial else job.retry_dir / str(trial) / "job.usage"
-            try:
-                record = json.loads(await read_meta(path) or "{}")
-            except ValueError:
-                record = {}
-            figures = dict(figures)
-            record.setdefault("sources", {}).update(figures.pop("sources", {}))
-            record.update({key: value for key, value in figures.items() if value is not None})
-            if job.trial_count == trial:
+            current = job.trial_count == trial
+            path = job.usage_file if current else job.retry_dir / str(trial) / "job.usage"
+            record = await _merge_usage(path, figures, job.index)
+            if current and record is not None:
                 job.usage = record
-            try:
-                await write_meta(path, json.dumps(record, sort_keys=True) + "\n")
-            except OSError as exc:
-                logger.warning("Job %s: could not update its usage record: %s", job.index, exc)
 
-    async def complete_usage(self) -> None:
-        """At the run's end: fetch the scheduler's figures for trials still
-        waiting for them, in one call (once more, a moment later, for any the
-        accounting did not have yet)."""
-        for attempt in range(2):
-            if not self._usage_due:
-                return
-            if attempt:
-                await asyncio.sleep(defaults.USAGE_SETTLE)
-            try:
-                usage = await self.query_usage(list(self._usage_due))
-            except Exception as exc:  # a record short of figures is no failure
-                logger.warning("Could not fetch usage from %s: %s", self.name, exc)
-                return
-            await self._add_scheduler_usage(usage)
-            # what the accounting did not have on the second ask is left out
-            if attempt:
-                self._usage_due.clear()
+    async def complete_usage(self, indexes: Sequence[int] | None = None) -> int:
+        """Fetch, in one call, the scheduler's figures for usage records still
+        ``pending``; returns how many records got them.
+
+        Without ``indexes``: the trials of this run still waiting. With
+        ``indexes``: those jobs of this workdir, found by their records (all
+        their trials), so that a later process can complete an ended run's
+        records (``xqute status --fetch-usage``).
+        """
+        if not self.usage_from_scheduler:
+            return 0
+        paths: dict[str, tuple[SpecPath, int]] = {}
+        if indexes is None:
+            for jid, (job, trial, _) in self._usage_due.items():
+                current = job.trial_count == trial
+                paths[jid] = (job.usage_file if current else job.retry_dir / str(trial) / "job.usage", job.index)
+        else:
+            for index in indexes:
+                job = await self.create_job(index, ["true"])
+                path, earlier = job.usage_file, None
+                while path is not None:
+                    try:
+                        record = json.loads(await read_meta(path) or "{}")
+                    except ValueError:
+                        record = None
+                    if not isinstance(record, dict):
+                        break
+                    if record.get("pending") and record.get("jid"):
+                        paths[str(record["jid"])] = (path, index)
+                    # earlier trials are under job.retry/<trial>/, down to 0
+                    if earlier is None:
+                        earlier = record["trial"] if isinstance(record.get("trial"), int) else 0
+                    earlier -= 1
+                    path = job.retry_dir / str(earlier) / "job.usage" if earlier >= 0 else None
+        if not paths:
+            return 0
+        try:
+            usage = await self.query_usage(list(paths))
+        except Exception as exc:  # a record short of figures is no failure
+            logger.warning("Could not fetch usage from %s: %s", self.name, exc)
+            return 0
+        done = 0
+        for jid, figures in usage.items():
+            if jid in paths and await _merge_usage(paths[jid][0], figures, paths[jid][1]) is not None:
+                done += 1
+                entry = self._usage_due.pop(jid, None)
+                if entry is not None and entry[0].trial_count == entry[1]:
+                    entry[0].usage = json.loads(await read_meta(paths[jid][0]) or "{}")
+        return done
+
+    async def wait_for_usage(self) -> None:
+        """At the run's end, with ``usage="wait"``: fetch the figures still
+        due (and once more, a moment later, for what accounting had not
+        recorded yet). With ``usage=True`` the run makes no such call."""
+        if self.usage != "wait":
+            return
+        await self.complete_usage()
+        if self._usage_due:
+            await asyncio.sleep(defaults.USAGE_SETTLE)
+            await self.complete_usage()
+        self._usage_due.clear()
 
     async def _write_final(self, job: Job, rc: int, status: int) -> None:
         try:
@@ -1487,3 +1529,24 @@ exit "$rc"
             due = min(self._ended_since.values()) + self.end_grace
             self._next_query_at = min(self._next_query_at, max(due, now + self.query_interval))
         return changed, gone
+
+
+async def _merge_usage(path: SpecPath, figures: dict[str, Any], index: int) -> dict[str, Any] | None:
+    """Merge a scheduler's ``figures`` into the usage record at ``path``; the
+    record written, or None when it could not be."""
+    try:
+        record = json.loads(await read_meta(path) or "{}")
+    except ValueError:
+        record = {}
+    if not isinstance(record, dict):
+        record = {}
+    figures = dict(figures)
+    record.setdefault("sources", {}).update(figures.pop("sources", {}))
+    record.update({key: value for key, value in figures.items() if value is not None})
+    record.pop("pending", None)
+    try:
+        await write_meta(path, json.dumps(record, sort_keys=True) + "\n")
+    except OSError as exc:
+        logger.warning("Job %s: could not update its usage record: %s", index, exc)
+        return None
+    return record

@@ -189,8 +189,8 @@ class Xqute:
                 if self._active:
                     await self.scheduler.kill_running_jobs(list(self._active))
                     self._active.clear()
-                # usage figures the scheduler's accounting had not given yet
-                await self.scheduler.complete_usage()
+                # usage="wait": figures the scheduler's accounting had not given yet
+                await self.scheduler.wait_for_usage()
                 await self.scheduler.close()
             except Exception:
                 logger.exception("Cleaning up the run failed")

@@ -30,6 +30,18 @@ do not give: they are not added (one warning says so); pass them in
 ``bin_args`` where they work, and ``--nv`` for GPUs. ``time`` is the wrapper's
 timeout, as for the local scheduler. No CPU budget is kept across containers.
 
+Usage and causes (docker/podman): a container is a cgroup of its own, so the
+wrapper reads, with bash builtins only, the container's peak memory when the
+command ends (``memory.peak`` on cgroups v2, ``memory/memory.max_usage_in_bytes``
+on v1, whichever is there: ``peak_memory_mb`` with source ``cgroup``) and the
+count of the kernel's OOM kills in it (``oom_kill`` in ``memory.events`` or
+``memory/memory.oom_control``), both into ``job.usage.raw`` in the metadir. A
+trial that failed with an OOM kill counted in its container ended with cause
+``oom`` (the retry policy doubles its memory). Where the kernel keeps no such
+count (before Linux 4.13 on v1), a SIGKILL (137) with the peak at 90% or more
+of the container's memory limit is taken as ``oom``. No ``inspect`` call per
+job. Apptainer's jobs run in the caller's cgroup: no peak memory, no ``oom``.
+
 Killing a docker/podman job stops the container itself through the runtime
 (``kill --signal TERM``, then ``KILL`` after a grace period), not only the
 client; an apptainer job is a process tree in the client's session, killed as
@@ -57,6 +69,8 @@ from .. import defaults
 from ..defaults import JobStatus
 from ..job import Job
 from ..path import SpecPath
+from ..path import read_meta
+from ..resources import USAGE_RAW_FILE
 from ..scheduler import JobQuery, SubmissionError
 from ..utils import (
     logger,
@@ -131,6 +145,58 @@ def _as_list(value: Any, what: str) -> list[str]:
     if isinstance(value, Sequence):
         return [os.fspath(item) for item in value]
     raise TypeError(f"{what} must be a string or a list of strings, not {type(value).__name__}")
+
+
+# The wrapper's reading of the container's own memory cgroup, with builtins
+# only (``[``, ``read``, ``echo``): the peak (cgroups v2, then v1), the kernel's
+# count of OOM kills in it, and the limit (for kernels that keep no such count).
+# Lines for ``job.usage.raw``: "peak <bytes>", "oom_kill <n>", "limit <bytes>".
+CGROUP_PEAK_FUNCTION = r"""# the container's own memory cgroup (v2, else v1), read with builtins
+_xq_peak() {
+    local f k v
+    for f in /sys/fs/cgroup/memory.peak /sys/fs/cgroup/memory/memory.max_usage_in_bytes; do
+        if [ -r "$f" ] && read -r v <"$f"; then echo "peak $v"; break; fi
+    done
+    for f in /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control; do
+        if [ -r "$f" ]; then
+            while read -r k v; do [ "$k" = oom_kill ] && echo "oom_kill $v"; done <"$f"
+            break
+        fi
+    done
+    for f in /sys/fs/cgroup/memory.max /sys/fs/cgroup/memory/memory.limit_in_bytes; do
+        if [ -r "$f" ] && read -r v <"$f"; then echo "limit $v"; break; fi
+    done
+}"""
+# Without an OOM count: a SIGKILL with the peak at this share of the limit or
+# more is taken as the kernel's OOM killer.
+OOM_PEAK_SHARE = 0.9
+
+
+def cgroup_memory_figures(raw: str | None) -> dict[str, int]:
+    """``peak``, ``oom_kill`` and ``limit`` from the wrapper's raw usage
+    record, those it holds as whole numbers (a v2 limit of "max" is left out)."""
+    figures: dict[str, int] = {}
+    for line in (raw or "").splitlines()[3:]:
+        words = line.split()
+        if len(words) == 2 and words[0] in ("peak", "oom_kill", "limit") and words[1].isdigit():
+            figures[words[0]] = int(words[1])
+    return figures
+
+
+def oom_from_cgroup(rc: int, figures: dict[str, int]) -> bool:
+    """Whether a trial that failed with ``rc`` was ended by the kernel's OOM
+    killer, from its container's cgroup ``figures``: any OOM kill counted;
+    without a count, a SIGKILL with the peak at ``OOM_PEAK_SHARE`` of a limit
+    or more."""
+    if rc == 0:
+        return False
+    if "oom_kill" in figures:
+        return figures["oom_kill"] > 0
+    peak, limit = figures.get("peak"), figures.get("limit")
+    # v1 says "no limit" with a huge number (about 2**63)
+    if rc != 137 or not peak or not limit or limit >= 2**60:
+        return False
+    return peak >= OOM_PEAK_SHARE * limit
 
 
 class _Mount(NamedTuple):
@@ -560,6 +626,35 @@ class ContainerScheduler(LocalScheduler):
             f"# run by {os.path.basename(self.bin)} in image "
             f"{self.image.replace(chr(10), ' ')}"
         )
+
+    def peak_memory_file(self, job: Job) -> str | None:
+        """The container's peak memory on cgroups v1, as docker and podman
+        show it inside (the wrapper tries v2's ``memory.peak`` first: see
+        ``_wrapper_peak_function``); None for apptainer (no cgroup of its own)."""
+        if self.kind == APPTAINER:
+            return None
+        return "/sys/fs/cgroup/memory/memory.max_usage_in_bytes"
+
+    def _wrapper_peak_function(self, job: Job) -> str:
+        """The wrapper's ``_xq_peak``: for docker/podman, the container's peak
+        memory, its count of OOM kills and its limit (``CGROUP_PEAK_FUNCTION``),
+        trying the v2 files, then the v1 ones, with builtins only."""
+        if self.kind == APPTAINER:
+            return super()._wrapper_peak_function(job)
+        return CGROUP_PEAK_FUNCTION
+
+    async def exit_cause(self, job: Job, rc: int) -> str:
+        """The base's reading of ``rc``; a failure (not the wrapper's timeout)
+        whose container counted an OOM kill is ``oom`` (see the module's notes).
+        Read from the wrapper's raw usage record in the metadir: no runtime call."""
+        cause = await super().exit_cause(job, rc)
+        if cause in ("ok", "timeout") or self.kind == APPTAINER:
+            return cause
+        try:
+            raw = await read_meta(job.metadir / USAGE_RAW_FILE)
+        except OSError:
+            return cause
+        return "oom" if oom_from_cgroup(rc, cgroup_memory_figures(raw)) else cause
 
     def jobcmd_init(self, job: Job) -> str:
         """Export the named mounts' paths (inside the container), then the usual."""

@@ -38,12 +38,10 @@ members of one array share one request):
 
 - ``cpus`` -> ``taskGroups[0].taskSpec.computeResource.cpuMilli`` (cpus x 1000);
 - ``memory`` -> ``taskSpec.computeResource.memoryMib``;
-- ``time`` -> ``taskSpec.maxRunDuration`` (``"<seconds>s"``). The wrapper's
-  timeout is set to the same time too (as on every backend that does not say
-  it enforces ``time`` itself), but Batch counts the task's time from its first
-  runnable, so Batch usually stops the task first: a job Batch reports ended
-  with exit code 50005 (a task over its maxRunDuration) ends with the cause
-  ``timeout``, which the retry policy acts on;
+- ``time`` -> ``taskSpec.maxRunDuration`` (``"<seconds>s"``), which Batch
+  enforces (``time_enforced_by_scheduler``: the wrapper sets no timeout for
+  it): a task over it is stopped with exit code 50005, and its job ends with
+  the cause ``timeout``, which the retry policy acts on;
 - ``gpus`` -> ``allocationPolicy.instances[0].policy.accelerators[0]``:
   ``{"type": gpu_type, "count": N}`` and ``instances[0].installGpuDrivers``
   (true unless given). The GPU type comes from the ``gpu_type`` option, or from
@@ -54,6 +52,13 @@ members of one array share one request):
 A value already in the live ``config`` (``computeResource.cpuMilli``,
 ``memoryMib``, ``maxRunDuration``, an accelerator's ``count``) wins over
 ``resources``, with one warning (``raw_option_wins``).
+
+Usage and causes (see ``job_usage`` and ``exit_cause``): Batch's figures
+come from the lists the status rounds make anyway, never a call per job: a
+job's ``status.runDuration`` (``wall_s``), an array member's task events
+(RUNNING to its end: ``wall_s``; the VM they name: ``host``). Batch's reserved
+exit codes in a failed job's (or task's) event are the cause: 50005
+``timeout``, 50001 ``preempted``, 50002/50003/50004/50006 ``node_fail``.
 
 Arrays (on unless the ``array`` option is False):
 
@@ -84,6 +89,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import datetime
 import getpass
 import hashlib
 import json
@@ -126,9 +132,31 @@ _TRANSIENT_SUBMIT_RE = re.compile(
 )
 # An attempt whose outcome is unknown: the job may have been created anyway.
 _AMBIGUOUS_SUBMIT_RE = re.compile(r"DEADLINE_EXCEEDED|timed out|\b504\b|connection reset", re.I)
-# Batch's event for a task stopped at its maxRunDuration (or a runnable's
-# timeout): "... with exit code 50005"
-_MAX_RUN_DURATION_RE = re.compile(r"exit code 50005\b")
+# Batch's reserved exit codes
+# (https://cloud.google.com/batch/docs/troubleshooting#reserved-exit-codes):
+# a task that Batch itself ended, and how xqute names that end
+RESERVED_EXIT_CAUSES = {
+    50001: "preempted",  # the Spot VM was preempted
+    50002: "node_fail",  # the VM stopped reporting to Batch (VM reporting timeout)
+    50003: "node_fail",  # the VM rebooted while the task ran
+    50004: "node_fail",  # the task and its VM stopped responding
+    50005: "timeout",  # the task ran past its maxRunDuration (or a runnable's timeout)
+    50006: "node_fail",  # the VM was recreated while the task ran
+}
+# "... with exit code 50005." in a task event (and so in the event of the job
+# that failed with it); the last one counts
+_EXIT_CODE_RE = re.compile(r"\bexit code (-?[0-9]+)\b")
+# "... on zones/us-central1-a/instances/8565413539485838498 ...": the task's VM
+_INSTANCE_RE = re.compile(r"\bon zones/[^/\s]+/instances/([A-Za-z0-9_.-]*[A-Za-z0-9_-])")
+# A failed job's event naming the task it failed by: "Specifically, task with
+# index 3 failed due to the following task event: ..."
+_FAILED_TASK_RE = re.compile(r"\btask with index ([0-9]+) failed\b")
+# States after which Batch's figures for a job (or task) are final.
+_FINAL_JOB_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+_FINAL_TASK_STATES = frozenset({"SUCCEEDED", "FAILED"})
+# Return codes of a wrapper stopped by a signal from outside: Batch may have
+# stopped the task (its maxRunDuration) and can say so
+_SIGNALLED_RCS = frozenset({137, 143})
 # Seconds between two checks while waiting for an old job's deletion.
 DELETION_CHECK_INTERVAL = 2.0
 # How many gcloud processes may run at once when killing many jobs.
@@ -167,6 +195,87 @@ def parse_member_jid(jid: Any) -> tuple[str, int] | None:
     if not sep or not name or not task.isdigit():
         return None
     return name, int(task)
+
+
+def _event_code(text: str) -> int | None:
+    """The last ``exit code N`` in an event's description."""
+    codes = _EXIT_CODE_RE.findall(text or "")
+    return int(codes[-1]) if codes else None
+
+
+def _reserved_cause(text: str) -> str:
+    """The cause a reserved exit code in ``text`` stands for ("" if none)."""
+    code = _event_code(text)
+    return RESERVED_EXIT_CAUSES.get(code, "") if code is not None else ""
+
+
+_RFC3339_RE = re.compile(
+    r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$", re.ASCII
+)
+
+
+def _event_time(text: Any) -> float | None:
+    """Seconds since the epoch of an ``eventTime`` (RFC 3339, up to nine
+    fractional digits); None when it is not one."""
+    match = _RFC3339_RE.match(str(text or ""))
+    if not match:
+        return None
+    base, fraction, zone = match.groups()
+    try:
+        moment = datetime.datetime.fromisoformat(base + ("+00:00" if zone == "Z" else zone))
+    except ValueError:
+        return None
+    return moment.timestamp() + (float(f"0.{fraction}") if fraction else 0.0)
+
+
+def _duration_seconds(text: Any) -> float | None:
+    """Seconds of a protobuf Duration in JSON (``"12.5s"``); None otherwise."""
+    text = str(text or "")
+    if not text.endswith("s"):
+        return None
+    try:
+        seconds = float(text[:-1])
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
+
+
+def _events_of(status: dict) -> list[dict]:
+    events = status.get("statusEvents") or []
+    return [e for e in events if isinstance(e, dict)] if isinstance(events, list) else []
+
+
+def _figures_from_task_events(events: list[dict]) -> dict[str, Any]:
+    """``wall_s`` (from the task's move to RUNNING to its end), ``host`` (the
+    VM its events name) and ``exit_code`` from one task's ``statusEvents``."""
+    started = ended = None
+    host = None
+    code = None
+    for event in events:
+        state = event.get("taskState")
+        description = str(event.get("description", ""))
+        found = _INSTANCE_RE.search(description)
+        if found:
+            host = found.group(1)
+        if state == "RUNNING" and started is None:
+            started = _event_time(event.get("eventTime"))
+        elif state in _FINAL_TASK_STATES:
+            ended = _event_time(event.get("eventTime"))
+            execution = event.get("taskExecution") or {}
+            if isinstance(execution, dict) and isinstance(execution.get("exitCode"), int):
+                code = execution["exitCode"]
+            elif _event_code(description) is not None:
+                code = _event_code(description)
+    figures: dict[str, Any] = {"sources": {}}
+    if started is not None and ended is not None and ended >= started:
+        figures["wall_s"] = round(ended - started, 3)
+        figures["sources"]["wall_s"] = "batch_events"
+    if host:
+        figures["host"] = host
+        figures["sources"]["host"] = "batch_events"
+    if code is not None:
+        figures["exit_code"] = code
+    return figures
 
 
 def _tasks_from_list(listed: Any) -> dict[int, str] | None:
@@ -211,8 +320,9 @@ def _load_json(text: str) -> Any:
         return None
 
 
-def _jobs_from_list(listed: Any) -> dict[str, dict[str, str]] | None:
-    """``{name: {uid, state, event}}`` from ``gcloud batch jobs list``'s JSON;
+def _jobs_from_list(listed: Any) -> dict[str, dict[str, Any]] | None:
+    """``{name: {uid, state, event, events, run_duration}}`` from ``gcloud
+    batch jobs list``'s JSON (``event``: the last event's description);
     None when it is not a list of jobs (then it says nothing about any job)."""
     if not isinstance(listed, list):
         return None
@@ -231,6 +341,8 @@ def _jobs_from_list(listed: Any) -> dict[str, dict[str, str]] | None:
             "uid": str(item.get("uid", "")),
             "state": str(status.get("state", "STATE_UNSPECIFIED")),
             "event": str(events[-1].get("description", "")) if events else "",
+            "events": events,
+            "run_duration": status.get("runDuration"),
         }
     return found
 
@@ -337,6 +449,12 @@ class GbatchScheduler(Scheduler):
     default_poll_interval = 2.0
     default_query_interval = 5.0
     default_end_grace = 10.0
+    # Batch stops a task at its maxRunDuration (resources' time): the wrapper
+    # leaves that to Batch, whose exit code 50005 says the cause
+    time_enforced_by_scheduler = True
+    # a trial's figures (run duration, VM) come from the jobs list of a later
+    # status round, or of the run's end, once Batch has them
+    usage_from_scheduler = True
 
     def __init__(
         self,
@@ -464,6 +582,22 @@ class GbatchScheduler(Scheduler):
         # member cancels the whole job; and array jobs cancelled already
         self._timed_out_arrays: set[str] = set()
         self._cancelled_arrays: set[str] = set()
+        # what the latest jobs list said of each job ({uid, state, event,
+        # events, run_duration}), and the latest tasks list of each task of an
+        # array job ({state, events}): usage figures and causes come from these
+        self._batch_jobs: dict[str, dict[str, Any]] = {}
+        self._batch_tasks: dict[tuple[str, int], dict[str, Any]] = {}
+        # within one status round: its jobs list (asked once, whoever asks),
+        # and whether Batch was asked again for jobs that ended by a signal
+        self._in_round = False
+        self._round_list: dict[str, dict[str, Any]] | None = None
+        self._round_refreshed = False
+        self._round_tasks_listed: set[str] = set()
+        self._round_tasks: dict[str, tuple[dict[int, str] | None, bool]] = {}
+        # jobs whose files show a signalled end (rc 143/137) while Batch still
+        # runs them: when that was first seen (they wait end_grace for Batch)
+        self._signalled_at: dict[Job, float] = {}
+        self._ending_vanished = False
         # counters, for benchmarks and tests
         self.gcloud_calls = 0
         self.status_calls = 0
@@ -1252,7 +1386,7 @@ class GbatchScheduler(Scheduler):
                 self._array_members.setdefault(name, {})[task] = job
         if not by_name and not arrays:
             return answers
-        found = await self._list_jobs()
+        found = await self._jobs_listed()
         if found is None:  # Batch did not answer: unknown for now
             return answers
         now = time.monotonic()
@@ -1340,8 +1474,9 @@ class GbatchScheduler(Scheduler):
                 f"in {self.workdir}",
             )
         if state in ENDED_STATES:
-            # Batch's exit code for a task over its maxRunDuration (resources' time)
-            cause = "timeout" if _MAX_RUN_DURATION_RE.search(event) else ""
+            # Batch's reserved exit codes: 50005 a task over its maxRunDuration
+            # (resources' time), 50001 a preempted VM, ...
+            cause = _reserved_cause(event)
             return JobQuery(JobQuery.ENDED, f"{what} ended in state {state}{detail}", cause=cause)
         logger.warning("Batch job %s is in state %s, unknown to xqute; taken as pending", name, state)
         return JobQuery(JobQuery.PENDING)
@@ -1371,16 +1506,36 @@ class GbatchScheduler(Scheduler):
         if state == "UNEXECUTED":
             return JobQuery(JobQuery.ENDED, f"{what} was never run (UNEXECUTED)")
         if state in TASK_ENDED_STATES:
-            return JobQuery(JobQuery.ENDED, f"{what} ended in state {state}")
+            code = _figures_from_task_events(
+                self._batch_tasks.get((name, task), {}).get("events", [])
+            ).get("exit_code")
+            detail = f" with exit code {code}" if code is not None else ""
+            return JobQuery(
+                JobQuery.ENDED,
+                f"{what} ended in state {state}{detail}",
+                cause=RESERVED_EXIT_CAUSES.get(code, "") if code is not None else "",
+            )
         logger.warning("%s is in state %s, unknown to xqute; taken as pending", what, state)
         return JobQuery(JobQuery.PENDING)
 
-    async def _list_tasks(self, name: str) -> tuple[dict[int, str] | None, bool]:
+    async def _list_tasks(
+        self, name: str, fresh: bool = False
+    ) -> tuple[dict[int, str] | None, bool]:
         """({task index: state} of the array job ``name``, or None on failure;
-        whether Batch has no such job)."""
+        whether Batch has no such job). Within a status round, once per array
+        job (unless ``fresh``): states, causes and usage share it."""
+        if self._in_round and not fresh and name in self._round_tasks:
+            return self._round_tasks[name]
+        answer = await self._list_tasks_now(name)
+        if self._in_round:
+            self._round_tasks[name] = answer
+        return answer
+
+    async def _list_tasks_now(self, name: str) -> tuple[dict[int, str] | None, bool]:
         self.status_calls += 1
         result = await self._gcloud(
-            "batch", "tasks", "list", "--job", name, "--format", "json(name,status.state)"
+            "batch", "tasks", "list", "--job", name,
+            "--format", "json(name,status.state,status.statusEvents)",
         )
         if not result.ok:
             message = result.stderr + result.stdout
@@ -1391,7 +1546,15 @@ class GbatchScheduler(Scheduler):
                 name, _one_line(message),
             )
             return None, False
-        states = _tasks_from_list(_load_json(result.stdout or "[]"))
+        listed = _load_json(result.stdout or "[]")
+        states = _tasks_from_list(listed)
+        if states is not None:
+            # each task's events: its run duration, VM and exit code
+            for item in listed:
+                index = int(item["name"].rsplit("/", 1)[-1])
+                self._batch_tasks[(name, index)] = {
+                    "state": states[index], "events": _events_of(item.get("status") or {}),
+                }
         if states is None:
             logger.warning(
                 "gcloud batch tasks list --job %s printed no list of tasks; asking again "
@@ -1399,13 +1562,24 @@ class GbatchScheduler(Scheduler):
             )
         return states, False
 
-    async def _list_jobs(self) -> dict[str, dict[str, str]] | None:
-        """{name: {uid, state, event}} of this workdir's jobs; None on failure."""
+    async def _jobs_listed(self) -> dict[str, dict[str, Any]] | None:
+        """This workdir's jobs as Batch lists them: one ``gcloud batch jobs
+        list`` per status round, whichever part of the round asks first."""
+        if self._in_round and self._round_list is not None:
+            return self._round_list
+        found = await self._list_jobs()
+        if self._in_round:
+            self._round_list = found
+        return found
+
+    async def _list_jobs(self) -> dict[str, dict[str, Any]] | None:
+        """{name: {uid, state, event, events, run_duration}} of this workdir's
+        jobs; None on failure."""
         self.status_calls += 1
         result = await self._gcloud(
             "batch", "jobs", "list",
             "--filter", f"labels.xqute-run={self.run_label}",
-            "--format", "json(name,uid,status.state,status.statusEvents)",
+            "--format", "json(name,uid,status.state,status.statusEvents,status.runDuration)",
         )
         if not result.ok:
             logger.warning(
@@ -1418,4 +1592,181 @@ class GbatchScheduler(Scheduler):
                 "gcloud batch jobs list printed no list of jobs; asking again later: %r",
                 result.stdout[:200],
             )
+        else:
+            self._batch_jobs.update(found)
         return found
+
+    # ------------------------------------------------------------ usage, causes
+    async def refresh_jobs(self, jobs: Sequence[Job]) -> list[Job]:
+        """One status round (the base class's), in which Batch's jobs list is
+        asked at most once, whatever needs it (states, causes, usage)."""
+        self._in_round, self._round_list, self._round_refreshed = True, None, False
+        self._round_tasks_listed = set()
+        self._round_tasks = {}
+        try:
+            return await super().refresh_jobs(jobs)
+        finally:
+            self._in_round, self._round_list, self._round_tasks = False, None, {}
+
+    def _batch_live(self, jid: Any) -> bool:
+        """Whether the latest lists show the trial ``jid`` queued or running."""
+        entry, task = self._batch_record(jid)
+        if task is not None:
+            return task["state"] in TASK_PENDING_STATES or task["state"] in TASK_RUNNING_STATES
+        return entry is not None and (
+            entry["state"] in PENDING_STATES or entry["state"] in RUNNING_STATES
+        )
+
+    async def _end_from_files(self, job: Job, status: int | None = None) -> bool:
+        """The base class's, but a job whose wrapper was stopped by a signal
+        (rc 143 or 137: perhaps Batch stopping it at its maxRunDuration) while
+        Batch's lists still show it running waits up to ``end_grace`` seconds
+        (the rounds ask Batch about it meanwhile) for Batch to say how it
+        ended, so that its cause is Batch's (``timeout``), not ``killed``."""
+        if status is None:
+            status = await job.read_status_file()
+        if (
+            self._in_round
+            and not self._ending_vanished
+            and status == JobStatus.FAILED
+            and self._batch_live(job.jid)
+            and await job.read_rc_file() in _SIGNALLED_RCS
+        ):
+            first = self._signalled_at.setdefault(job, time.monotonic())
+            if time.monotonic() - first < self.end_grace:
+                return False
+        self._signalled_at.pop(job, None)
+        return await super()._end_from_files(job, status)
+
+    async def _end_vanished(self, job: Job, query: JobQuery) -> None:
+        # Batch said it ended: its files are taken as they are
+        self._ending_vanished = True
+        try:
+            await super()._end_vanished(job, query)
+        finally:
+            self._ending_vanished = False
+
+    def _batch_record(self, jid: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """What the latest lists said of the Batch job of ``jid`` and, for an
+        array member, of its task: (job entry, task entry), None where unknown
+        (or where the entry is of an older job of the same name)."""
+        if not jid:
+            return None, None
+        member = parse_member_jid(jid)
+        name = member[0] if member else str(jid)
+        entry = self._entry(self._batch_jobs, name)
+        task = self._batch_tasks.get(member) if member else None
+        return entry, task
+
+    def _figures(self, jid: Any) -> dict[str, Any] | None:
+        """Batch's figures for the trial ``jid``: ``wall_s`` and ``host`` with
+        their ``sources``; None while Batch has not ended it (not final yet)."""
+        entry, task = self._batch_record(jid)
+        member = parse_member_jid(jid)
+        if member is not None:
+            if task is None or task["state"] not in _FINAL_TASK_STATES:
+                return None
+            figures = _figures_from_task_events(task["events"])
+            figures.pop("exit_code", None)
+            return figures
+        if entry is None or entry["state"] not in _FINAL_JOB_STATES:
+            return None
+        # one task: the job's events are its task's (its last one names the
+        # VM of a task that failed)
+        figures: dict[str, Any] = {"sources": {}}
+        events = entry.get("events") or []
+        run = _duration_seconds(entry.get("run_duration"))
+        source = "batch_run_duration"
+        if run is None:
+            source = "batch_events"
+            started = next(
+                (_event_time(e.get("eventTime")) for e in events
+                 if " to RUNNING" in str(e.get("description", ""))),
+                None,
+            )
+            ended = _event_time(events[-1].get("eventTime")) if events else None
+            if started is not None and ended is not None and ended >= started:
+                run = ended - started
+        if run is not None:
+            figures["wall_s"] = round(run, 3)
+            figures["sources"]["wall_s"] = source
+        found = _INSTANCE_RE.search(entry.get("event") or "")
+        if found:
+            figures["host"] = found.group(1)
+            figures["sources"]["host"] = "batch_events"
+        return figures
+
+    def job_usage(self, job: Job) -> dict[str, Any]:
+        """What Batch said of ``job``'s trial in the lists the status rounds
+        made (never a call of its own): ``wall_s`` from the job's
+        ``runDuration`` (a member: its task's events, RUNNING to its end),
+        ``host`` from the VM a task event names. Empty while Batch has not
+        ended the trial: a later round's list, or the run's end, brings them."""
+        figures = self._figures(job.jid)
+        return figures or {}
+
+    async def query_usage(self, jids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Batch's figures for the ended trials ``jids``: the round's jobs list
+        (one call), and one tasks list per array job they are members of."""
+        found = await self._jobs_listed()
+        if found is None:
+            return {}
+        arrays = sorted({m[0] for m in map(parse_member_jid, jids) if m is not None})
+        for name in arrays:
+            if self._entry(found, name) is not None:
+                await self._list_tasks(name)
+        usage = {}
+        for jid in jids:
+            figures = self._figures(jid)
+            if figures is not None:
+                usage[jid] = figures
+        return usage
+
+    def _batch_cause(self, jid: Any) -> str:
+        """The cause a reserved exit code of the trial ``jid`` stands for, as
+        the latest lists tell; "" when they tell none."""
+        entry, task = self._batch_record(jid)
+        member = parse_member_jid(jid)
+        if member is not None:
+            if task is not None and task["state"] in _FINAL_TASK_STATES:
+                code = _figures_from_task_events(task["events"]).get("exit_code")
+                if code is not None:
+                    return RESERVED_EXIT_CAUSES.get(code, "")
+            # the job failed by this task: its event says how
+            if entry is not None and entry["state"] in _FINAL_JOB_STATES:
+                which = _FAILED_TASK_RE.search(entry["event"])
+                if which and int(which.group(1)) == member[1]:
+                    return _reserved_cause(entry["event"])
+            return ""
+        if entry is None or entry["state"] not in _FINAL_JOB_STATES:
+            return ""
+        return _reserved_cause(entry["event"])
+
+    async def exit_cause(self, job: Job, rc: int) -> str:
+        """How ``job`` ended: Batch's word first, when a reserved exit code
+        says it ended the task itself (50005: ``timeout``; 50001:
+        ``preempted``; 50002/50003/50004/50006: ``node_fail``), else the base
+        class's reading of ``rc``. A wrapper stopped by a signal (rc 143 or
+        137) may have been stopped by Batch at its maxRunDuration: Batch is
+        then asked (the round's one jobs list, or one more list for all the
+        round's jobs that ended so, never a call per job)."""
+        if rc == 0:
+            return "ok"
+        cause = self._batch_cause(job.jid)
+        if not cause and rc in _SIGNALLED_RCS and job.jid:
+            await self._refresh_for_causes(job)
+            cause = self._batch_cause(job.jid)
+        return cause or await super().exit_cause(job, rc)
+
+    async def _refresh_for_causes(self, job: Job) -> None:
+        """Ask Batch again about this run's jobs (at most once a status round)
+        and about the tasks of ``job``'s array job."""
+        member = parse_member_jid(job.jid)
+        if not self._in_round or not self._round_refreshed:
+            self._round_refreshed = True
+            self._round_list = None  # the list may predate the end: ask anew
+            await self._jobs_listed()
+        if member is not None and member[0] not in self._round_tasks_listed:
+            if self._in_round:
+                self._round_tasks_listed.add(member[0])
+            await self._list_tasks(member[0], fresh=True)

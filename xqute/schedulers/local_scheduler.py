@@ -16,6 +16,21 @@ let go, first come first served. The manager's loop never waits for CPUs, so a
 Ctrl-C or a halt is as quick as ever; a manager that dies closes the pipes and
 its held jobs exit without running (a rerun runs them). Jobs that ask for no
 CPUs do not count.
+
+Memory (``resources`` ``memory``): each trial gets a memory cgroup of its own,
+limited, under a parent for this manager (``MemoryCgroups``), where this
+process may make one; the wrapper joins it as its first line (a builtin,
+before it forks anything), reads its peak at the end (``peak_memory_file``),
+and an OOM kill it counted makes the cause ``oom``. Elsewhere the command's
+shell sets ``ulimit -S -d`` (best effort; the cause is ``oom`` when the job's
+stderr ends with an allocation error). Time is the wrapper's ``timeout``.
+
+Usage: wrappers are reaped with ``wait4`` (the same one system call as
+``waitpid``), whose rusage covers the wrapper and the descendants it waited
+for: ``ru_maxrss`` gives the peak memory where no cgroup did (when it is
+above the manager's own peak, which the kernel counts into every wrapper that
+posix_spawn started), and the CPU where a signal ended the wrapper before it
+could measure its command.
 """
 
 from __future__ import annotations
@@ -23,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import resource
 import signal
 import time
 from collections import OrderedDict
@@ -149,6 +165,23 @@ _ALLOCATION_ERRORS = re.compile(
     rb"|fatal error: runtime: out of memory|[Oo]ut of memory"
 )
 _STDERR_TAIL = 4096
+
+
+# Resident-set counters are kept per CPU and read approximately: a figure
+# this close to the manager's peak is not taken as the job's.
+_PEAK_MARGIN_KB = 4096
+
+
+def _own_peak_kb() -> int:
+    """This process's peak resident set in KB (``VmHWM``: its memory's own,
+    without what the kernel counted in from the process that started it)."""
+    text = _read_text("/proc/self/status") or ""
+    for line in text.splitlines():
+        if line.startswith("VmHWM:"):
+            words = line.split()
+            if len(words) >= 2 and words[1].isdigit():
+                return int(words[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def _allocation_failed(job: Job) -> bool:
@@ -410,6 +443,8 @@ class LocalScheduler(Scheduler):
         # whether its cgroup gave the wrapper the peak memory instead)
         self._rusage_wanted: set[int] = set()
         self._rusage: dict[int, tuple[float | None, int, bool]] = {}
+        # the manager's own peak resident set (KB), as last read
+        self._own_peak_kb = 0
         # memory: this manager's cgroups (None: not looked for yet; a string:
         # why there are none), the cgroup of each job's current trial, the
         # wrapper pid -> (job, cgroup) until it exits, whether that trial was
@@ -511,7 +546,7 @@ class LocalScheduler(Scheduler):
             self._memcg = MemoryCgroups.find()
             if isinstance(self._memcg, str):
                 logger.warning(
-                    "Memory limits are best effort (ulimit -d in the wrapper): %s", self._memcg
+                    "Memory limits are best effort (ulimit -d on each command): %s", self._memcg
                 )
             else:
                 logger.debug("Memory limits: cgroup v%s under %s", self._memcg.version, self._memcg.parent)
@@ -531,7 +566,8 @@ class LocalScheduler(Scheduler):
             del self._cgroup_of[job]
         assert isinstance(self._memcg, MemoryCgroups)
         rc = os.waitstatus_to_exitcode(status) if status is not None else None
-        self._oom[job] = self._memcg.oom_killed(path, rc)
+        if self._memcg.oom_killed(path, rc):
+            self._oom[job] = True
         if not self._memcg.remove(path):
             self._leftover_cgroups.append(path)
 
@@ -556,9 +592,11 @@ class LocalScheduler(Scheduler):
         path = self._cgroup_of.get(job)
         if path is not None:
             shebang, rest = text.split("\n", 1)
+            # (a failure is said in the job's stderr: see jobcmd_wrapper_init)
             join = (
                 f"# into the job's memory cgroup (its limit) before anything runs\n"
-                f"{{ echo $$ >{shell_quote(path + '/cgroup.procs')}; }} 2>/dev/null"
+                f"{{ echo $$ >{shell_quote(path + '/cgroup.procs')}; }} 2>/dev/null "
+                f"|| _xq_nolimit={shell_quote(path)}"
             )
             return f"{shebang}\n{join}\n{rest}"
         kilobytes = self._ulimit_of.get(job)
@@ -574,6 +612,18 @@ class LocalScheduler(Scheduler):
                 return limited
             logger.warning("Job %s: no line to set its memory limit on in the wrapper", job.index)
         return text
+
+    @property
+    def jobcmd_wrapper_init(self) -> str:
+        """The base's; then, in the job's stderr, whether the wrapper could
+        not join its memory cgroup (its limit then does not hold)."""
+        note = (
+            '[ -z "${_xq_nolimit:-}" ] || echo "xqute: could not join the memory cgroup '
+            '$_xq_nolimit: the memory limit does not hold" >&2'
+        )
+        base = super().jobcmd_wrapper_init
+        # after the base's (2.x clients expect it to start with the cd)
+        return f"{base}\n{note}" if base else note
 
     async def exit_cause(self, job: Job, rc: int) -> str:
         """The base's reading of ``rc``; a failure whose cgroup counted an OOM
@@ -591,7 +641,8 @@ class LocalScheduler(Scheduler):
     def job_usage(self, job: Job) -> dict[str, Any]:
         """The wrapper's rusage from wait4 (kept when it was reaped): peak
         memory, unless the job's cgroup gave it (the cgroup's counts every
-        process of the job together); CPU when the wrapper could not measure
+        process of the job together) or it is not above the manager's own
+        peak (see below); CPU when the wrapper could not measure
         it (a signal ended the wrapper itself). A subclass with accounting of
         its own (``usage_from_scheduler``) gets none of it: its accounting
         fills the record."""
@@ -607,10 +658,28 @@ class LocalScheduler(Scheduler):
         if cpu_s is not None:
             usage["cpu_s"] = round(cpu_s, 3)
             usage["sources"]["cpu_s"] = "rusage"
-        if maxrss_kb and not cgroup_peak:
+        if maxrss_kb and not cgroup_peak and self._above_own_peak(maxrss_kb):
             usage["peak_memory_mb"] = round(maxrss_kb / 1024, 1)
             usage["sources"]["peak_memory_mb"] = "rusage"
         return usage
+
+    def _above_own_peak(self, maxrss_kb: int) -> bool:
+        """Whether a wrapper's ``maxrss_kb`` is its job's: above the manager's
+        own peak resident set (with a margin).
+
+        posix_spawn's child shares the manager's memory until it execs, and
+        the kernel then counts that memory's peak into the child's
+        ``ru_maxrss`` (a fork would too): a figure not above it may be the
+        manager's, and is left out (the job used at most that). The manager's
+        peak is its memory's own, ``VmHWM`` in /proc/self/status, not its
+        ``ru_maxrss``, which holds the same floor from the process that
+        started the manager. It only grows: the value read last is kept, and
+        read again only for a figure above it.
+        """
+        floor = self._own_peak_kb
+        if maxrss_kb > floor + _PEAK_MARGIN_KB:
+            floor = self._own_peak_kb = _own_peak_kb()
+        return maxrss_kb > floor + _PEAK_MARGIN_KB
 
     # ------------------------------------------------------------ the CPU budget
     def cpus_asked(self, job: Job) -> int:

@@ -285,7 +285,7 @@ def parse_sge_seconds(text: Any) -> float | None:
     if value.endswith("s"):
         value = value[:-1]
     parts = value.split(":")
-    if not parts or len(parts) > 3:
+    if not value or len(parts) > 3:
         return None
     try:
         numbers = [float(part) if part else 0.0 for part in parts]
@@ -529,6 +529,9 @@ class SgeScheduler(Scheduler):
         # jid -> usage figures of a trial qacct answered for while the status
         # round explained its end, until its usage record takes them
         self._ended_figures: dict[str, dict[str, Any]] = {}
+        # jids of trials that ended without the wrapper's record and wait for
+        # qacct: their usage record takes its wall time too
+        self._vanished: set[str] = set()
 
     @property
     def _user_name(self) -> str | None:
@@ -961,7 +964,8 @@ class SgeScheduler(Scheduler):
         for jid in jids:
             record = records.get(jid)
             if record is not None and self._name_of_workdir(record.get("jobname", "")):
-                usage[jid] = usage_figures(record, full=False)
+                usage[jid] = usage_figures(record, full=jid in self._vanished)
+                self._vanished.discard(jid)
         return usage
 
     def _name_of_workdir(self, name: str) -> bool:
@@ -977,8 +981,17 @@ class SgeScheduler(Scheduler):
     def job_usage(self, job: Job) -> dict[str, Any]:
         """qacct's figures for a trial that ended without its wrapper's record
         (killed by Grid Engine over a limit), fetched by the status round that
-        explained its end: all of them, wall time too."""
-        return self._ended_figures.pop(str(job.jid or ""), {})
+        explained its end: all of them, wall time too (but for a trial whose
+        wrapper did record its end: its own wall time, to the millisecond, is
+        kept)."""
+        jid = str(job.jid or "")
+        figures = self._ended_figures.pop(jid, {})
+        if not figures and jid and job._rc == RC_VANISHED:
+            self._vanished.add(jid)
+        if figures and job._rc != RC_VANISHED:
+            figures = {key: value for key, value in figures.items() if key != "wall_s"}
+            figures["sources"] = {k: v for k, v in figures["sources"].items() if k != "wall_s"}
+        return figures
 
     async def exit_cause(self, job: Job, rc: int) -> str:
         """The base's reading of ``rc``; a command that failed under a

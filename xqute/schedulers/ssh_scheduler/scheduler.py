@@ -5,6 +5,15 @@ shell launcher; no Python over there) and its id is ``pid@host``: submission
 returns at once, so ``forks`` jobs run at the same time over all the hosts.
 The jobs' meta files, on the shared file system, say how they are doing; the
 jobs the files leave open are checked in one ssh call per host per round.
+
+Resources and usage: ``resources``' time is the wrapper's ``timeout`` (rc 124,
+cause ``timeout``); cpus, memory and gpus are not enforced (no scheduler over
+there). The usage record has the wrapper's wall time, CPU (bash's ``times``)
+and host (the remote's ``$HOSTNAME``); peak memory is null: the job has no
+cgroup of its own on the remote side, and bash has no builtin for its
+children's peak. A job lost with its host (``lost_after``) ends with cause
+``node_fail`` and host its ``servers`` label, which a retry then keeps away
+from (``Resources.exclude_nodes``) while another host is there.
 """
 
 from __future__ import annotations
@@ -137,6 +146,10 @@ class SshScheduler(Scheduler):
         self._collecting: dict[str, list[tuple[str, asyncio.Future]]] = {}
         self._flushes: set[asyncio.Task] = set()
         self._turn = 0
+        # job -> label of the host it was lost with, for its usage record
+        self._lost_on: dict[Job, str] = {}
+        # jobs told that every host was excluded (said once each)
+        self._said_all_excluded: set[int] = set()
 
     # ----------------------------------------------------------------- set-up
     @property
@@ -171,11 +184,15 @@ class SshScheduler(Scheduler):
                 del self._placed[job]
         return loads
 
-    def _placement_order(self) -> list[SshHost]:
+    def _placement_order(self, exclude: Sequence[str] = ()) -> list[SshHost]:
         """Hosts to try for the next job: the least loaded healthy ones first
         (ties taken in turn); a failing host only once its retry time has come,
-        and, when no host is healthy, the one that failed longest ago."""
-        hosts = list(self.servers.values())
+        and, when no host is healthy, the one that failed longest ago. Hosts
+        whose label is in ``exclude`` (a retry after a node failure) are left
+        out, unless that leaves none."""
+        hosts = [host for host in self.servers.values() if host.label not in exclude]
+        if not hosts:
+            hosts = list(self.servers.values())
         loads = self.host_loads()
         now = time.monotonic()
         turn = self._turn % len(hosts)
@@ -251,7 +268,14 @@ class SshScheduler(Scheduler):
         script = str((await self.wrapped_job_script(job)).mounted)
         errors: list[str] = []
         permanent = True
-        for host in self._placement_order():
+        exclude = tuple(getattr(getattr(job, "resources", None), "exclude_nodes", ()) or ())
+        if exclude and set(self.servers) <= set(exclude) and job.index not in self._said_all_excluded:
+            self._said_all_excluded.add(job.index)
+            logger.warning(
+                "Job %s: every ssh host (%s) is excluded after node failures; trying them all again",
+                job.index, ", ".join(self.servers),
+            )
+        for host in self._placement_order(exclude):
             self._placed[job] = host.label  # counts against the host from now on
             try:
                 pid = await self._launch(host, script)
@@ -375,7 +399,18 @@ class SshScheduler(Scheduler):
             f"host {host.label} has not answered for {silent:.0f} s "
             f"({host.last_error}); the job is taken as lost"
         )
-        return {job: JobQuery(JobQuery.ENDED, reason) for job, _ in entries}
+        for job, _ in entries:
+            self._lost_on[job] = host.label
+        return {job: JobQuery(JobQuery.ENDED, reason, cause="node_fail") for job, _ in entries}
+
+    def job_usage(self, job: Job) -> dict[str, Any]:
+        """For a job lost with its host: that host's label (the wrapper
+        recorded nothing), so that a retry after ``node_fail`` keeps away from
+        it. Nothing otherwise: the wrapper's own figures stand."""
+        label = self._lost_on.pop(job, None)
+        if label is None:
+            return {}
+        return {"host": label, "sources": {"host": "ssh"}}
 
     async def kill_jobs(self, jobs: Sequence[Job]) -> None:
         """SIGTERM each job's process group on its host, SIGKILL what is left after
