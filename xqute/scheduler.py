@@ -392,7 +392,13 @@ class Scheduler(ABC):
     @staticmethod
     async def _ensure_metadir(job: Job) -> None:
         if isinstance(job.metadir, LocalPath):
-            os.makedirs(job.metadir, exist_ok=True)
+            try:
+                os.mkdir(job.metadir)
+            except FileExistsError:
+                return
+            except FileNotFoundError:  # the workdir itself is new
+                os.makedirs(job.metadir, exist_ok=True)
+            job._new_metadir = True
         else:
             await job.metadir.a_mkdir(parents=True, exist_ok=True)
 
@@ -1250,6 +1256,8 @@ exit "$rc"
         )
         candidates = []
         for job in jobs:
+            if job._new_metadir:
+                continue  # made by this run: no earlier run left anything in it
             if with_jid is not None and job.index not in with_jid:
                 # a cloud workdir: one listing instead of a read per job (a
                 # manager killed before writing the jid file is not looked for)
