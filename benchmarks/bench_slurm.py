@@ -89,7 +89,7 @@ RUNNER = textwrap.dedent(
         # what `xqute status --fetch-usage` does a little later: one sacct
         # for the records the run left pending (its calls are logged apart)
         with open(os.environ["BENCH_CALL_LOG"], "a") as log:
-            log.write("later-fetch\n")
+            log.write("later-fetch\\n")
         time.sleep(2)
         asyncio.run(scheduler.complete_usage(range(njobs)))
         from_sacct_later = records_from_sacct()

@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, Sequence
 from ...utils import CommandResult, logger, run_command
 
 # Keys a host's entry in ``servers`` may have.
-HOST_OPTIONS = ("port", "user", "keyfile", "ctrl_persist", "ctrl_dir")
+HOST_OPTIONS = ("port", "user", "keyfile", "ctrl_persist", "ctrl_dir", "cgroup_dir")
 # sun_path holds 108 bytes; ssh adds ".XXXXXXXXXXXXXXXX" to the path while it
 # sets a master up.
 _MAX_SOCKET_PATH = 107 - 17
@@ -81,6 +81,10 @@ class SshHost:
         connect_timeout: ssh's ConnectTimeout, in seconds.
         command_timeout: longest time any one ssh call may take, in seconds.
         port, user, keyfile, ctrl_persist, ctrl_dir: the host's own options.
+        cgroup_dir: where, on the host, its user may make memory cgroups (a
+            folder of a memory cgroup hierarchy); None: looked for (the user's
+            own memory cgroup, its parent, the hierarchy's root); False: no
+            cgroups on this host.
     """
 
     def __init__(
@@ -98,6 +102,7 @@ class SshHost:
         keyfile: str | os.PathLike | None = None,
         ctrl_persist: int | float = 600,
         ctrl_dir: str | os.PathLike | None = None,
+        cgroup_dir: str | os.PathLike | bool | None = None,
     ) -> None:
         if not isinstance(label, str) or not label or label.startswith("-"):
             raise ValueError(f"Invalid ssh server {label!r}: expected a host name")
@@ -105,6 +110,17 @@ class SshHost:
             raise ValueError(f"Invalid port {port!r} for ssh server {label!r}")
         if ctrl_persist is not None and float(ctrl_persist) <= 0:
             raise ValueError(f"ctrl_persist of ssh server {label!r} must be > 0 seconds")
+        if cgroup_dir is not None and cgroup_dir is not False:
+            if not isinstance(cgroup_dir, (str, os.PathLike)) or not os.fspath(cgroup_dir).startswith("/"):
+                raise ValueError(
+                    f"cgroup_dir of ssh server {label!r} must be an absolute path on the "
+                    f"host, None (look for one) or False (none), got {cgroup_dir!r}"
+                )
+        self.cgroup_dir: str | bool | None = (
+            cgroup_dir if cgroup_dir is None or cgroup_dir is False else os.fspath(cgroup_dir)
+        )
+        # why no memory cgroup can be made on the host, once its launcher said
+        self.no_cgroup_reason: str | None = None
         self.label = label
         self.ssh = ssh
         self.port = int(port) if port is not None else None

@@ -20,9 +20,123 @@ LAUNCH_NO_SHELL = 4
 # Prefixes of the launch script's answer lines (login shells may print others).
 PID_MARK = "xqute-pid:"
 ERROR_MARK = "xqute-err:"
+CGROUP_MARK = "xqute-cg:"
+NO_CGROUP_MARK = "xqute-nocg:"
+
+# Finds (once per launch call) where this host's user may make memory cgroups,
+# and makes one per job that wants it. POSIX sh; ``@PARENT@`` (this manager's
+# folder of cgroups) and ``@DIR@`` (the user's ``cgroup_dir``, or '') are
+# filled in, quoted. Sets _xq_cgv (1 or 2) and _xq_cgtop (the folder) once a
+# place is found; _xq_cgwhy says why none was.
+_CGROUP_CODE = r"""_xq_cgv= _xq_cgtop= _xq_cgwhy= _xq_cgtried=
+_xq_cg_try() { # a place -> 0 when @PARENT@ could be made (or was there) under it
+    [ -d "$1" ] || return 1
+    if [ -e "$1/cgroup.controllers" ]; then _xq_v=2
+    elif [ -e "$1/memory.limit_in_bytes" ]; then _xq_v=1
+    else _xq_cgwhy="$_xq_cgwhy; $1: no memory controller"; return 1
+    fi
+    _xq_top=$1/@PARENT@
+    if [ ! -d "$_xq_top" ] && ! mkdir "$_xq_top" 2>/dev/null; then
+        _xq_cgwhy="$_xq_cgwhy; $1: may not make cgroups there"; return 1
+    fi
+    if [ "$_xq_v" = 2 ]; then
+        _xq_c=
+        read -r _xq_c <"$_xq_top/cgroup.controllers" 2>/dev/null
+        case " $_xq_c " in *" memory "*) ;; *)
+            # fails when the place holds processes itself (v2's rule)
+            { echo +memory >"$1/cgroup.subtree_control"; } 2>/dev/null
+            _xq_c=
+            read -r _xq_c <"$_xq_top/cgroup.controllers" 2>/dev/null ;;
+        esac
+        case " $_xq_c " in *" memory "*) ;; *)
+            rmdir "$_xq_top" 2>/dev/null
+            _xq_cgwhy="$_xq_cgwhy; $1: the memory controller is not delegated below it"; return 1 ;;
+        esac
+        if ! { echo +memory >"$_xq_top/cgroup.subtree_control"; } 2>/dev/null; then
+            _xq_c=
+            read -r _xq_c <"$_xq_top/cgroup.subtree_control" 2>/dev/null
+            case " $_xq_c " in *" memory "*) ;; *)
+                rmdir "$_xq_top" 2>/dev/null
+                _xq_cgwhy="$_xq_cgwhy; $1: cannot enable the memory controller below it"; return 1 ;;
+            esac
+        fi
+    fi
+    _xq_cgv=$_xq_v _xq_cgtop=$_xq_top
+}
+_xq_cg_find() {
+    _xq_cgtried=1
+    if [ -n @DIR@ ]; then
+        _xq_cg_try @DIR@ && return 0
+        _xq_cgwhy="cgroup_dir${_xq_cgwhy#;}"; return 1
+    fi
+    # this shell's memory cgroup: v1's when the memory controller is bound there
+    _xq_p1= _xq_p2= _xq_m1= _xq_m2= _xq_r1= _xq_r2=
+    if [ -r /proc/self/cgroup ]; then
+        while IFS=: read -r _xq_a _xq_b _xq_c; do
+            case ",$_xq_b," in *,memory,*) _xq_p1=$_xq_c ;; esac
+            [ "$_xq_a" = 0 ] && [ -z "$_xq_b" ] && _xq_p2=$_xq_c
+        done </proc/self/cgroup
+    fi
+    if [ -r /proc/self/mountinfo ]; then
+        while read -r _xq_a _xq_b _xq_c _xq_root _xq_point _xq_rest; do
+            case $_xq_rest in *" - cgroup2 "*)
+                [ -z "$_xq_m2" ] && _xq_m2=$_xq_point _xq_r2=$_xq_root ;;
+            *" - cgroup "*)
+                case ",${_xq_rest##* }," in *,memory,*)
+                    [ -z "$_xq_m1" ] && _xq_m1=$_xq_point _xq_r1=$_xq_root ;;
+                esac ;;
+            esac
+        done </proc/self/mountinfo
+    fi
+    if [ -n "$_xq_p1" ] && [ -n "$_xq_m1" ]; then _xq_p=$_xq_p1 _xq_m=$_xq_m1 _xq_r=$_xq_r1
+    elif [ -n "$_xq_p2" ] && [ -n "$_xq_m2" ]; then _xq_p=$_xq_p2 _xq_m=$_xq_m2 _xq_r=$_xq_r2
+    else _xq_cgwhy="no memory cgroup hierarchy is mounted"; return 1
+    fi
+    # a mount of part of the hierarchy (a cgroup namespace): paths below its root
+    case $_xq_r in /) ;; *) case $_xq_p in "$_xq_r"|"$_xq_r"/*) _xq_p=${_xq_p#"$_xq_r"} ;; esac ;; esac
+    _xq_own=${_xq_m%/}${_xq_p%/}
+    for _xq_place in "$_xq_own" "${_xq_own%/*}" "$_xq_m"; do
+        case $_xq_place/ in "${_xq_m%/}"/*) ;; *) continue ;; esac
+        _xq_cg_try "$_xq_place" && return 0
+    done
+    _xq_cgwhy="no memory cgroup this user may make children in (${_xq_cgwhy#; })"
+    return 1
+}
+_xq_cg_for() { # k, name, limit in bytes (0: none) -> _xq_cgpath, _xq_peakf
+    if [ -z "$_xq_cgtried" ]; then
+        _xq_cg_find || echo "@NOCG@$_xq_cgwhy"
+    fi
+    [ -n "$_xq_cgtop" ] || return 0
+    _xq_path=$_xq_cgtop/$2
+    mkdir "$_xq_path" 2>/dev/null || [ -d "$_xq_path" ] || return 0
+    if [ "$3" != 0 ]; then
+        if [ "$_xq_cgv" = 1 ]; then
+            { echo "$3" >"$_xq_path/memory.limit_in_bytes"; } 2>/dev/null || { rmdir "$_xq_path"; return 0; }
+            # memory plus swap, where the kernel accounts it: no swapping past the limit
+            { echo "$3" >"$_xq_path/memory.memsw.limit_in_bytes"; } 2>/dev/null
+        else
+            { echo "$3" >"$_xq_path/memory.max"; } 2>/dev/null || { rmdir "$_xq_path"; return 0; }
+            { echo 0 >"$_xq_path/memory.swap.max"; } 2>/dev/null
+        fi
+    fi
+    if [ "$_xq_cgv" = 1 ]; then _xq_peakf=$_xq_path/memory.max_usage_in_bytes
+    elif [ -e "$_xq_path/memory.peak" ]; then _xq_peakf=$_xq_path/memory.peak
+    fi
+    _xq_cgpath=$_xq_path
+    echo "@CG@$1:$_xq_path"
+}
+""".replace("@NOCG@", NO_CGROUP_MARK).replace("@CG@", CGROUP_MARK)
 
 
-def launch_script(scripts: Sequence[str], wrapper_lang: str, cwd: str | None) -> str:
+def launch_script(
+    scripts: Sequence[str],
+    wrapper_lang: str,
+    cwd: str | None,
+    cgroups: Sequence[tuple[str, int] | None] | None = None,
+    cgroup_parent: str = "",
+    cgroup_dir: str | None = None,
+    remove: Sequence[str] = (),
+) -> str:
     """Start each job's wrapper detached (own session, stdio on /dev/null) and
     return at once, without waiting for the jobs.
 
@@ -31,12 +145,42 @@ def launch_script(scripts: Sequence[str], wrapper_lang: str, cwd: str | None) ->
     non-interactive shell's background job does not fork (the job is not a group
     leader), so ``$!`` is the wrapper's pid, which is also its session id and
     process group id.
+
+    Memory cgroups: ``cgroups[k]`` is ``(name, limit in bytes, 0 for none)``
+    for a script that wants one (None: not). The script then looks, on this
+    host, for a place where the remote user may make memory cgroups
+    (``cgroup_dir`` if given, else its own memory cgroup, that cgroup's
+    parent, the hierarchy's root), makes ``<place>/<cgroup_parent>/<name>``
+    with its limit, and hands its path (and its peak file) to the wrapper in
+    the environment (``_xq_cg``, ``_xq_cgpeak``), which joins it with a
+    builtin as its first line. It prints ``xqute-cg:<k>:<path>`` for each one
+    made, or once ``xqute-nocg:<why>`` when none could be. ``remove``: cgroups
+    of trials that have ended, removed first (``rmdir``; one still holding
+    processes stays).
     """
     q = shlex.quote
     go_to = f"cd {q(cwd)} 2>/dev/null || cd" if cwd else "cd"
-    launches = "\n".join(f"_xq_launch {k} {q(path)}" for k, path in enumerate(scripts))
+    wanted = cgroups is not None and any(cgroups)
+    lines = []
+    for k, path in enumerate(scripts):
+        request = cgroups[k] if cgroups is not None and k < len(cgroups) else None
+        if request:
+            name, limit = request
+            lines.append(f"_xq_launch {k} {q(path)} {q(name)} {int(limit)}")
+        else:
+            lines.append(f"_xq_launch {k} {q(path)}")
+    launches = "\n".join(lines)
+    memory = ""
+    if remove:
+        memory += "rmdir " + " ".join(q(path) for path in remove) + " 2>/dev/null\n"
+    if wanted:
+        memory += _CGROUP_CODE.replace("@PARENT@", q(cgroup_parent)).replace(
+            "@DIR@", q(cgroup_dir or "")
+        )
+    else:
+        memory += "_xq_cg_for() { _xq_cgpath= _xq_peakf=; }\n"
     return f"""{go_to}
-_xq_lang={q(wrapper_lang)}
+{memory}_xq_lang={q(wrapper_lang)}
 if [ ! -x "$_xq_lang" ]; then
     echo "$_xq_lang is not installed on $(hostname)" >&2
     exit {LAUNCH_NO_SHELL}
@@ -49,7 +193,9 @@ _xq_launch() {{
         echo "{ERROR_MARK}$1:cannot read the job script $2 on $(hostname): the workdir must be on a file system this host shares (see mounted_workdir)"
         return 0
     fi
-    $_xq_setsid "$_xq_lang" "$2" </dev/null >/dev/null 2>&1 &
+    _xq_cgpath= _xq_peakf=
+    [ -n "${{3:-}}" ] && _xq_cg_for "$1" "$3" "$4"
+    _xq_cg=$_xq_cgpath _xq_cgpeak=$_xq_peakf $_xq_setsid "$_xq_lang" "$2" </dev/null >/dev/null 2>&1 &
     echo "{PID_MARK}$1:$!"
 }}
 {launches}
@@ -85,6 +231,31 @@ def parse_launch_output(stdout: str) -> tuple[dict[int, int], dict[int, str]]:
                 else:
                     errors[key] = value
     return pids, errors
+
+
+def parse_cgroup_output(stdout: str) -> tuple[dict[int, str], str | None]:
+    """``({k: cgroup path}, why no cgroup could be made or None)`` from the
+    launch script's answer."""
+    made: dict[int, str] = {}
+    why = None
+    for line in stdout.splitlines():
+        line = line.strip()
+        if line.startswith(CGROUP_MARK):
+            key_text, _, path = line[len(CGROUP_MARK):].partition(":")
+            key = parse_number(key_text)
+            if key is not None and path.startswith("/"):
+                made[key] = path
+        elif line.startswith(NO_CGROUP_MARK):
+            why = line[len(NO_CGROUP_MARK):].strip() or "no reason given"
+    return made, why
+
+
+def cgroup_cleanup_script(paths: Sequence[str], parents: Sequence[str]) -> str:
+    """Remove ended trials' cgroups, then this manager's (now empty) folders of
+    them; a cgroup still holding processes stays. Always exits 0."""
+    q = shlex.quote
+    words = " ".join(q(path) for path in [*paths, *parents])
+    return f"rmdir {words} 2>/dev/null\nexit 0\n" if words else "exit 0\n"
 
 
 def alive_command(pids: Iterable[int]) -> str:

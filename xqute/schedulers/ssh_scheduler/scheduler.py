@@ -29,14 +29,18 @@ from ... import defaults
 from ...defaults import JobStatus
 from ...job import Job
 from ...scheduler import JobQuery, Scheduler, SubmissionError
+from ...path import read_meta
 from ...utils import logger
+from ..local_scheduler import _EVAL_LINE, _allocation_failed
 from .host import HostUnavailable, SshHost, host_options
 from .launcher import (
     REMOTE_SHELL,
     alive_command,
+    cgroup_cleanup_script,
     kill_script,
     launch_script,
     parse_alive_output,
+    parse_cgroup_output,
     parse_launch_output,
     parse_number,
 )
@@ -48,6 +52,9 @@ _LAUNCH_SETTLE = 5.0
 # Seconds the first launch of a submission batch waits for the others to join
 # its ssh call.
 _LAUNCH_WINDOW = 0.005
+# The wrapper's note (in the job's metadir) of how its memory was held: its
+# cgroup and the cgroup's OOM counters, or the best-effort limit.
+MEMORY_NOTE = "job.memory"
 # Statuses of a job that holds (or is about to hold) a slot on its host.
 _HOLDING = (JobStatus.INIT, JobStatus.SUBMITTED, JobStatus.RUNNING, JobStatus.KILLING)
 
@@ -70,6 +77,11 @@ class SshScheduler(Scheduler):
         retry_host_after: seconds before a host that failed is tried again.
         liveness_interval: seconds between two checks of the same host for jobs
             their files leave open (the files are read every round).
+        cgroup_dir: where, on every host (a host's own ``cgroup_dir`` option
+            wins), its user may make memory cgroups: a folder of the memory
+            cgroup hierarchy (v1, or v2 with the memory controller delegated);
+            None (default): looked for on each host; False: no cgroups (memory
+            limits best effort, peak memory not recorded).
         **kwargs: the Scheduler's options. Host-key checking is left as the
             user's ssh configuration has it (on, by default).
     """
@@ -93,6 +105,7 @@ class SshScheduler(Scheduler):
         lost_after: float = 60,
         retry_host_after: float = 10,
         liveness_interval: float = 5,
+        cgroup_dir: str | bool | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault(
@@ -128,7 +141,16 @@ class SshScheduler(Scheduler):
         self.retry_host_after = float(retry_host_after)
         self.liveness_interval = float(liveness_interval)
         self.servers: dict[str, SshHost] = {}
+        if cgroup_dir is not None and cgroup_dir is not False and not (
+            isinstance(cgroup_dir, (str, os.PathLike)) and os.fspath(cgroup_dir).startswith("/")
+        ):
+            raise ValueError(
+                "cgroup_dir must be an absolute path on the hosts, None (look for one) "
+                f"or False (none), got {cgroup_dir!r}"
+            )
         for index, (label, options) in enumerate(_normalize_servers(servers).items()):
+            options = dict(host_options(label, options))
+            options.setdefault("cgroup_dir", cgroup_dir)
             self.servers[label] = SshHost(
                 label,
                 ssh=ssh,
@@ -137,7 +159,7 @@ class SshScheduler(Scheduler):
                 socket_dir=self._private_socket_dir,
                 connect_timeout=float(connect_timeout),
                 command_timeout=float(command_timeout),
-                **host_options(label, options),
+                **options,
             )
         self._socket_dir: str | None = None
         # job -> label of the host it was placed on (pruned as jobs end)
@@ -150,6 +172,16 @@ class SshScheduler(Scheduler):
         self._lost_on: dict[Job, str] = {}
         # jobs told that every host was excluded (said once each)
         self._said_all_excluded: set[int] = set()
+        # memory cgroups on the hosts: this manager's folder of them there
+        # (the same name on every host), a count making each trial's unique,
+        # and job -> (host label, cgroup) of trials still to be removed
+        self._cgroup_parent = f"xqute-ssh-{os.getpid()}-{os.urandom(3).hex()}"
+        self._cgroup_seq = 0
+        self._cgroup_of: dict[Job, tuple[str, str]] = {}
+        # host label -> cgroups of earlier trials of jobs submitted again
+        self._cgroups_done: dict[str, list[str]] = {}
+        # hosts where this manager made cgroups (their folders go at close)
+        self._cgroup_hosts: dict[str, str] = {}
 
     # ----------------------------------------------------------------- set-up
     @property
@@ -165,13 +197,41 @@ class SshScheduler(Scheduler):
         return self._socket_dir
 
     async def close(self) -> None:
-        """End every master connection and remove the private socket directory."""
+        """Remove the memory cgroups of ended trials and this manager's folders
+        of them on the hosts (one ssh call per host that has any; the cgroups
+        of jobs still running stay), then end every master connection and
+        remove the private socket directory."""
+        await self._remove_cgroups()
         await asyncio.gather(
             *(host.close() for host in self.servers.values()), return_exceptions=True
         )
         if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
             self._socket_dir = None
+
+    async def _remove_cgroups(self) -> None:
+        labels = (
+            set(self._cgroup_hosts)
+            | set(self._cgroups_done)
+            | {label for label, _ in self._cgroup_of.values()}
+        )
+
+        async def remove_on(label: str) -> None:
+            host = self.servers.get(label)
+            paths = self._ended_cgroups(label)
+            parent = self._cgroup_hosts.pop(label, None)
+            if host is None or (not paths and parent is None) or (host.failing and not host.connected):
+                return
+            try:
+                await host.run(
+                    REMOTE_SHELL,
+                    input=cgroup_cleanup_script(paths, [parent] if parent else []),
+                    timeout=min(host.command_timeout, 30),
+                )
+            except HostUnavailable as exc:
+                logger.warning("Could not remove memory cgroups on %s: %s", label, exc)
+
+        await asyncio.gather(*(remove_on(label) for label in labels), return_exceptions=True)
 
     # ----------------------------------------------------------------- placement
     def host_loads(self) -> dict[str, int]:
@@ -207,8 +267,12 @@ class SshScheduler(Scheduler):
         return sorted(hosts, key=lambda host: host.last_attempt)[:1]
 
     # ----------------------------------------------------------------- launching
-    async def _launch(self, host: SshHost, script: str) -> int:
-        """Start the wrapper ``script`` on ``host``; its pid.
+    async def _launch(
+        self, host: SshHost, script: str, cgroup: tuple[str, int] | None = None
+    ) -> tuple[int, str | None]:
+        """Start the wrapper ``script`` on ``host``; its pid, and the memory
+        cgroup made for it there (``cgroup``: its name and limit in bytes, 0
+        for none, when it wants one; None when none was made).
 
         Launches asked for together (a submission batch) share one ssh call per
         host: the first opens a short window, the ones arriving in it join.
@@ -223,8 +287,18 @@ class SshScheduler(Scheduler):
             task = loop.create_task(self._flush_launches(host, batch))
             self._flushes.add(task)
             task.add_done_callback(self._flushes.discard)
-        batch.append((script, future))
+        batch.append((script, cgroup if host.cgroup_dir is not False else None, future))
         return await future
+
+    def _ended_cgroups(self, label: str) -> list[str]:
+        """The cgroups on host ``label`` of trials that have ended (taken off
+        the list: the caller removes them)."""
+        paths = self._cgroups_done.pop(label, [])
+        for job, (where, path) in list(self._cgroup_of.items()):
+            if where == label and JobStatus.is_final(job.status):
+                del self._cgroup_of[job]
+                paths.append(path)
+        return paths
 
     async def _flush_launches(self, host: SshHost, batch: list) -> None:
         await asyncio.sleep(_LAUNCH_WINDOW)
@@ -234,29 +308,160 @@ class SshScheduler(Scheduler):
             here: str | None = os.getcwd()
         except OSError:  # the manager's folder was removed under it
             here = None
-        text = launch_script([script for script, _ in batch], defaults.JOBCMD_WRAPPER_LANG, here)
+        remove = self._ended_cgroups(host.label)
+        cgroup_dir = host.cgroup_dir if isinstance(host.cgroup_dir, str) else None
+        text = launch_script(
+            [script for script, _, _ in batch],
+            defaults.JOBCMD_WRAPPER_LANG,
+            here,
+            cgroups=[cgroup for _, cgroup, _ in batch],
+            cgroup_parent=self._cgroup_parent,
+            cgroup_dir=cgroup_dir,
+            remove=remove,
+        )
         try:
             result = await host.run(REMOTE_SHELL, input=text)
         except asyncio.CancelledError:
-            for _, future in batch:
+            for _, _, future in batch:
                 future.cancel()
             raise
         except Exception as exc:  # HostUnavailable, or a bug: the submitters hear of it
-            for _, future in batch:
+            for _, _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             return
         pids, errors = parse_launch_output(result.stdout)
-        for k, (_, future) in enumerate(batch):
+        made, why = parse_cgroup_output(result.stdout)
+        if made:
+            self._cgroup_hosts[host.label] = made[min(made)].rsplit("/", 1)[0]
+        if why is not None and host.no_cgroup_reason is None:
+            host.no_cgroup_reason = why
+            logger.warning(
+                "ssh host %s: no memory cgroups (memory limits are best effort, "
+                "ulimit -d on each command; peak memory is not recorded): %s",
+                host.label, why,
+            )
+        for k, (_, _, future) in enumerate(batch):
             if future.done():
                 continue
             if k in pids:
-                future.set_result(pids[k])
+                future.set_result((pids[k], made.get(k)))
                 continue
             said = errors.get(k) or (result.stderr or result.stdout).strip() or "no output"
             future.set_exception(SubmissionError(
                 f"host {host.label} could not start the job (launcher exit {result.rc}): {said}"
             ))
+
+    # ----------------------------------------------------------------- memory
+    def _memory_asked(self, job: Job) -> int | None:
+        asked = getattr(job, "resources", None)
+        return (asked.memory_mb or None) if asked else None
+
+    def _cgroup_request(self, job: Job) -> tuple[str, int] | None:
+        """The memory cgroup a trial of ``job`` asks its host for: its name
+        and limit in bytes (0: none, a cgroup for the peak only, when usage is
+        recorded); None when it wants none."""
+        memory_mb = self._memory_asked(job)
+        if not memory_mb and not self.usage:
+            return None
+        self._cgroup_seq += 1
+        return f"job{job.index}.{self._cgroup_seq}", (memory_mb or 0) * 1048576
+
+    def wrap_job_script(self, job: Job) -> str:
+        """The base's wrapper, with the memory cgroup the launcher made for
+        the trial on its host (``$_xq_cg`` in its environment, if any) joined
+        as its first line, with a builtin, before anything runs or allocates;
+        a job asking for memory whose host gave it no cgroup gets ``ulimit -S
+        -d`` on its command's shell instead (best effort)."""
+        text = super().wrap_job_script(job)
+        memory_mb = self._memory_asked(job)
+        shebang, rest = text.split("\n", 1)
+        join = (
+            "# the memory cgroup the launcher made for this trial on this host, if any:\n"
+            "# joined with a builtin before anything runs or allocates\n"
+            "_xq_memcg=${_xq_cg:-} _xq_peakf=${_xq_cgpeak:-} _xq_nolimit=\n"
+            "unset _xq_cg _xq_cgpeak\n"
+            'if [ -n "$_xq_memcg" ]; then\n'
+            '    { echo $$ >"$_xq_memcg/cgroup.procs"; } 2>/dev/null '
+            "|| { _xq_nolimit=$_xq_memcg; _xq_memcg= _xq_peakf=; }\n"
+            "fi\n"
+            f"_xq_memkb={memory_mb * 1024 if memory_mb else ''}"
+        )
+        text = f"{shebang}\n{join}\n{rest}"
+        if memory_mb:
+            # only the command's shell (the background job) is limited, not
+            # the wrapper that records the end
+            limited, count = _EVAL_LINE.subn(
+                lambda m: (
+                    f'{{ [ -n "$_xq_memcg" ] || ulimit -S -d {memory_mb * 1024} 2>/dev/null; '
+                    f"{m.group(1)}; }} &"
+                ),
+                text,
+                count=1,
+            )
+            if count:
+                return limited
+            logger.warning("Job %s: no line to set its memory limit on in the wrapper", job.index)
+        return text
+
+    @property
+    def jobcmd_wrapper_init(self) -> str:
+        """The base's; then: in the job's stderr, whether the wrapper could not
+        join its memory cgroup; the peak read from that cgroup (a builtin);
+        and, on the way out, before the wrapper records its return code, the
+        cgroup's OOM counters (or the best-effort limit) written to
+        ``job.memory`` for ``exit_cause``."""
+        code = r"""[ -z "$_xq_nolimit" ] || [ -z "$_xq_memkb" ] || echo "xqute: could not join the memory cgroup $_xq_nolimit: the memory limit is best effort (ulimit -d)" >&2
+_xq_peak() { local p; [ -n "$_xq_peakf" ] && read -r p <"$_xq_peakf" && echo "peak $p"; }
+_xq_memnote() {
+    local r=$? f k v n=
+    if [ -n "$_xq_memcg" ]; then
+        for f in memory.events memory.oom_control; do
+            [ -r "$_xq_memcg/$f" ] || continue
+            while read -r k v; do [ "$k" = oom_kill ] && n="oom_kill $v"; done <"$_xq_memcg/$f"
+        done
+        [ -r "$_xq_memcg/memory.failcnt" ] && read -r v <"$_xq_memcg/memory.failcnt" && n="$n
+failcnt $v"
+        printf 'cgroup %s
+%s
+' "$_xq_memcg" "$n" >"$_xq_meta/job.memory"
+    elif [ -n "$_xq_memkb" ]; then
+        printf 'ulimit %s
+' "$_xq_memkb" >"$_xq_meta/job.memory"
+    fi
+    return "$r"
+} 2>/dev/null
+trap '_xq_memnote; _xq_finish' EXIT"""
+        base = super().jobcmd_wrapper_init
+        # after the base's (2.x clients expect it to start with the cd)
+        return f"{base}\n{code}" if base else code
+
+    async def exit_cause(self, job: Job, rc: int) -> str:
+        """The base's reading of ``rc``; a failure whose cgroup counted an OOM
+        kill (v2 ``memory.events``, v1 ``memory.oom_control``; on a v1 kernel
+        without that counter, a SIGKILL after ``memory.failcnt`` counted the
+        limit being hit) is ``oom``; under the best-effort limit, a failure
+        whose stderr ends with an allocation error is ``oom`` too."""
+        cause = await super().exit_cause(job, rc)
+        if cause in ("ok", "timeout"):
+            return cause
+        note = await read_meta(job.metadir / MEMORY_NOTE) or ""
+        counts: dict[str, int] = {}
+        kind = ""
+        for line in note.splitlines():
+            words = line.split()
+            if len(words) == 2 and words[0] in ("cgroup", "ulimit"):
+                kind = words[0]
+            elif len(words) == 2 and words[1].isdigit():
+                counts[words[0]] = int(words[1])
+        if kind == "cgroup":
+            if counts.get("oom_kill", 0) > 0:
+                return "oom"
+            if "oom_kill" not in counts and rc == 137 and counts.get("failcnt", 0) > 0:
+                return "oom"
+        elif kind == "ulimit" and _allocation_failed(job):
+            return "oom"
+        return cause
 
     # ----------------------------------------------------------------- the interface
     async def submit_job(self, job: Job) -> str:
@@ -266,6 +471,15 @@ class SshScheduler(Scheduler):
         start the job, SubmissionError names each host and ssh's error.
         """
         script = str((await self.wrapped_job_script(job)).mounted)
+        # the last trial's note must not speak for this one
+        try:
+            os.unlink(job.metadir / MEMORY_NOTE)
+        except (OSError, TypeError):
+            pass
+        cgroup = self._cgroup_request(job)
+        earlier = self._cgroup_of.pop(job, None)
+        if earlier is not None:  # the last trial's: it has ended
+            self._cgroups_done.setdefault(earlier[0], []).append(earlier[1])
         errors: list[str] = []
         permanent = True
         exclude = tuple(getattr(getattr(job, "resources", None), "exclude_nodes", ()) or ())
@@ -278,7 +492,7 @@ class SshScheduler(Scheduler):
         for host in self._placement_order(exclude):
             self._placed[job] = host.label  # counts against the host from now on
             try:
-                pid = await self._launch(host, script)
+                pid, cgroup_path = await self._launch(host, script, cgroup)
             except HostUnavailable as exc:
                 host.mark_failed(exc)
                 errors.append(str(exc))
@@ -289,6 +503,8 @@ class SshScheduler(Scheduler):
                 self._placed.pop(job, None)
                 raise
             host.mark_ok()
+            if cgroup_path is not None:
+                self._cgroup_of[job] = (host.label, cgroup_path)
             logger.debug("Job %s started on %s as pid %s", job.index, host.label, pid)
             return f"{pid}@{host.label}"
         self._placed.pop(job, None)
