@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 import json
 import os
 import shutil
@@ -10,9 +12,15 @@ from typing import Any, Mapping
 from panpath import LocalPath
 
 from .defaults import JobStatus
-from .path import SpecPath, read_meta, write_meta
+from .path import SpecPath, overwrite_in_place, read_meta, write_meta
 from .resources import Resources
 from .utils import CommandType, check_env_name, check_no_nul, normalize_cmd
+
+
+# The rc a reader gets when none was recorded (2.x's get_rc() gives it too),
+# and the rc file's text before the wrapper records the real one.
+RC_UNKNOWN = -9
+RC_PLACEHOLDER = f"{RC_UNKNOWN:<8}\n"
 
 
 def parse_meta_int(text: str | None) -> int | None:
@@ -63,6 +71,7 @@ class Job:
         "_paths",
         "cause",
         "usage",
+        "_new_metadir",
     )
 
     def __init__(
@@ -103,6 +112,9 @@ class Job:
         self.cause = ""
         # the usage record of the last trial that ended (as in ``job.usage``)
         self.usage: dict[str, Any] | None = None
+        # whether its metadir was made for it just now (nothing of an earlier
+        # run can be in it, so there is no earlier job to look for)
+        self._new_metadir = False
 
     # -- command and environment ---------------------------------------------
     @property
@@ -207,11 +219,24 @@ class Job:
         """Set the status, and write it to the status file when ``flush``."""
         self._status = status
         if flush:
-            await write_meta(self.status_file, f"{status}\n")
+            try:
+                await write_meta(self.status_file, f"{status}\n")
+            except OSError as exc:  # a full disk: one digit over one digit
+                if exc.errno != errno.ENOSPC or not overwrite_in_place(self.status_file, f"{status}\n"):
+                    raise
 
     async def read_rc_file(self) -> int | None:
-        """The return code in the rc file, or None when there is none usable."""
-        return parse_meta_int(await read_meta(self.rc_file))
+        """The return code in the rc file, or None when there is none usable
+        (or only the placeholder a trial starts with: -9, unknown)."""
+        rc = parse_meta_int(await read_meta(self.rc_file))
+        return None if rc == RC_UNKNOWN else rc
+
+    async def reserve_rc(self) -> None:
+        """Write the rc file's placeholder (-9, unknown, padded to the width the
+        wrapper writes): the wrapper then overwrites it in place, renaming
+        nothing and needing no new disk space, and a reader never finds the
+        file empty."""
+        await write_meta(self.rc_file, RC_PLACEHOLDER)
 
     async def get_rc(self) -> int:
         """The return code: from the rc file, -9 when unknown."""
@@ -221,9 +246,14 @@ class Job:
         return self._rc if self._rc is not None else -9
 
     async def set_rc(self, rc: int) -> None:
-        """Set the return code and write it to the rc file."""
+        """Set the return code and write it to the rc file (over the
+        placeholder, in place, when the disk has no room for a new file)."""
         self._rc = rc
-        await write_meta(self.rc_file, f"{rc}\n")
+        try:
+            await write_meta(self.rc_file, f"{rc}\n")
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC or not overwrite_in_place(self.rc_file, f"{rc:<8}\n"):
+                raise
 
     @property
     def jid(self) -> str | None:

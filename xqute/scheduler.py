@@ -115,6 +115,17 @@ _VAR_OR_ESCAPE_RE = re.compile(
 )
 
 
+# bash's builtins and keywords: a command starting with one is not exec'd
+_SHELL_OWN_WORDS = frozenset(
+    ". : [ [[ ]] { } ! alias bg bind break builtin caller case cd command compgen complete "
+    "compopt continue coproc declare dirs disown do done echo elif else enable esac eval exec "
+    "exit export false fc fg fi for function getopts hash help history if in jobs kill let "
+    "local logout mapfile popd printf pushd pwd read readarray readonly return select set "
+    "shift shopt source suspend test then time times trap true type typeset ulimit umask "
+    "unalias unset until wait while".split()
+)
+
+
 def shell_word(arg: str) -> str:
     """One command argument as bash text: ``$NAME`` and ``${NAME}`` expand (as
     one word, no globbing or splitting), ``\\$`` is a literal ``$``, and nothing
@@ -381,7 +392,13 @@ class Scheduler(ABC):
     @staticmethod
     async def _ensure_metadir(job: Job) -> None:
         if isinstance(job.metadir, LocalPath):
-            os.makedirs(job.metadir, exist_ok=True)
+            try:
+                os.mkdir(job.metadir)
+            except FileExistsError:
+                return
+            except FileNotFoundError:  # the workdir itself is new
+                os.makedirs(job.metadir, exist_ok=True)
+            job._new_metadir = True
         else:
             await job.metadir.a_mkdir(parents=True, exist_ok=True)
 
@@ -434,9 +451,13 @@ class Scheduler(ABC):
     def wrapper_meta_functions(self, job: Job) -> str:
         """Bash functions the wrapper uses to record its meta files.
 
-        ``_xq_put NAME VALUE`` writes ``$_xq_meta/NAME`` atomically (temp file,
-        then rename). Space for the final rc and status is taken at start-up, so
-        they can still be written when the disk has filled up meanwhile.
+        ``_xq_put NAME VALUE`` writes ``$_xq_meta/NAME`` in place, with one
+        ``printf``: no helper process, no rename. The status is one digit
+        over one digit, so a reader sees the old or the new one, never half;
+        the rc overwrites the placeholder the manager wrote before the
+        submission (``Job.reserve_rc``, same width), and the final status,
+        which readers wait for, comes after it. Overwriting in place takes no
+        new disk space, so the end is recorded on a full disk too.
         Schedulers whose jobs cannot write the metadir directly override this.
         A metadir the job sees in object storage (``gs://``...) is written through
         the package's own helper, ``python -m xqute.cloudmeta``.
@@ -445,11 +466,11 @@ class Scheduler(ABC):
             from .cloudmeta import wrapper_meta_functions
 
             return wrapper_meta_functions()
-        return r"""_xq_put() { printf '%s\n' "$2" >"$_xq_meta/.$1.tmp" && mv -f "$_xq_meta/.$1.tmp" "$_xq_meta/$1"; }
-_xq_reserve() { printf '%24s' '' >"$_xq_meta/.job.rc.tmp"; printf '%24s' '' >"$_xq_meta/.job.status.tmp"; } 2>/dev/null
+        return r"""_xq_put() { printf '%s\n' "$2" 1<>"$_xq_meta/$1"; }
+_xq_reserve() { :; }
 _xq_put_final() {
-    printf '%s\n' "$1" 1<>"$_xq_meta/.job.rc.tmp" && mv -f "$_xq_meta/.job.rc.tmp" "$_xq_meta/job.rc"
-    printf '%s\n' "$2" 1<>"$_xq_meta/.job.status.tmp" && mv -f "$_xq_meta/.job.status.tmp" "$_xq_meta/job.status"
+    printf '%-8s\n' "$1" 1<>"$_xq_meta/job.rc"
+    printf '%s\n' "$2" 1<>"$_xq_meta/job.status"
 }
 _xq_redirect() { exec >"$_xq_meta/job.stdout" 2>"$_xq_meta/job.stderr"; }
 # start, end, host, then bash's times (the command's CPU): builtins only
@@ -466,6 +487,10 @@ _xq_usage() { { echo "$_xq_t0 ${EPOCHREALTIME:-} ${HOSTNAME:-}"; times; _xq_peak
         else:
             job_control_on = "# the command stays in the wrapper's process group, which the scheduler kills"
             job_control_off = ""
+        prep = self.jobcmd_prep(job)
+        # a plain command runs in the forked child itself (exec), not in a
+        # second fork of it: one process less per job
+        run = "exec " if self._runs_by_exec(job, prep) else ""
         messages = "\n".join(
             f"        {rc}) echo \"xqute: exit code {rc}: {msg}\" >&2 ;;"
             for rc, msg in _RC_MESSAGES.items()
@@ -515,9 +540,9 @@ trap '_xq_signal HUP' HUP
 # prescript
 {self.prescript}
 # the command, on_jobcmd_prep
-{self.jobcmd_prep(job)}
+{prep}
 {job_control_on}
-eval "{timeout}$cmd" &
+eval "{run}{timeout}$cmd" &
 _xq_child=$!
 {job_control_off}
 while :; do
@@ -543,6 +568,15 @@ exit "$rc"
             "# the peak memory of the job's own cgroup, read with a builtin\n"
             f"_xq_peak() {{ local p; read -r p <{shell_quote(path)} && echo \"peak $p\"; }}"
         )
+
+    def _runs_by_exec(self, job: Job, prep: str) -> bool:
+        """Whether the wrapper may ``exec`` the command line: no plugin code
+        may have rewritten ``$cmd``, and its first word names a program (not
+        one of bash's own words, not an expansion)."""
+        if prep != f"cmd={shell_quote(self.command_line(job))}" or not job.cmd:
+            return False
+        first = job.cmd[0]
+        return bool(first) and "$" not in first and first not in _SHELL_OWN_WORDS
 
     def time_limit(self, job: Job) -> float:
         """Seconds after which the wrapper stops the command (0: never): the
@@ -930,6 +964,9 @@ exit "$rc"
             empty = empty_command_reason(job.cmd)
             if empty:
                 raise SubmissionError(empty)
+            if isinstance(job.metadir.mounted, LocalPath):
+                # the wrapper overwrites it in place (see wrapper_meta_functions)
+                await job.reserve_rc()
             # written before the job exists, so it can never overwrite RUNNING
             await job.set_status(JobStatus.SUBMITTED)
         except Exception as exc:
@@ -1219,6 +1256,8 @@ exit "$rc"
         )
         candidates = []
         for job in jobs:
+            if job._new_metadir:
+                continue  # made by this run: no earlier run left anything in it
             if with_jid is not None and job.index not in with_jid:
                 # a cloud workdir: one listing instead of a read per job (a
                 # manager killed before writing the jid file is not looked for)

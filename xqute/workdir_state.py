@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from .defaults import JobStatus
 from .job import Job
-from .job import parse_meta_int
+from .job import RC_UNKNOWN, parse_meta_int
 from .progress import format_megabytes, format_seconds, tail_lines
 from .runrecord import manager_alive, read_run_record
 from .scheduler import Scheduler
@@ -126,6 +126,8 @@ def read_job_state(metadir: str, index: int, stderr_lines: int = 5, now: float |
     else:
         status = "UNKNOWN"
     rc = parse_meta_int(_read_small(rc_path))
+    if rc == RC_UNKNOWN:  # the placeholder a trial starts with
+        rc = None
     jid = _read_small(os.path.join(metadir, JID_FILE)) or None
     retries = 0
     try:

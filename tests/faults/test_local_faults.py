@@ -83,6 +83,33 @@ async def test_a_full_disk_still_ends_every_job_with_a_recorded_or_reported_stat
     assert all(job.status != JobStatus.RUNNING for job in xq.jobs)
 
 
+async def test_on_a_full_disk_the_manager_records_an_end_over_the_placeholders_in_place(small_disk):
+    """The manager's own end of a trial (a job that failed before its wrapper
+    recorded anything) is written with a temporary file and a rename, which a
+    full disk refuses: then the rc goes over the placeholder written at
+    submission, and the status over the one before, in place."""
+    from xqute.schedulers.local_scheduler import LocalScheduler
+
+    scheduler = LocalScheduler(workdir=small_disk / "wd", forks=1)
+    job = await scheduler.create_job(0, ["true"])
+    await job.reserve_rc()
+    await job.set_status(JobStatus.SUBMITTED)
+    filler = small_disk / "filler"
+    with open(filler, "wb") as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 65536)
+                fh.flush()
+        except OSError:
+            pass
+    with pytest.raises(OSError):  # the disk is full indeed
+        (small_disk / "wd" / "new").write_text("x")
+    await job.set_rc(-2)
+    await job.set_status(JobStatus.FAILED)
+    assert int(job.rc_file.read_text()) == -2 and await job.read_rc_file() == -2
+    assert int(job.status_file.read_text()) == JobStatus.FAILED
+
+
 async def test_a_raising_plugin_stops_the_run_with_its_name_and_nothing_left(workdir):
     marker = f"xq-badplugin-{os.getpid()}"
 

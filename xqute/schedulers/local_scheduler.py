@@ -805,7 +805,9 @@ class LocalScheduler(Scheduler):
         return os.posix_spawn(
             argv[0],
             list(argv),
-            os.environ,
+            # os.environ's own bytes: posix_spawn takes them as they are, where
+            # os.environ itself would be decoded and encoded again per spawn
+            getattr(os.environ, "_data", os.environ),
             file_actions=[
                 (os.POSIX_SPAWN_DUP2, self._devnull if stdin_fd is None else stdin_fd, 0),
                 (os.POSIX_SPAWN_DUP2, output, 1),
