@@ -153,6 +153,25 @@ async def test_a_job_that_asks_no_memory_gets_a_cgroup_for_its_peak(env, shared_
     assert leftovers(delegated) == []
 
 
+async def test_other_ends_in_a_cgroup_keep_their_rc_and_cause(env, shared_workdir, delegated):
+    """The wrapper's exit note keeps the rc: a failure is ``failed`` (no OOM
+    kill counted), a job over its time ``timeout``; their cgroups go too."""
+    xq = make_xqute(
+        env, shared_workdir, (1,), cgroup_dir=delegated, resources={"memory": "100M", "time": 2}
+    )
+    await xq.feed(["sh", "-c", "echo broken >&2; exit 3"])
+    await xq.feed(["sleep", "30"])
+    await run(xq)
+    failing, slow = xq.jobs
+    assert await failing.get_rc() == 3
+    assert (await failing.get_usage())["cause"] == "failed"
+    note = read(failing.metadir / "job.memory").split("\n")
+    assert note[0].startswith("cgroup " + delegated) and "oom_kill 0" in note, note
+    assert await slow.get_rc() == 124
+    assert (await slow.get_usage())["cause"] == "timeout"
+    assert leftovers(delegated) == []
+
+
 @pytest.mark.parametrize("which", [1, 2], ids=["host1", "host2"])
 async def test_without_a_cgroup_the_limit_is_best_effort_and_its_failure_is_oom(
     env, shared_workdir, which

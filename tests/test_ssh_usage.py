@@ -1,7 +1,8 @@
 """Usage records and causes on the ssh scheduler, against the two real sshd
 hosts of scripts/ssh.sh (host 2 in its own network and UTS namespace, so its
 host name is its own): the wrapper's wall time, CPU and host; peak memory left
-null (no cgroup of the job's own over there); ``resources.time`` enforced by the
+null (the test user may make no cgroup over there by itself; see
+test_ssh_memory.py for the cgroup it is given); ``resources.time`` enforced by the
 wrapper's ``timeout``, cause ``timeout``, and the retry asking 1.5 times the time.
 """
 
@@ -65,7 +66,7 @@ async def test_wall_cpu_and_the_remote_host_are_recorded(env, shared_workdir, wh
     # the remote's own host name (host 2's is not this machine's)
     assert usage["host"] == env[f"XQUTE_SSH_HOSTNAME{which}"], usage
     assert usage["sources"] == {"wall_s": "wrapper", "cpu_s": "wrapper", "host": "wrapper"}
-    # no cgroup of the job's own on the remote side: not measured, null
+    # no cgroup the test user may make on the remote side: not measured, null
     assert usage["peak_memory_mb"] is None
     assert usage["requested"] == {"time": 600}
 

@@ -121,6 +121,7 @@ class SshHost:
         )
         # why no memory cgroup can be made on the host, once its launcher said
         self.no_cgroup_reason: str | None = None
+        self.no_cgroup_warned = self.no_cgroup_said = False
         self.label = label
         self.ssh = ssh
         self.port = int(port) if port is not None else None

@@ -7,11 +7,20 @@ The jobs' meta files, on the shared file system, say how they are doing; the
 jobs the files leave open are checked in one ssh call per host per round.
 
 Resources and usage: ``resources``' time is the wrapper's ``timeout`` (rc 124,
-cause ``timeout``); cpus, memory and gpus are not enforced (no scheduler over
-there). The usage record has the wrapper's wall time, CPU (bash's ``times``)
-and host (the remote's ``$HOSTNAME``); peak memory is null: the job has no
-cgroup of its own on the remote side, and bash has no builtin for its
-children's peak. A job lost with its host (``lost_after``) ends with cause
+cause ``timeout``); cpus and gpus are not enforced (no scheduler over there).
+Memory: the launch script makes each trial a memory cgroup on its host where
+the remote user may (``cgroup_dir``, else looked for: the login's own memory
+cgroup, its parent, the hierarchy's root; v1, or v2 with the controller
+delegated), limited to the memory asked (none asked: no limit, for the peak);
+the wrapper joins it with a builtin as its first line, reads its peak at the
+end, and notes its OOM counters in ``job.memory`` before it records its rc,
+so that an OOM kill makes the cause ``oom``. Where no cgroup can be made, the
+command's shell sets ``ulimit -S -d`` (best effort; ``oom`` when the job's
+stderr ends with an allocation error). Ended trials' cgroups are removed in
+the host's next launch call, and at ``close``. The usage record has the
+wrapper's wall time, CPU (bash's ``times``), host (the remote's
+``$HOSTNAME``) and the cgroup's peak (null without a cgroup: bash has no
+builtin for its children's peak). A job lost with its host (``lost_after``) ends with cause
 ``node_fail`` and host its ``servers`` label, which a retry then keeps away
 from (``Resources.exclude_nodes``) while another host is there.
 """
@@ -310,11 +319,16 @@ class SshScheduler(Scheduler):
             here = None
         remove = self._ended_cgroups(host.label)
         cgroup_dir = host.cgroup_dir if isinstance(host.cgroup_dir, str) else None
+        cgroups = [cgroup for _, cgroup, _ in batch]
+        if host.no_cgroup_reason is not None:
+            # the host said it has none: not looked for again in this run
+            self._say_no_cgroups(host, cgroups)
+            cgroups = []
         text = launch_script(
             [script for script, _, _ in batch],
             defaults.JOBCMD_WRAPPER_LANG,
             here,
-            cgroups=[cgroup for _, cgroup, _ in batch],
+            cgroups=cgroups,
             cgroup_parent=self._cgroup_parent,
             cgroup_dir=cgroup_dir,
             remove=remove,
@@ -336,11 +350,7 @@ class SshScheduler(Scheduler):
             self._cgroup_hosts[host.label] = made[min(made)].rsplit("/", 1)[0]
         if why is not None and host.no_cgroup_reason is None:
             host.no_cgroup_reason = why
-            logger.warning(
-                "ssh host %s: no memory cgroups (memory limits are best effort, "
-                "ulimit -d on each command; peak memory is not recorded): %s",
-                host.label, why,
-            )
+            self._say_no_cgroups(host, cgroups)
         for k, (_, _, future) in enumerate(batch):
             if future.done():
                 continue
@@ -353,6 +363,25 @@ class SshScheduler(Scheduler):
             ))
 
     # ----------------------------------------------------------------- memory
+    @staticmethod
+    def _say_no_cgroups(host: SshHost, cgroups: Sequence[tuple[str, int] | None]) -> None:
+        """Say why ``host`` makes no memory cgroups: a warning the first time a
+        job there asks for memory, else (peak memory only) once for debugging."""
+        limited = any(cgroup and cgroup[1] for cgroup in cgroups)
+        if limited and not host.no_cgroup_warned:
+            host.no_cgroup_warned = True
+            logger.warning(
+                "ssh host %s: no memory cgroup can be made there, so memory limits are "
+                "best effort (ulimit -S -d on each command) and peak memory is not "
+                "recorded: %s", host.label, host.no_cgroup_reason,
+            )
+        elif not limited and not host.no_cgroup_said:
+            host.no_cgroup_said = True
+            logger.debug(
+                "ssh host %s: no memory cgroup can be made there (peak memory is not "
+                "recorded): %s", host.label, host.no_cgroup_reason,
+            )
+
     def _memory_asked(self, job: Job) -> int | None:
         asked = getattr(job, "resources", None)
         return (asked.memory_mb or None) if asked else None
@@ -420,14 +449,11 @@ _xq_memnote() {
             [ -r "$_xq_memcg/$f" ] || continue
             while read -r k v; do [ "$k" = oom_kill ] && n="oom_kill $v"; done <"$_xq_memcg/$f"
         done
-        [ -r "$_xq_memcg/memory.failcnt" ] && read -r v <"$_xq_memcg/memory.failcnt" && n="$n
-failcnt $v"
-        printf 'cgroup %s
-%s
-' "$_xq_memcg" "$n" >"$_xq_meta/job.memory"
+        [ -r "$_xq_memcg/memory.failcnt" ] && read -r v <"$_xq_memcg/memory.failcnt" && n="$n failcnt $v"
+        # "cgroup <path>", then "oom_kill <n>" and "failcnt <n>" where the kernel has them
+        printf '%s %s\n' cgroup "$_xq_memcg" $n >"$_xq_meta/job.memory"
     elif [ -n "$_xq_memkb" ]; then
-        printf 'ulimit %s
-' "$_xq_memkb" >"$_xq_meta/job.memory"
+        printf 'ulimit %s\n' "$_xq_memkb" >"$_xq_meta/job.memory"
     fi
     return "$r"
 } 2>/dev/null
@@ -450,7 +476,7 @@ trap '_xq_memnote; _xq_finish' EXIT"""
         kind = ""
         for line in note.splitlines():
             words = line.split()
-            if len(words) == 2 and words[0] in ("cgroup", "ulimit"):
+            if words and words[0] in ("cgroup", "ulimit"):
                 kind = words[0]
             elif len(words) == 2 and words[1].isdigit():
                 counts[words[0]] = int(words[1])
