@@ -45,16 +45,24 @@ def unavailable(message: str):
 
 @pytest.fixture
 def delegated(env):
-    """A memory cgroup folder on host 1 that the test hosts' user may make
-    cgroups in (v1: the folder and its cgroup.procs/tasks are the user's; v2:
-    also its subtree_control, with the memory controller enabled above it).
-    Removed afterwards with whatever is left in it."""
+    """A memory cgroup folder (v1) on host 1 that the test hosts' user may
+    make cgroups in: the folder and its cgroup.procs and tasks are the user's,
+    as an administrator delegates one. Removed afterwards with whatever is
+    left in it."""
     if os.geteuid() != 0:
         unavailable("making a cgroup folder for the ssh test user needs root")
     where = _memory_hierarchy()
     if isinstance(where, str):
         unavailable(f"no memory cgroup hierarchy here: {where}")
     version, point, path = where
+    if version != 1:
+        # v2 lets a process move only where it may write the cgroup.procs of
+        # the common ancestor of both cgroups: root's, for the test user's
+        # ssh session, unless the sshd itself ran in the delegated subtree
+        unavailable(
+            "memory is on cgroup v2 here: the ssh test user's session could not "
+            "join a cgroup delegated from root (v2's common-ancestor rule)"
+        )
     place = os.path.normpath(point + "/" + path.lstrip("/"))
     folder = os.path.join(place, f"xqute-test-ssh-{uuid.uuid4().hex[:8]}")
     try:
@@ -63,14 +71,7 @@ def delegated(env):
         unavailable(f"cannot make the cgroup {folder}: {exc}")
     try:
         user = pwd.getpwnam(env["XQUTE_SSH_USER"])
-        names = ["", "cgroup.procs"]
-        if version == 1:
-            names.append("tasks")
-        else:
-            with open(os.path.join(place, "cgroup.subtree_control"), "w") as fh:
-                fh.write("+memory")
-            names += ["cgroup.subtree_control", "cgroup.threads"]
-        for name in names:
+        for name in ("", "cgroup.procs", "tasks"):
             os.chown(os.path.join(folder, name), user.pw_uid, user.pw_gid)
     except OSError as exc:
         _remove_tree(folder)
