@@ -217,3 +217,20 @@ def test_a_relative_cgroup_dir_is_refused(tmp_path):
     with pytest.raises(ValueError, match="cgroup_dir"):
         SshScheduler(tmp_path, servers={"h": {"cgroup_dir": 3}})
 
+
+
+def test_the_launch_script_with_cgroups_is_posix_sh(tmp_path):
+    """The cgroup code goes to the host's /bin/sh: dash (POSIX) must parse it."""
+    import shutil
+    import subprocess
+
+    from xqute.schedulers.ssh_scheduler.launcher import launch_script
+
+    dash = shutil.which("dash") or "/bin/sh"
+    text = launch_script(
+        [str(tmp_path / "a b.sh"), str(tmp_path / "c.sh")], "/bin/bash", str(tmp_path),
+        cgroups=[("job0.1", 150 << 20), None], cgroup_parent="xqute-ssh-1-abcdef",
+        cgroup_dir="/sys/fs/cgroup/it's here", remove=["/sys/fs/cgroup/x y/job3.2"],
+    )
+    proc = subprocess.run([dash, "-n"], input=text, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
