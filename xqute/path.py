@@ -369,7 +369,7 @@ def _read_local(path: str) -> str | None:
 
 
 def _write_local(path: str, data: bytes) -> None:
-    fd = os.open(path, _WRITE_FLAGS, 0o644)
+    fd = os.open(path, _WRITE_FLAGS, 0o666)  # as open() does: the umask applies
     try:
         view = memoryview(data)
         while view:
