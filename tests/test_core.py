@@ -766,3 +766,29 @@ async def test_a_lost_array_reply_whose_lookup_fails_is_looked_up_again_never_re
     await xq.run_until_complete()
     assert [await job.get_rc() for job in xq.jobs] == [0, 0, 0]
     assert LosesReplies.submits == 1 and LosesReplies.lookups == 2
+
+
+async def test_a_job_that_ends_while_a_rerun_asks_about_it_keeps_its_result_and_is_not_run_again(workdir):
+    """A rerun reads a job's files (RUNNING, with a jid), then asks the
+    scheduler, which says the job is gone: it ended in between. Its recorded
+    end is its result; it is not started a second time."""
+    from xqute.schedulers.local_scheduler import LocalScheduler
+
+    metadir = Path(workdir) / "0"
+    metadir.mkdir(parents=True)
+    (metadir / "job.status").write_text(f"{JobStatus.RUNNING}\n")
+    (metadir / "job.jid").write_text("999999999\n")  # no such process
+    marker = Path(workdir) / "ran again"
+
+    class EndsWhileAsked(LocalScheduler):
+        async def query_jobs(self, jobs):
+            # the earlier run's wrapper records its end just now
+            (metadir / "job.rc").write_text("0\n")
+            (metadir / "job.status").write_text(f"{JobStatus.FINISHED}\n")
+            return await super().query_jobs(jobs)
+
+    xq = Xqute(EndsWhileAsked, workdir=workdir, forks=1)
+    job = await xq.feed(["touch", str(marker)])
+    await asyncio.wait_for(xq.run_until_complete(), 30)
+    assert not marker.exists(), "the job was started a second time"
+    assert await job.get_rc() == 0 and job.status == JobStatus.FINISHED

@@ -1279,8 +1279,12 @@ exit "$rc"
         for job in candidates:
             answer = answers.get(job)
             if answer is not None and not answer.alive:
-                job._jid = None  # gone: the job runs anew when its turn comes
-                continue
+                # gone: it may have ended between the file read and the
+                # question; then its own record is its result (the first
+                # round reads it), else it runs anew when its turn comes
+                if not JobStatus.is_final(await job.read_status_file()):
+                    job._jid = None
+                    continue
             # alive, or the scheduler did not answer (a failed query): follow
             # it rather than risk a second copy; the status rounds settle it
             logger.info(
