@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import pytest
 
@@ -293,7 +294,7 @@ async def test_a_job_over_its_time_is_stopped_by_batch_and_retried_with_more(bat
     assert "exit code 50005" in resource["status"]["statusEvents"][-1]["description"]
     # the wrapper was stopped by Batch, not by a timeout of its own
     wrapper = await (job.metadir / xq.scheduler.wrapped_script_name).a_read_text()
-    assert "timeout 3" not in wrapper and "eval \"$cmd\" &" in wrapper
+    assert "timeout 3" not in wrapper and re.search(r'eval "(exec )?\$cmd" &', wrapper)
 
 
 @pytest.mark.parametrize("code, cause", [(50001, "preempted"), (50002, "node_fail")])

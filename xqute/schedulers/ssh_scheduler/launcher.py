@@ -312,5 +312,18 @@ for _xq_p in $_xq_pids; do
     kill -KILL "-$_xq_p" 2>/dev/null
     if command -v pkill >/dev/null 2>&1; then pkill -KILL -s "$_xq_p" 2>/dev/null; fi
 done
+# and is gone (reaped) before this says it is done: a moment at most
+_xq_left=$_xq_pids
+_xq_tick=0
+while [ -n "$_xq_left" ] && [ "$_xq_tick" -lt 10 ]; do
+    _xq_still=
+    for _xq_p in $_xq_left; do
+        kill -0 "$_xq_p" 2>/dev/null && _xq_still="$_xq_still $_xq_p"
+    done
+    _xq_left=$_xq_still
+    [ -n "$_xq_left" ] || break
+    sleep 0.2 2>/dev/null || sleep 1
+    _xq_tick=$((_xq_tick + 1))
+done
 exit 0
 """
