@@ -159,6 +159,11 @@ class Job:
             path = paths[name] = self.metadir / name
         return path
 
+    def forget_paths(self) -> None:
+        """Drop the meta file paths built so far (they are built again when
+        asked for): a job that ended holds no memory for them."""
+        self._paths = {}
+
     @property
     def status_file(self) -> SpecPath:
         """``job.status``: the job's ``JobStatus`` as an integer."""

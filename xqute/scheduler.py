@@ -727,6 +727,9 @@ exit "$rc"
                 "Job %s failed (rc %s)%s", job.index, rc, f": {reason}" if reason else ""
             )
             await plugin.hooks.on_job_failed(self, job)
+        # its meta file paths are built again if asked for: a run of 100,000
+        # jobs keeps no 700,000 path objects for jobs long ended
+        job.forget_paths()
 
     async def exit_cause(self, job: Job, rc: int) -> str:
         """How ``job`` ended, from its return code: ``ok``, ``timeout`` (the
