@@ -542,7 +542,7 @@ trap '_xq_signal HUP' HUP
 # the command, on_jobcmd_prep
 {prep}
 {job_control_on}
-eval "{run}{timeout}$cmd" &
+{self._command_line_in_background(job, run + timeout)}
 _xq_child=$!
 {job_control_off}
 while :; do
@@ -568,6 +568,17 @@ exit "$rc"
             "# the peak memory of the job's own cgroup, read with a builtin\n"
             f"_xq_peak() {{ local p; read -r p <{shell_quote(path)} && echo \"peak $p\"; }}"
         )
+
+    def command_shell_setup(self, job: Job) -> str:
+        """Shell text the command's own shell (the wrapper's background child)
+        runs before the command, such as a best-effort ``ulimit``; "" for
+        none. The wrapper, which records the end, is not subject to it."""
+        return ""
+
+    def _command_line_in_background(self, job: Job, before_cmd: str) -> str:
+        setup = self.command_shell_setup(job)
+        line = f'eval "{before_cmd}$cmd"'
+        return f"{{ {setup}; {line}; }} &" if setup else f"{line} &"
 
     def _runs_by_exec(self, job: Job, prep: str) -> bool:
         """Whether the wrapper may ``exec`` the command line: no plugin code

@@ -154,8 +154,6 @@ def _write_text(path: str, text: str) -> bool:
 
 # The wrapper's line that starts the command in the background, which the
 # best-effort memory limit wraps.
-_EVAL_LINE = re.compile(r'^(eval "[^\n]*\$cmd") &$', re.MULTILINE)
-
 # How a failed allocation under ``ulimit -d`` shows at the end of a job's
 # stderr, in the common runtimes: Python, C (strerror ENOMEM), C++, bash, R,
 # Java, Go.
@@ -587,7 +585,8 @@ class LocalScheduler(Scheduler):
     def wrap_job_script(self, job: Job) -> str:
         """The base's wrapper; with a memory cgroup, joining it is its first
         line (a builtin, before anything else runs or allocates); with the
-        best-effort limit, the command's shell sets ``ulimit -d`` first."""
+        best-effort limit, the command's shell sets ``ulimit -d`` first
+        (``command_shell_setup``)."""
         text = super().wrap_job_script(job)
         path = self._cgroup_of.get(job)
         if path is not None:
@@ -599,19 +598,13 @@ class LocalScheduler(Scheduler):
                 f"|| _xq_nolimit={shell_quote(path)}"
             )
             return f"{shebang}\n{join}\n{rest}"
-        kilobytes = self._ulimit_of.get(job)
-        if kilobytes is not None:
-            # only the command's shell (the background job) is limited, not
-            # the wrapper that records the end
-            limited, count = _EVAL_LINE.subn(
-                lambda m: f"{{ ulimit -S -d {kilobytes} 2>/dev/null; {m.group(1)}; }} &",
-                text,
-                count=1,
-            )
-            if count:
-                return limited
-            logger.warning("Job %s: no line to set its memory limit on in the wrapper", job.index)
         return text
+
+    def command_shell_setup(self, job: Job) -> str:
+        """The best-effort memory limit (``ulimit -d``) of a job without a
+        cgroup, for the command's shell only."""
+        kilobytes = self._ulimit_of.get(job)
+        return "" if kilobytes is None else f"ulimit -S -d {kilobytes} 2>/dev/null"
 
     @property
     def jobcmd_wrapper_init(self) -> str:

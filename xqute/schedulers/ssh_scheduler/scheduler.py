@@ -40,7 +40,7 @@ from ...job import Job
 from ...scheduler import JobQuery, Scheduler, SubmissionError
 from ...path import read_meta
 from ...utils import logger
-from ..local_scheduler import _EVAL_LINE, _allocation_failed
+from ..local_scheduler import _allocation_failed
 from .host import HostUnavailable, SshHost, host_options
 from .launcher import (
     REMOTE_SHELL,
@@ -416,22 +416,15 @@ class SshScheduler(Scheduler):
             "fi\n"
             f"_xq_memkb={memory_mb * 1024 if memory_mb else ''}"
         )
-        text = f"{shebang}\n{join}\n{rest}"
-        if memory_mb:
-            # only the command's shell (the background job) is limited, not
-            # the wrapper that records the end
-            limited, count = _EVAL_LINE.subn(
-                lambda m: (
-                    f'{{ [ -n "$_xq_memcg" ] || ulimit -S -d {memory_mb * 1024} 2>/dev/null; '
-                    f"{m.group(1)}; }} &"
-                ),
-                text,
-                count=1,
-            )
-            if count:
-                return limited
-            logger.warning("Job %s: no line to set its memory limit on in the wrapper", job.index)
-        return text
+        return f"{shebang}\n{join}\n{rest}"
+
+    def command_shell_setup(self, job: Job) -> str:
+        """Where the wrapper could not join a cgroup: the best-effort memory
+        limit (``ulimit -d``), for the command's shell only."""
+        memory_mb = self._memory_asked(job)
+        if not memory_mb:
+            return ""
+        return f'[ -n "$_xq_memcg" ] || ulimit -S -d {memory_mb * 1024} 2>/dev/null'
 
     @property
     def jobcmd_wrapper_init(self) -> str:
