@@ -228,6 +228,42 @@ async def test_plugin_context_is_left_when_the_run_completes(workdir, recorder):
     assert rec.events  # it was active during the run
 
 
+def test_hook_calls_skipped_only_while_no_plugin_implements_them():
+    """Calls of hooks no plugin implements are skipped (xqute.plugin.implemented);
+    plugins come and go with each run's plugin context, and a plugin that
+    replaces a freed one (which may take its id) must be seen."""
+    import gc
+
+    from xqute.plugin import implemented
+
+    assert not implemented("on_job_polling")
+    for round_ in range(60):
+        attrs = {"name": f"polling_{round_}"}
+        if round_ % 2:
+            async def on_job_polling(scheduler, job, counter):
+                pass
+
+            attrs["on_job_polling"] = plugin.impl(on_job_polling)
+        cls = type(f"Polling{round_}", (), attrs)
+        with plugin.plugins_context([cls]):
+            assert implemented("on_job_polling") == bool(round_ % 2), round_
+        del cls, attrs
+        gc.collect()  # frees the plugin, so the next one may take its id
+    assert not implemented("on_job_polling")
+
+    class Disabled:
+        name = "polling_disabled"
+
+        @plugin.impl
+        async def on_job_polling(scheduler, job, counter):
+            pass
+
+    with plugin.plugins_context([Disabled]):
+        assert implemented("on_job_polling")
+        plugin.disable(Disabled.name)
+        assert not implemented("on_job_polling")
+
+
 async def test_jobcmd_hooks_put_code_in_the_wrapper(workdir):
     class Code:
         name = "code_plugin"

@@ -43,11 +43,17 @@ class JobStatus:
     KILLING: int = 5
     FINISHED: int = 6
     FAILED: int = 7
+    # value -> name, made by get_name
+    _names: "dict[int, str] | None" = None
 
     @classmethod
     def get_name(cls, *statuses: int) -> tuple[str, ...] | str:
         """Name(s) of status value(s): one name for one value, else a tuple."""
-        names = {v: k for k, v in vars(cls).items() if k.isupper() and isinstance(v, int)}
+        # (asked once per job at a run's end: the map is built once per class)
+        names = cls.__dict__.get("_names")
+        if names is None:
+            names = {v: k for k, v in vars(cls).items() if k.isupper() and isinstance(v, int)}
+            cls._names = names
         found = tuple(names[status] for status in statuses)
         return found[0] if len(found) == 1 else found
 

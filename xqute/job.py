@@ -72,6 +72,7 @@ class Job:
         "cause",
         "usage",
         "_new_metadir",
+        "_metadir_empty",
     )
 
     def __init__(
@@ -115,6 +116,8 @@ class Job:
         # whether its metadir was made for it just now (nothing of an earlier
         # run can be in it, so there is no earlier job to look for)
         self._new_metadir = False
+        # the metadir create_job made, while nothing is written in it yet
+        self._metadir_empty: SpecPath | None = None
 
     # -- command and environment ---------------------------------------------
     @property

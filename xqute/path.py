@@ -15,6 +15,8 @@ more than the read), cloud files through panpath's async methods.
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import PurePath
 from typing import Any
 
 from panpath import AzurePath, CloudPath, GSPath, LocalPath, PanPath, S3Path
@@ -36,6 +38,31 @@ __all__ = [
     "read_meta",
     "write_meta",
 ]
+
+
+# Python up to 3.11 makes a path from parts already split, with no parsing
+# (what pathlib's own ``/`` does); a status round builds thousands of meta file
+# paths, and parsing each string again costs ten times as much. 3.12 changed
+# these internals, so there the string is parsed.
+_FROM_SPLIT_PARTS = sys.version_info < (3, 12) and isinstance(
+    PurePath.__dict__.get("_from_parsed_parts"), classmethod
+)
+
+
+def _local_from_parts(cls: type, like: Any, extra: str | None = None) -> Any:
+    """A ``cls`` (a local path class) at ``like``'s place, or at its child
+    ``extra`` (one plain name), with no partner."""
+    text = str(like)
+    if extra:
+        text = text + extra if text.endswith("/") else f"{text}/{extra}"
+    if _FROM_SPLIT_PARTS:
+        parts = [*like._parts, extra] if extra else list(like._parts)
+        obj = cls._from_parsed_parts(like._drv, like._root, parts)
+        obj._str = text  # what str() would make of the parts
+    else:
+        obj = cls._new_plain(text)
+    obj._partner = None
+    return obj
 
 
 def _kind(path: str) -> str:
@@ -85,10 +112,7 @@ class _PairedPath:
                 and key and "/" not in key and key not in (".", ".."):
             # a local path with no other side, and one plain name: the join
             # needs no parsing (status rounds build thousands of these)
-            base = str(self)
-            obj = type(self)._new_plain(base + key if base.endswith("/") else f"{base}/{key}")
-            obj._partner = None
-            return obj
+            return _local_from_parts(type(self), self, key)
         plain = PanPath(str(self)) / str(key)
         return self._derived(plain, self._partner_path() / str(key))
 
@@ -165,6 +189,8 @@ class SpecPath(_PairedPath, PanPath):
     def mounted(self) -> "MountedPath":
         """The same place as the job's executor sees it."""
         if self._partner is None:
+            if isinstance(self, LocalPath):
+                return _local_from_parts(MountedLocalPath, self)
             return MountedPath._build(str(self), None)
         return MountedPath._build(self._partner, str(self))
 
@@ -204,6 +230,8 @@ class MountedPath(_PairedPath, PanPath):
     def spec(self) -> SpecPath:
         """The same place as the manager sees it."""
         if self._partner is None:
+            if isinstance(self, LocalPath):
+                return _local_from_parts(SpecLocalPath, self)
             return SpecPath._build(str(self), None)
         return SpecPath._build(self._partner, str(self))
 

@@ -102,3 +102,33 @@ def on_jobcmd_prep(scheduler: "Scheduler", job: "Job") -> str:
 @plugin.spec(result=SimplugResult.ALL_AVAILS)
 def on_jobcmd_end(scheduler: "Scheduler", job: "Job") -> str:
     """Bash code run in the wrapper on exit, after the return code (``$rc``) is recorded."""
+
+
+# hook name -> whether an enabled plugin implements it, for the registry state
+# in _implemented_for: calling a hook nobody implements still costs simplug
+# several microseconds, and a job fires about ten
+_implemented: dict[str, bool] = {}
+_implemented_for: tuple = ()
+# the plugins _implemented_for names by id, kept alive so that no other object
+# can take one of those ids while it is the key
+_implemented_plugins: list = []
+
+
+def implemented(hook: str) -> bool:
+    """Whether any enabled plugin implements ``hook`` (so that a call of it
+    can be skipped when none does). Follows plugins registered, enabled and
+    disabled at any time."""
+    global _implemented_for, _implemented_plugins
+    # (dict.values: the registry is a dict subclass whose own values() is slow)
+    wrappers = dict.values(plugin.hooks._registry)
+    state = tuple([(id(wrapper.plugin), wrapper.enabled) for wrapper in wrappers])
+    if state != _implemented_for:
+        _implemented.clear()
+        _implemented_for = state
+        _implemented_plugins = [wrapper.plugin for wrapper in wrappers]
+    found = _implemented.get(hook)
+    if found is None:
+        found = _implemented[hook] = any(
+            wrapper.enabled and wrapper.hook(hook) is not None for wrapper in wrappers
+        )
+    return found

@@ -20,7 +20,7 @@ from panpath import LocalPath
 from . import defaults
 from .defaults import JobErrorStrategy, JobStatus
 from .job import Job
-from .plugin import plugin
+from .plugin import implemented, plugin
 from .scheduler import Scheduler
 from .schedulers import get_scheduler
 from .utils import CommandType, logger
@@ -240,8 +240,9 @@ class Xqute:
             now = time.monotonic()
             if now >= next_hook_at:
                 counter += 1
+                polled = implemented("on_job_polling")
                 for job in list(self._active):
-                    if job._started:
+                    if job._started and polled:
                         await plugin.hooks.on_job_polling(scheduler, job, counter)
                 next_hook_at = now + hook_interval
             if self._wake.is_set() or progressed:
