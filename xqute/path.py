@@ -84,6 +84,7 @@ class _PairedPath:
     # filled in per kind: the class to build for a given kind
     _kinds: dict[str, type] = {}
     _partner: str | None
+    _mounted: Any
 
     @classmethod
     def _build(cls, path: Any, partner: Any = None) -> Any:
@@ -188,11 +189,17 @@ class SpecPath(_PairedPath, PanPath):
     @property
     def mounted(self) -> "MountedPath":
         """The same place as the job's executor sees it."""
-        if self._partner is None:
-            if isinstance(self, LocalPath):
-                return _local_from_parts(MountedLocalPath, self)
-            return MountedPath._build(str(self), None)
-        return MountedPath._build(self._partner, str(self))
+        # made once: paths do not change, and a job asks several times
+        found = self.__dict__.get("_mounted")
+        if found is None:
+            if self._partner is None and isinstance(self, LocalPath):
+                found = _local_from_parts(MountedLocalPath, self)
+            elif self._partner is None:
+                found = MountedPath._build(str(self), None)
+            else:
+                found = MountedPath._build(self._partner, str(self))
+            self._mounted = found
+        return found
 
     async def get_fspath(self) -> str:
         """A local file-system path: the path itself, or for a cloud path a
