@@ -33,6 +33,8 @@ import tempfile
 import textwrap
 from pathlib import Path
 
+from fsprobe import describe, file_costs
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
@@ -180,6 +182,7 @@ def main() -> None:
         ).stdout.strip()
         contenders.append(("xqute 2.2.1", py2))
 
+    probe_before = file_costs(args.dir)
     modes = {"xqute": "xqute", "xqute, usage off": "xqute-nousage", "floor": "floor",
              "bare floor": "bare", "xqute 2.2.1": "xqute"}
     runs: dict[str, list[dict]] = {mode: [] for mode, _ in contenders}
@@ -210,6 +213,7 @@ def main() -> None:
             )
         )
 
+    probe_after = file_costs(args.dir)
     floor_wall = next(r[1] for r in rows if r[0] == "floor")
     bare_wall = next(r[1] for r in rows if r[0] == "bare floor")
     where = args.dir or tempfile.gettempdir()
@@ -225,6 +229,7 @@ def main() -> None:
         print(
             f"| {mode} | {wall:.2f} | {rate:.1f} | {cpu:.2f} | {child:.2f} | {mem:.0f} | {failed} | {wall / floor_wall:.2f}x | {wall / bare_wall:.2f}x |"
         )
+    print("\n" + describe(probe_before, probe_after))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ import tempfile
 import textwrap
 from pathlib import Path
 
+from fsprobe import describe, file_costs
+
 ROOT = Path(__file__).resolve().parent.parent
 
 MEASURE = textwrap.dedent(
@@ -96,12 +98,14 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
 
+    probe_before = file_costs(args.dir)
     rows = []
     for njobs in sizes:
         result = run_one(njobs, args.forks, args.dir)
         print(f"  {njobs}: {result['wall']:.1f} s", file=sys.stderr, flush=True)
         rows.append((njobs, result))
     idle = run_one(args.forks, args.forks, args.dir, sleep=args.idle_seconds)
+    probe_after = file_costs(args.dir)
 
     base = rows[0][1]["wall"] / rows[0][0]
     where = args.dir or tempfile.gettempdir()
@@ -119,6 +123,7 @@ def main() -> None:
         f"\nIdle: {args.forks} jobs sleeping {args.idle_seconds:.0f} s: the manager used "
         f"{100 * idle['idle']:.2f}% of a core while they ran."
     )
+    print(describe(probe_before, probe_after))
 
 
 if __name__ == "__main__":
