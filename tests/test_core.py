@@ -31,6 +31,19 @@ async def run_jobs(workdir, cmds, **kwargs) -> Xqute:
 
 
 # ---------------------------------------------------------------- basics
+async def test_a_metadir_removed_after_the_job_was_fed_is_made_again(workdir):
+    """A new metadir is not cleaned before its first trial (nothing is in it);
+    one a client removed in between must still be made again."""
+    import shutil
+
+    xq = Xqute(workdir=workdir)
+    await xq.feed(["echo", "again"])
+    shutil.rmtree(xq.jobs[0].metadir)
+    await xq.run_until_complete()
+    assert xq.jobs[0].status == JobStatus.FINISHED
+    assert read(xq.jobs[0].stdout_file) == "again\n"
+
+
 async def test_jobs_run_and_record_output_rc_and_status(workdir):
     xq = await run_jobs(workdir, ["echo hello", ["bash", "-c", "echo oops >&2; exit 3"]], forks=2)
     ok, bad = xq.jobs

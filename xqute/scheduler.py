@@ -981,11 +981,10 @@ exit "$rc"
             return False
         job._submitted_at = time.monotonic()
         try:
-            if job._metadir_empty is job.metadir:
-                # made by create_job, nothing in it yet: no mkdir, nothing to clean
-                job._metadir_empty = None
-            else:
-                await self._ensure_metadir(job)
+            fresh = job._metadir_empty is job.metadir
+            await self._ensure_metadir(job)
+            job._metadir_empty = None  # written in from here on
+            if not fresh:  # (made by create_job, nothing in it yet: nothing to clean)
                 await job.clean()
             empty = empty_command_reason(job.cmd)
             if empty:
