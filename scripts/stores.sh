@@ -90,7 +90,8 @@ start_daemon() {
         exit 1
     fi
     # From the state dir: azurite keeps its workspace in the current directory.
-    (cd "$STATE_DIR" && exec setsid "$@" >"$STATE_DIR/$name.log" 2>&1 </dev/null) &
+    # (9>&-: the daemon must not hold the start lock)
+    (cd "$STATE_DIR" && exec setsid "$@" >"$STATE_DIR/$name.log" 2>&1 </dev/null 9>&-) &
     echo $! >"$STATE_DIR/$name.pid"
 }
 
@@ -149,6 +150,10 @@ EOF
 
 cmd_start() {
     mkdir -p "$STATE_DIR"
+    # one start at a time (gbatch.sh starts the stores too): two at once each
+    # launched an emulator, and the pid file named the one that lost the port
+    exec 9>"$STATE_DIR/start.lock"
+    flock 9
     command -v curl >/dev/null 2>&1 || { echo "stores.sh: curl is needed (apt-get install curl)"; exit 1; }
     command -v "$PYTHON" >/dev/null 2>&1 || { echo "stores.sh: no $PYTHON on this machine"; exit 1; }
     install_packages
