@@ -49,6 +49,10 @@ _FROM_SPLIT_PARTS = sys.version_info < (3, 12) and isinstance(
 )
 
 
+# 3.12 moved setting a path's segments from __new__ to __init__
+_PATH_INIT_TAKES_SEGMENTS = sys.version_info >= (3, 12)
+
+
 def _local_from_parts(cls: type, like: Any, extra: str | None = None) -> Any:
     """A ``cls`` (a local path class) at ``like``'s place, or at its child
     ``extra`` (one plain name), with no partner."""
@@ -97,7 +101,12 @@ class _PairedPath:
     @classmethod
     def _new_plain(cls, path: str) -> Any:
         # the plain panpath class this kind extends makes the object
-        return super(_PairedPath, cls).__new__(cls, path)  # type: ignore[misc]
+        obj = super(_PairedPath, cls).__new__(cls, path)  # type: ignore[misc]
+        if _PATH_INIT_TAKES_SEGMENTS:
+            # 3.12's pathlib keeps the segments in __init__, which our own
+            # __init__ (taking ``mounted=``/``spec=``) does not pass on
+            super(_PairedPath, obj).__init__(path)  # type: ignore[misc]
+        return obj
 
     def _partner_path(self) -> PanPath:
         other = self._partner if self._partner is not None else str(self)
