@@ -209,24 +209,22 @@ async def kill_run(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ parser
-def _positive_int(text: str) -> int:
+def _int_option(text: str, minimum: int, wanted: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be {wanted}, got {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _int_option(text, 1, "at least 1")
 
 
 def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+    return _int_option(text, 0, "0 or more")
 
 
 def build_parser() -> argparse.ArgumentParser:
