@@ -75,6 +75,23 @@ def known_hosts_args(env) -> list[str]:
     return ["-o", f"UserKnownHostsFile={env['XQUTE_SSH_KNOWN_HOSTS']}"]
 
 
+def make_xqute(env, workdir, which, **opts) -> Xqute:
+    """An ssh run on the hosts ``which`` at forks 2; ``error_strategy`` and
+    ``num_retries`` may be given, the other ``opts`` are scheduler options."""
+    return Xqute(
+        "ssh",
+        workdir=workdir,
+        forks=2,
+        error_strategy=opts.pop("error_strategy", "ignore"),
+        num_retries=opts.pop("num_retries", 0),
+        scheduler_opts={
+            "servers": servers(env, which),
+            "ssh_args": known_hosts_args(env),
+            **opts,
+        },
+    )
+
+
 def hostname_of(env) -> dict[str, str]:
     """What `hostname` prints on each host, by the label used in servers."""
     names = {}

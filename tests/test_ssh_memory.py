@@ -25,12 +25,12 @@ from tests.realparts import IN_CI
 from tests.test_ssh import (  # noqa: F401 - fixtures
     env,
     known_hosts_args,
+    make_xqute,
     read,
     run,
     servers,
     shared_workdir,
 )
-from xqute import Xqute
 from xqute.schedulers.local_scheduler import _memory_hierarchy
 
 # holds 200 MB for a second (bytearray touches every page)
@@ -87,21 +87,6 @@ def _remove_tree(folder: str) -> None:
             os.rmdir(top)
         except OSError:
             pass
-
-
-def make_xqute(env, workdir, which, **opts) -> Xqute:
-    return Xqute(
-        "ssh",
-        workdir=workdir,
-        forks=2,
-        error_strategy=opts.pop("error_strategy", "ignore"),
-        num_retries=opts.pop("num_retries", 0),
-        scheduler_opts={
-            "servers": servers(env, which),
-            "ssh_args": known_hosts_args(env),
-            **opts,
-        },
-    )
 
 
 def leftovers(folder: str) -> list[str]:

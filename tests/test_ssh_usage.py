@@ -16,6 +16,7 @@ from tests.test_ssh import (  # noqa: F401 - fixtures
     env,
     hostname_of,
     known_hosts_args,
+    make_xqute,
     read,
     run,
     servers,
@@ -33,21 +34,6 @@ BURN = (
     r"while :; do read -r -a st </proc/\$BASHPID/stat; "
     r"(( (st[13] + st[14]) * 10 >= tck * 12 )) && break; done"
 )
-
-
-def make_xqute(env, workdir, which, **opts) -> Xqute:
-    return Xqute(
-        "ssh",
-        workdir=workdir,
-        forks=2,
-        error_strategy=opts.pop("error_strategy", "ignore"),
-        num_retries=opts.pop("num_retries", 0),
-        scheduler_opts={
-            "servers": servers(env, which),
-            "ssh_args": known_hosts_args(env),
-            **opts,
-        },
-    )
 
 
 @pytest.mark.parametrize("which", [1, 2], ids=["host1", "host2"])
