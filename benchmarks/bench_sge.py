@@ -30,8 +30,6 @@ import argparse
 import json
 import os
 import resource
-import shlex
-import shutil
 import statistics
 import subprocess
 import sys
@@ -39,6 +37,8 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+
+from callcount import write_counting_shims
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = ("qsub", "qstat", "qacct", "qdel")
@@ -83,23 +83,6 @@ RUN_JOBS = textwrap.dedent(
 )
 
 
-def write_counting_wrappers(folder: Path, log: Path) -> None:
-    """One wrapper per Grid Engine command: log the call, exec the real one."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for command in COMMANDS:
-        real = shutil.which(command)
-        if real is None:
-            sys.exit(f"{command} is not on PATH: bash scripts/sge.sh start")
-        wrapper = folder / command
-        # one short O_APPEND write per call, so concurrent calls keep whole lines
-        wrapper.write_text(
-            "#!/bin/sh\n"
-            f"echo {command} >> {shlex.quote(str(log))}\n"
-            f"exec {shlex.quote(real)} \"$@\"\n"
-        )
-        wrapper.chmod(0o755)
-
-
 def count_calls(log: Path, result: dict) -> dict:
     calls = log.read_text().split()
     for command in COMMANDS:
@@ -112,7 +95,7 @@ def run_manager(python: str, njobs: int, this_package: bool, opts: dict) -> dict
         tmp_path = Path(tmp)
         log = tmp_path / "calls.log"
         log.touch()
-        write_counting_wrappers(tmp_path / "bin", log)
+        write_counting_shims(tmp_path / "bin", COMMANDS, log, "bash scripts/sge.sh start")
         script = tmp_path / "run_jobs.py"
         script.write_text(RUN_JOBS)
         result_file = tmp_path / "result.json"
@@ -140,7 +123,7 @@ def run_floor(njobs: int) -> dict:
         tmp_path = Path(tmp)
         log = tmp_path / "calls.log"
         log.touch()
-        write_counting_wrappers(tmp_path / "bin", log)
+        write_counting_shims(tmp_path / "bin", COMMANDS, log, "bash scripts/sge.sh start")
         bin_dir = tmp_path / "bin"
         cpu_before = resource.getrusage(resource.RUSAGE_SELF)
         started = time.monotonic()

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,8 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+
+from callcount import write_counting_shims
 
 ROOT = Path(__file__).resolve().parent.parent
 SLURM_BINARIES = ("sbatch", "squeue", "sacct", "scontrol", "scancel")
@@ -104,23 +105,6 @@ RUNNER = textwrap.dedent(
 )
 
 
-def make_shims(shim_dir: Path, call_log: Path) -> None:
-    """Write one logging wrapper per Slurm CLI, exec'ing the real binary."""
-    shim_dir.mkdir(parents=True, exist_ok=True)
-    for name in SLURM_BINARIES:
-        real = shutil.which(name)
-        if real is None:
-            sys.exit(f"{name} is not on PATH: is Slurm installed (bash scripts/slurm.sh start)?")
-        shim = shim_dir / name
-        # One short append per call: O_APPEND keeps concurrent lines whole.
-        shim.write_text(
-            "#!/bin/sh\n"
-            f"echo {name} >> '{call_log}'\n"
-            f"exec '{real}' \"$@\"\n"
-        )
-        shim.chmod(0o755)
-
-
 # variant -> (which package, scheduler_opts)
 VARIANTS = {
     "arrays": ("this", {}),
@@ -140,7 +124,7 @@ def run_once(
         tmp_path = Path(tmp)
         call_log = tmp_path / "calls.log"
         call_log.touch()
-        make_shims(tmp_path / "shims", call_log)
+        write_counting_shims(tmp_path / "shims", SLURM_BINARIES, call_log, "is Slurm installed (bash scripts/slurm.sh start)?")
         runner = tmp_path / "runner.py"
         runner.write_text(RUNNER)
         out = tmp_path / "result.json"
