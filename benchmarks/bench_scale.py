@@ -10,7 +10,7 @@ jobs (`sleep`) and gives the share of a core the manager uses while they run
 The 100,000 run takes minutes and is not part of the test command; its
 table is in docs/benchmarks.md.
 
-    python benchmarks/bench_scale.py [--sizes 1000,10000,100000] [--forks 16] [--dir DIR]
+    python benchmarks/bench_scale.py [--sizes 1000,10000,100000] [--forks 16] [--dir DIR] [--profile N]
 """
 
 from __future__ import annotations
@@ -58,8 +58,18 @@ MEASURE = textwrap.dedent(
         bad = sum(1 for job in xq.jobs if job._rc != 0)
         return fed, idle, bad
 
+    profile_top = int(sys.argv[5])
     c0, w0 = time.process_time(), time.perf_counter()
-    fed, idle, bad = asyncio.run(run())
+    if profile_top:
+        # CPU time (not wall) per function: where the manager's per-job cost goes
+        import cProfile, io, pstats
+        profiler = cProfile.Profile(time.process_time)
+        fed, idle, bad = profiler.runcall(asyncio.run, run())
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(profile_top)
+        print(out.getvalue(), file=sys.stderr)
+    else:
+        fed, idle, bad = asyncio.run(run())
     print(json.dumps({
         "wall": time.perf_counter() - w0,
         "cpu": time.process_time() - c0,
@@ -73,17 +83,21 @@ MEASURE = textwrap.dedent(
 )
 
 
-def run_one(njobs: int, forks: int, where: str | None, sleep: float = 0.0) -> dict:
+def run_one(njobs: int, forks: int, where: str | None, sleep: float = 0.0, profile_top: int = 0) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix=f"xqscale-{njobs}-", dir=where))
     try:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         env["PYTHONPATH"] = str(ROOT)
         proc = subprocess.run(
-            [sys.executable, "-c", MEASURE, str(njobs), str(forks), str(workdir / "wd"), str(sleep)],
+            [sys.executable, "-c", MEASURE, str(njobs), str(forks), str(workdir / "wd"), str(sleep),
+             str(profile_top)],
             capture_output=True, text=True, env=env, cwd=str(workdir),
         )
         if proc.returncode != 0:
             raise RuntimeError(f"{njobs} jobs failed:\n{proc.stderr[-2000:]}")
+        if profile_top:
+            print(f"\nProfile of {njobs} jobs (CPU seconds, profiler overhead included):\n{proc.stderr}",
+                  file=sys.stderr)
         return json.loads(proc.stdout.strip().splitlines()[-1])
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -95,13 +109,18 @@ def main() -> None:
     parser.add_argument("--forks", type=int, default=16)
     parser.add_argument("--dir", default=None, help="where to make the workdirs (default: $TMPDIR or /tmp)")
     parser.add_argument("--idle-seconds", type=float, default=12.0, help="how long the idle jobs sleep")
+    parser.add_argument(
+        "--profile", type=int, default=0, metavar="N",
+        help="print the N functions the manager spends most CPU in, per size (to stderr; "
+        "the profiler slows the run, so its table is not comparable)",
+    )
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
 
     probe_before = file_costs(args.dir)
     rows = []
     for njobs in sizes:
-        result = run_one(njobs, args.forks, args.dir)
+        result = run_one(njobs, args.forks, args.dir, profile_top=args.profile)
         print(f"  {njobs}: {result['wall']:.1f} s", file=sys.stderr, flush=True)
         rows.append((njobs, result))
     idle = run_one(args.forks, args.forks, args.dir, sleep=args.idle_seconds)
