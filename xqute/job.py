@@ -71,8 +71,7 @@ class Job:
         "_paths",
         "cause",
         "usage",
-        "_new_metadir",
-        "_metadir_empty",
+        "_fresh_metadir",
     )
 
     def __init__(
@@ -113,11 +112,10 @@ class Job:
         self.cause = ""
         # the usage record of the last trial that ended (as in ``job.usage``)
         self.usage: dict[str, Any] | None = None
-        # whether its metadir was made for it just now (nothing of an earlier
-        # run can be in it, so there is no earlier job to look for)
-        self._new_metadir = False
-        # the metadir create_job made, while nothing is written in it yet
-        self._metadir_empty: SpecPath | None = None
+        # the metadir this run made for it, until its first submission writes
+        # in it: nothing of an earlier run can be there (no earlier job to look
+        # for), and nothing to clean
+        self._fresh_metadir: SpecPath | None = None
 
     # -- command and environment ---------------------------------------------
     @property

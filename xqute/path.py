@@ -40,17 +40,15 @@ __all__ = [
 ]
 
 
+# 3.12 moved setting a path's segments from __new__ to __init__
+_PATH_INIT_TAKES_SEGMENTS = sys.version_info >= (3, 12)
 # Python up to 3.11 makes a path from parts already split, with no parsing
 # (what pathlib's own ``/`` does); a status round builds thousands of meta file
 # paths, and parsing each string again costs ten times as much. 3.12 changed
 # these internals, so there the string is parsed.
-_FROM_SPLIT_PARTS = sys.version_info < (3, 12) and isinstance(
+_FROM_SPLIT_PARTS = not _PATH_INIT_TAKES_SEGMENTS and isinstance(
     PurePath.__dict__.get("_from_parsed_parts"), classmethod
 )
-
-
-# 3.12 moved setting a path's segments from __new__ to __init__
-_PATH_INIT_TAKES_SEGMENTS = sys.version_info >= (3, 12)
 
 
 def _local_from_parts(cls: type, like: Any, extra: str | None = None) -> Any:

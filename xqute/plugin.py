@@ -11,7 +11,7 @@ and on exit after the return code is recorded (end, where ``$rc`` holds it).
 from __future__ import annotations
 
 import signal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from simplug import Simplug, SimplugResult
 
@@ -135,3 +135,15 @@ def implemented(hook: str) -> bool:
             wrapper.enabled and wrapper.hook(hook) is not None for wrapper in wrappers
         )
     return found
+
+
+def call_hook(name: str, *args: Any) -> Any:
+    """Call the sync hook ``name``, or return None without calling it when
+    no enabled plugin implements it (``implemented``)."""
+    return getattr(plugin.hooks, name)(*args) if implemented(name) else None
+
+
+async def call_async_hook(name: str, *args: Any) -> Any:
+    """Await the async hook ``name``, or return None without calling it when
+    no enabled plugin implements it (``implemented``)."""
+    return await getattr(plugin.hooks, name)(*args) if implemented(name) else None

@@ -27,7 +27,7 @@ from . import defaults
 from .defaults import JobErrorStrategy, JobStatus
 from .job import Job
 from .path import SpecPath, job_folders_with, keep_local_copy, read_meta, write_meta
-from .plugin import implemented, plugin
+from .plugin import call_async_hook, call_hook
 from .resources import USAGE_RAW_FILE, Resources, parse_retry_policy, usage_from_wrapper
 from .utils import check_env_name, empty_command_reason, logger, shell_quote
 
@@ -402,8 +402,7 @@ class Scheduler(ABC):
                 return
             except FileNotFoundError:  # the workdir itself is new
                 os.makedirs(job.metadir, exist_ok=True)
-            job._new_metadir = True
-            job._metadir_empty = job.metadir
+            job._fresh_metadir = job.metadir
         else:
             await job.metadir.a_mkdir(parents=True, exist_ok=True)
 
@@ -427,8 +426,7 @@ class Scheduler(ABC):
         for name, value in job.envs.items():
             check_env_name(name)
             lines.append(f"export {name}={shell_quote(value)}")
-        if implemented("on_jobcmd_init"):
-            lines.extend(plugin.hooks.on_jobcmd_init(self, job) or ())
+        lines.extend(call_hook("on_jobcmd_init", self, job) or ())
         return "\n".join(lines)
 
     @property
@@ -447,15 +445,12 @@ class Scheduler(ABC):
         """Set ``$cmd`` to the command line (``command_line``), then the
         plugins' prep code, which may rewrite ``$cmd``; the wrapper evals it."""
         lines = [f"cmd={shell_quote(self.command_line(job))}"]
-        if implemented("on_jobcmd_prep"):
-            lines.extend(plugin.hooks.on_jobcmd_prep(self, job) or ())
+        lines.extend(call_hook("on_jobcmd_prep", self, job) or ())
         return "\n".join(lines)
 
     def jobcmd_end(self, job: Job) -> str:
         """The plugins' end code (``$rc`` holds the return code)."""
-        if not implemented("on_jobcmd_end"):
-            return ""
-        return "\n".join(plugin.hooks.on_jobcmd_end(self, job) or ())
+        return "\n".join(call_hook("on_jobcmd_end", self, job) or ())
 
     def wrapper_meta_functions(self, job: Job) -> str:
         """Bash functions the wrapper uses to record its meta files.
@@ -711,8 +706,7 @@ exit "$rc"
             job._started = True
             job._status = JobStatus.RUNNING
             logger.debug("Job %s started", job.index)
-            if implemented("on_job_started"):
-                await plugin.hooks.on_job_started(self, job)
+            await call_async_hook("on_job_started", self, job)
 
     async def _mark_ended(
         self, job: Job, rc: int, reason: str = "", write: bool = False, cause: str = ""
@@ -738,14 +732,12 @@ exit "$rc"
         job._status = status
         if status == JobStatus.FINISHED:
             logger.debug("Job %s succeeded", job.index)
-            if implemented("on_job_succeeded"):
-                await plugin.hooks.on_job_succeeded(self, job)
+            await call_async_hook("on_job_succeeded", self, job)
         else:
             logger.warning(
                 "Job %s failed (rc %s)%s", job.index, rc, f": {reason}" if reason else ""
             )
-            if implemented("on_job_failed"):
-                await plugin.hooks.on_job_failed(self, job)
+            await call_async_hook("on_job_failed", self, job)
         # its meta file paths are built again if asked for: a run of 100,000
         # jobs keeps no 700,000 path objects for jobs long ended
         job.forget_paths()
@@ -976,15 +968,15 @@ exit "$rc"
         Returns False when a plugin vetoed the job, None when it cannot be
         submitted (it is failed with rc -2, its hooks fired), True when ready.
         """
-        if implemented("on_job_submitting") and await plugin.hooks.on_job_submitting(self, job) is False:
+        if await call_async_hook("on_job_submitting", self, job) is False:
             logger.info("Job %s: submission skipped by a plugin", job.index)
             return False
         job._submitted_at = time.monotonic()
         try:
-            fresh = job._metadir_empty is job.metadir
+            fresh = job._fresh_metadir is job.metadir
             await self._ensure_metadir(job)
-            job._metadir_empty = None  # written in from here on
-            if not fresh:  # (made by create_job, nothing in it yet: nothing to clean)
+            job._fresh_metadir = None  # written in from here on
+            if not fresh:
                 await job.clean()
             empty = empty_command_reason(job.cmd)
             if empty:
@@ -1024,8 +1016,7 @@ exit "$rc"
 
     async def _record_submitted(self, job: Job, jid: Any) -> None:
         await self._write_jid(job, jid)
-        if implemented("on_job_submitted"):
-            await plugin.hooks.on_job_submitted(self, job)
+        await call_async_hook("on_job_submitted", self, job)
 
     @staticmethod
     async def _write_jid(job: Job, jid: Any) -> None:
@@ -1218,7 +1209,7 @@ exit "$rc"
         # as few members as possible that a rerun must look for by name
         await asyncio.gather(*(self._write_jid(job, jid) for job, jid in zip(jobs, jids)))
         for job in jobs:
-            await plugin.hooks.on_job_submitted(self, job)
+            await call_async_hook("on_job_submitted", self, job)
 
     def raw_option_wins(self, resource: str, option: str) -> None:
         """A raw directive ``option`` the user gave overrides ``resources``'
@@ -1282,7 +1273,7 @@ exit "$rc"
         )
         candidates = []
         for job in jobs:
-            if job._new_metadir:
+            if job._fresh_metadir is job.metadir:
                 continue  # made by this run: no earlier run left anything in it
             if with_jid is not None and job.index not in with_jid:
                 # a cloud workdir: one listing instead of a read per job (a
@@ -1321,7 +1312,7 @@ exit "$rc"
             )
             job._status = JobStatus.SUBMITTED
             job._submitted_at = time.monotonic()
-            await plugin.hooks.on_job_submitted(self, job)
+            await call_async_hook("on_job_submitted", self, job)
             adopted.append(job)
         if adopted:
             self.reset_pace()
@@ -1331,11 +1322,9 @@ exit "$rc"
         """A job enters the run: ``on_job_init``, then QUEUED and ``on_job_queued``."""
         if not getattr(job, "resources", None):
             job.resources = self.resources
-        if implemented("on_job_init"):
-            await plugin.hooks.on_job_init(self, job)
+        await call_async_hook("on_job_init", self, job)
         job._status = JobStatus.QUEUED
-        if implemented("on_job_queued"):
-            await plugin.hooks.on_job_queued(self, job)
+        await call_async_hook("on_job_queued", self, job)
 
     async def after_failure(self, job: Job) -> str:
         """Decide what a failed ``job`` leads to, under the error strategy:
@@ -1387,7 +1376,7 @@ exit "$rc"
         job.trial_count += 1
         job._status = JobStatus.QUEUED
         logger.info("Job %s: retrying (trial %s of %s)", job.index, job.trial_count + 1, (job._num_retries or 0) + 1)
-        await plugin.hooks.on_job_queued(self, job)
+        await call_async_hook("on_job_queued", self, job)
 
     async def kill_left_running(self, indexes: Sequence[int]) -> tuple[list[int], list[int]]:
         """Kill the jobs ``indexes`` of this workdir that a manager left going,
@@ -1417,7 +1406,7 @@ exit "$rc"
         for job in jobs:
             if JobStatus.is_final(job._status):  # it ended meanwhile: nothing to kill
                 continue
-            if await plugin.hooks.on_job_killing(self, job) is False:
+            if await call_async_hook("on_job_killing", self, job) is False:
                 continue
             job._status = JobStatus.KILLING
             to_kill.append(job)
@@ -1452,7 +1441,7 @@ exit "$rc"
         job._ended_at = time.monotonic()
         await self._record_usage(job, "killed")
         logger.debug("Job %s killed", job.index)
-        await plugin.hooks.on_job_killed(self, job)
+        await call_async_hook("on_job_killed", self, job)
 
     # ------------------------------------------------------------ status rounds
     def reset_pace(self) -> None:

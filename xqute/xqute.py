@@ -20,7 +20,7 @@ from panpath import LocalPath
 from . import defaults
 from .defaults import JobErrorStrategy, JobStatus
 from .job import Job
-from .plugin import implemented, plugin
+from .plugin import call_async_hook, implemented, plugin
 from .scheduler import Scheduler
 from .schedulers import get_scheduler
 from .utils import CommandType, logger
@@ -211,9 +211,7 @@ class Xqute:
         scheduler = self.scheduler
         hook_interval = defaults.DEFAULT_HOOK_POLL_INTERVAL
         # no wake-up every second for a hook that no enabled plugin implements
-        if not any(
-            wrapper.hook("on_job_polling") for wrapper in plugin.get_enabled_plugins().values()
-        ):
+        if not implemented("on_job_polling"):
             hook_interval = float("inf")
         next_hook_at = time.monotonic() + hook_interval
         counter = 0
@@ -240,10 +238,9 @@ class Xqute:
             now = time.monotonic()
             if now >= next_hook_at:
                 counter += 1
-                polled = implemented("on_job_polling")
                 for job in list(self._active):
-                    if job._started and polled:
-                        await plugin.hooks.on_job_polling(scheduler, job, counter)
+                    if job._started:
+                        await call_async_hook("on_job_polling", scheduler, job, counter)
                 next_hook_at = now + hook_interval
             if self._wake.is_set() or progressed:
                 continue

@@ -152,8 +152,6 @@ def _write_text(path: str, text: str) -> bool:
     return True
 
 
-# The wrapper's line that starts the command in the background, which the
-# best-effort memory limit wraps.
 # How a failed allocation under ``ulimit -d`` shows at the end of a job's
 # stderr, in the common runtimes: Python, C (strerror ENOMEM), C++, bash, R,
 # Java, Go.

@@ -424,7 +424,7 @@ class SshScheduler(Scheduler):
         memory_mb = self._memory_asked(job)
         if not memory_mb:
             return ""
-        return f'[ -n "$_xq_memcg" ] || ulimit -S -d {memory_mb * 1024} 2>/dev/null'
+        return '[ -n "$_xq_memcg" ] || ulimit -S -d "$_xq_memkb" 2>/dev/null'
 
     @property
     def jobcmd_wrapper_init(self) -> str:
