@@ -33,7 +33,8 @@ What it does, like the service:
   mirror of the bucket prefix, kept in sync with the GCS emulator (at
   ``STORAGE_EMULATOR_HOST``) the way gcsfuse would: changed objects are fetched
   before a task starts, files the task writes are uploaded every
-  ``--sync-interval`` seconds and once more before the job is reported finished.
+  ``--sync-interval`` seconds and once more before the job is reported finished,
+  in the order they were closed (gcsfuse uploads a file when it is closed).
 
 Test knobs, read from the job's labels (so tests pass them through the scheduler's
 ``labels`` option):
@@ -66,7 +67,9 @@ requests the fake itself made), for benchmarks.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime
+import itertools
 import json
 import os
 import re
@@ -74,6 +77,7 @@ import shlex
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -189,6 +193,93 @@ class Stats:
             return {"api": dict(self.api), "storage": dict(self.storage)}
 
 
+class WriteOrder:
+    """The order in which files under the mirrors were last written, from
+    inotify: the order gcsfuse uploads them in (it uploads a file when a
+    writer closes it, and a command's output when the command exits, before
+    its wrapper writes the rc and the status).
+
+    File times cannot tell it: the kernel stamps them from a clock that ticks
+    every few milliseconds, so a wrapper's last files (usage record, rc,
+    status) usually share one mtime. Sorted by name within that tie, the
+    status went up before the usage record, and a manager that saw the final
+    status found no usage record yet (a flaky test; a real mount has no such
+    tie). Without inotify (or past its limits) ties keep the name order.
+    """
+
+    _MODIFY, _MOVED_TO, _CREATE = 0x2, 0x80, 0x100
+    _IGNORED, _ISDIR = 0x8000, 0x40000000
+    _MASK = _MODIFY | _MOVED_TO | _CREATE
+    _EVENT = struct.Struct("iIII")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.dirs: dict[int, str] = {}  # watch descriptor -> directory
+        self.watched: set[str] = set()
+        self.rank: dict[str, int] = {}  # file path -> when it was last written
+        self._counter = itertools.count(1)
+        self._libc = None
+        self.fd = -1
+        try:
+            self._libc = ctypes.CDLL(None, use_errno=True)
+            self.fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        except (OSError, AttributeError):
+            self.fd = -1
+
+    def watch_tree(self, root: Path | str) -> None:
+        """Watch ``root`` and every directory under it not watched yet."""
+        if self.fd < 0:
+            return
+        with self.lock:
+            self._watch_tree(str(root))
+
+    def _watch_tree(self, root: str) -> None:
+        for dirpath, _dirs, _files in os.walk(root):
+            if dirpath in self.watched:
+                continue
+            wd = self._libc.inotify_add_watch(self.fd, os.fsencode(dirpath), self._MASK)
+            if wd >= 0:
+                self.dirs[wd] = dirpath
+                self.watched.add(dirpath)
+
+    def drain(self) -> None:
+        """Take in every event queued so far (a write before this call is
+        queued: the kernel queues its event in the ``write()``)."""
+        if self.fd < 0:
+            return
+        with self.lock:
+            while True:
+                try:
+                    data = os.read(self.fd, 1 << 16)
+                except (BlockingIOError, InterruptedError):
+                    return
+                offset = 0
+                while offset + self._EVENT.size <= len(data):
+                    wd, mask, _cookie, length = self._EVENT.unpack_from(data, offset)
+                    offset += self._EVENT.size
+                    name = data[offset:offset + length].split(b"\0", 1)[0]
+                    offset += length
+                    folder = self.dirs.get(wd)
+                    if mask & self._IGNORED and folder is not None:
+                        del self.dirs[wd]
+                        self.watched.discard(folder)
+                    if folder is None or not name:
+                        continue
+                    path = os.path.join(folder, os.fsdecode(name))
+                    if mask & self._ISDIR:
+                        if mask & (self._CREATE | self._MOVED_TO):
+                            self._watch_tree(path)
+                    else:
+                        self.rank[path] = next(self._counter)
+
+    def of(self, path: Path) -> int:
+        """When ``path`` was last written, as a rank (0: unknown)."""
+        return self.rank.get(str(path), 0)
+
+
+WRITE_ORDER = WriteOrder()
+
+
 class BucketMirror:
     """A local copy of one bucket prefix, synced both ways like a gcsfuse mount.
 
@@ -207,6 +298,7 @@ class BucketMirror:
         self.users = 0
         self._client = None
         root.mkdir(parents=True, exist_ok=True)
+        WRITE_ORDER.watch_tree(root)
 
     @property
     def bucket(self):
@@ -279,6 +371,8 @@ class BucketMirror:
                     local.unlink(missing_ok=True)
                     self._log("unlink (gone from bucket)", rel)
                 del self.entries[rel]
+            # folders fetched now are watched before a task writes in them
+            WRITE_ORDER.watch_tree(self.root)
 
     def sync_up(self) -> None:
         """Upload files written or changed here; delete objects removed here."""
@@ -868,7 +962,10 @@ def sync_up_in_write_order(mirrors: list["BucketMirror"]) -> None:
             presents.append(present)
             changes.extend((mtime, id(mirror), mirror, rel, local, sig)
                            for mtime, rel, local, sig in changed)
-        for _mtime, _id, mirror, rel, local, sig in sorted(changes, key=lambda c: (c[0], c[1], c[3])):
+        # files with one mtime (one clock tick) go in the order they were written
+        WRITE_ORDER.drain()
+        changes.sort(key=lambda c: (c[0], WRITE_ORDER.of(c[4]), c[1], c[3]))
+        for _mtime, _id, mirror, rel, local, sig in changes:
             mirror.upload(rel, local, sig)
     finally:
         for mirror in unique:
