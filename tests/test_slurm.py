@@ -244,15 +244,8 @@ async def test_pending_job_cancelled_from_outside_fails_with_rc_minus_3(slurm, w
     assert not job.stdout_file.exists() or read(job.stdout_file) == ""
 
 
-async def test_job_over_its_time_limit(slurm, workdir):
-    """--time=1 (Slurm's smallest, a minute); Slurm ends the job at its next check."""
-    xq = await run(workdir, [["sleep", "600"]], time="1")
-    job = xq.jobs[0]
-    assert job.status == JobStatus.FAILED
-    assert await job.get_rc() not in (0, -9)
-    assert "DUE TO TIME LIMIT" in read(job.stderr_file)
-    jid = await job.get_jid()
-    assert squeue_states([jid]) == {jid: "TIMEOUT"}
+# A job over the raw time option: tests/test_slurm_resources.py, beside the
+# resources' time (one wait of Slurm's minute for both).
 
 
 def forgetful_squeue(tmp_path: Path) -> str:

@@ -3,12 +3,14 @@ options, seen by Slurm, a raw option winning with one warning."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 
 import pytest
 
-from tests.test_slurm import read, run, slurm, slurm_cli, wait_for  # noqa: F401
+from tests.test_slurm import read, run, slurm, slurm_cli, squeue_states, wait_for  # noqa: F401
+from xqute.defaults import JobStatus
 from xqute.schedulers.slurm_scheduler import SlurmScheduler
 
 
@@ -68,18 +70,32 @@ async def test_slurm_grants_what_resources_ask(slurm, workdir):
 async def test_a_job_over_its_time_ends_as_timeout_and_is_retried_with_more(slurm, workdir):
     """--time=1 (a minute, Slurm's least); Slurm ends the job at its next check,
     writing "DUE TO TIME LIMIT" into its stderr: cause timeout, and the retry
-    asks for 1.5 times the time."""
-    xq = await run(
-        workdir,
-        [["bash", "-c", 'if [ -e "$XQUTE_JOB_METADIR/tried" ]; then echo second; '
-          'else touch "$XQUTE_JOB_METADIR/tried"; sleep 300; fi']],
-        forks=1, error_strategy="retry", num_retries=1,
-        resources={"time": "1m"}, resource_limits={"time": "2m"},
+    asks for 1.5 times the time.
+
+    Alongside it, in a run of its own, a job given the raw ``time`` option
+    (``time="1"``) is ended the same way. Slurm checks limits only every 30
+    seconds, so the two share one wait of a minute or more."""
+    retried, raw = await asyncio.gather(
+        run(
+            workdir,
+            [["bash", "-c", 'if [ -e "$XQUTE_JOB_METADIR/tried" ]; then echo second; '
+              'else touch "$XQUTE_JOB_METADIR/tried"; sleep 300; fi']],
+            forks=1, error_strategy="retry", num_retries=1,
+            resources={"time": "1m"}, resource_limits={"time": "2m"},
+        ),
+        run(workdir / "raw time option", [["sleep", "600"]], time="1"),
     )
-    job = xq.jobs[0]
+    job = retried.jobs[0]
     first = (job.metadir / "job.retry" / "0" / "job.usage").read_text()
     assert '"cause": "timeout"' in first and '"time": 60' in first
     assert job.trial_count == 1 and await job.get_rc() == 0
     second = await job.get_usage()
     assert second["requested"]["time"] == 90
     assert "#SBATCH --time=00:01:30" in (job.metadir / "job.wrapped.slurm").read_text()
+
+    job = raw.jobs[0]
+    assert job.status == JobStatus.FAILED
+    assert await job.get_rc() not in (0, -9)
+    assert "DUE TO TIME LIMIT" in read(job.stderr_file)
+    jid = await job.get_jid()
+    assert squeue_states([jid]) == {jid: "TIMEOUT"}
