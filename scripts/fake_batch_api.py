@@ -73,6 +73,7 @@ import itertools
 import json
 import os
 import re
+import select
 import shlex
 import shutil
 import signal
@@ -204,18 +205,19 @@ class WriteOrder:
     status) usually share one mtime. Sorted by name within that tie, the
     status went up before the usage record, and a manager that saw the final
     status found no usage record yet (a flaky test; a real mount has no such
-    tie). Without inotify (or past its limits) ties keep the name order.
+    tie). A thread takes the events in as they come, so the kernel's queue
+    does not overflow between syncs. Files it saw no write of (written before
+    their folder was watched; no inotify here) rank first, by mtime.
     """
 
     _MODIFY, _MOVED_TO, _CREATE = 0x2, 0x80, 0x100
-    _IGNORED, _ISDIR = 0x8000, 0x40000000
+    _Q_OVERFLOW, _IGNORED, _ISDIR = 0x4000, 0x8000, 0x40000000
     _MASK = _MODIFY | _MOVED_TO | _CREATE
     _EVENT = struct.Struct("iIII")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.dirs: dict[int, str] = {}  # watch descriptor -> directory
-        self.watched: set[str] = set()
         self.rank: dict[str, int] = {}  # file path -> when it was last written
         self._counter = itertools.count(1)
         self._libc = None
@@ -225,22 +227,29 @@ class WriteOrder:
             self.fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
         except (OSError, AttributeError):
             self.fd = -1
+        self._reader: threading.Thread | None = None
 
     def watch_tree(self, root: Path | str) -> None:
-        """Watch ``root`` and every directory under it not watched yet."""
+        """Watch ``root`` and every directory under it (a folder watched
+        already keeps its watch: the kernel gives back the same one)."""
         if self.fd < 0:
             return
         with self.lock:
             self._watch_tree(str(root))
+            if self._reader is None:
+                self._reader = threading.Thread(target=self._read_forever, name="write-order", daemon=True)
+                self._reader.start()
 
     def _watch_tree(self, root: str) -> None:
         for dirpath, _dirs, _files in os.walk(root):
-            if dirpath in self.watched:
-                continue
             wd = self._libc.inotify_add_watch(self.fd, os.fsencode(dirpath), self._MASK)
             if wd >= 0:
                 self.dirs[wd] = dirpath
-                self.watched.add(dirpath)
+
+    def _read_forever(self) -> None:
+        while True:
+            select.select([self.fd], [], [])
+            self.drain()
 
     def drain(self) -> None:
         """Take in every event queued so far (a write before this call is
@@ -259,10 +268,11 @@ class WriteOrder:
                     offset += self._EVENT.size
                     name = data[offset:offset + length].split(b"\0", 1)[0]
                     offset += length
+                    if mask & self._Q_OVERFLOW:
+                        sys.stderr.write(f"{now_rfc3339()} inotify queue overflowed: some writes go unordered\n")
                     folder = self.dirs.get(wd)
                     if mask & self._IGNORED and folder is not None:
-                        del self.dirs[wd]
-                        self.watched.discard(folder)
+                        del self.dirs[wd]  # its folder is gone
                     if folder is None or not name:
                         continue
                     path = os.path.join(folder, os.fsdecode(name))
@@ -962,9 +972,9 @@ def sync_up_in_write_order(mirrors: list["BucketMirror"]) -> None:
             presents.append(present)
             changes.extend((mtime, id(mirror), mirror, rel, local, sig)
                            for mtime, rel, local, sig in changed)
-        # files with one mtime (one clock tick) go in the order they were written
+        # in the order they were written (file times share clock ticks)
         WRITE_ORDER.drain()
-        changes.sort(key=lambda c: (c[0], WRITE_ORDER.of(c[4]), c[1], c[3]))
+        changes.sort(key=lambda c: (WRITE_ORDER.of(c[4]), c[0], c[1], c[3]))
         for _mtime, _id, mirror, rel, local, sig in changes:
             mirror.upload(rel, local, sig)
     finally:

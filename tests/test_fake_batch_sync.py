@@ -57,6 +57,20 @@ def test_files_of_one_mtime_are_uploaded_in_the_order_they_were_written(fake, tm
     assert uploads == [f"0/{name}" for name in order]
 
 
+def test_the_write_order_wins_over_file_times(fake, tmp_path):
+    """File times need not follow the writes (coarse ticks, a clock set back,
+    a fine-grained stamp beside coarse ones): what inotify saw decides."""
+    mirror, uploads = recording_mirror(fake, tmp_path / "mirror")
+    order = ["job.usage.raw", "job.rc", "job.status"]
+    for name in order:
+        (mirror.root / name).write_text(name)
+    tick = os.stat(mirror.root / "job.rc").st_mtime_ns
+    for back, name in enumerate(order):  # the later written, the older it looks
+        os.utime(mirror.root / name, ns=(tick - back * 1000, tick - back * 1000))
+    mirror.sync_up()
+    assert uploads == order
+
+
 def test_a_later_write_to_a_file_moves_it_after_the_others(fake, tmp_path):
     mirror, uploads = recording_mirror(fake, tmp_path / "mirror")
     (mirror.root / "a").write_text("1")
