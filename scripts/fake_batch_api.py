@@ -34,7 +34,8 @@ What it does, like the service:
   ``STORAGE_EMULATOR_HOST``) the way gcsfuse would: changed objects are fetched
   before a task starts, files the task writes are uploaded every
   ``--sync-interval`` seconds and once more before the job is reported finished,
-  in the order they were closed (gcsfuse uploads a file when it is closed).
+  in the order they were written (inotify; gcsfuse uploads a file when its
+  writer closes it, so a reader never sees a later file before an earlier one).
 
 Test knobs, read from the job's labels (so tests pass them through the scheduler's
 ``labels`` option):
