@@ -26,7 +26,7 @@ def fake():
     spec.loader.exec_module(module)
     order = getattr(module, "WRITE_ORDER", None)
     if order is not None and order.fd < 0:
-        pytest.skip("no inotify here: the mirror keeps the name order for files of one mtime")
+        pytest.skip("no inotify here: the mirror orders uploads by file times alone")
     return module
 
 
